@@ -1,0 +1,62 @@
+# One entry point for users and CI. Everything installs itself, idempotently.
+#   make sweep [MATRIX=matrix/demo.yaml]   run a matrix (default: the demo, local, CPU ok)
+#   make test                               the whole suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MATRIX ?= matrix/demo.yaml
+UI_PORT ?= 5000
+STAMP := $(VENV)/.installed
+
+.PHONY: install sweep plan status ui test test-fast lint bench demo-data system-deps clean
+
+# Debian's python3 needs python3-venv for `python3 -m venv`; install it when missing (root).
+system-deps:
+	@if ! $(PYTHON) -c "import ensurepip, venv" 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev; \
+	  else echo "need python3-venv: apt-get install python3-venv (as root)"; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data/demo/dataset.json: | $(STAMP)
+	$(BIN)/python -m recipes.components.demo_data --out data/demo
+
+demo-data: data/demo/dataset.json
+
+sweep: install demo-data
+	$(BIN)/runner sweep $(MATRIX)
+
+plan: install
+	$(BIN)/runner plan $(MATRIX)
+
+status: install
+	$(BIN)/runner status $(MATRIX)
+
+# The MLflow UI over the default sqlite store, on loopback only.
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(UI_PORT)
+
+lint: install
+	$(BIN)/ruff check runner recipes tests bench
+	$(BIN)/ruff format --check runner recipes tests bench
+
+test: install lint
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf sweeps mlruns mlruns.db mlartifacts outputs multirun

@@ -1,0 +1,140 @@
+"""Cell identity and readable run names.
+
+A cell is one point of the matrix: the recipe plus a set of Hydra overrides.
+
+- **id**: the first 12 hex digits of SHA-256 over the canonical JSON of the recipe and the
+  sorted override strings (base + the cell's own). Key order in the YAML and the spelling of
+  numbers (``1.0e-3`` vs ``0.001``) do not change it; any change of value, recipe or base does.
+- **run name**: one token per varying key, in the matrix's axis order, joined with ``_``:
+  a config-group choice is its name without ``_``/``-`` (``dice_ce`` -> ``dicece``); ``seed``
+  becomes ``s0``; a dotted key under a group that is itself an axis is appended to that
+  group's token (``optimizer.lr=1e-3`` -> ``adamw1e-3``), otherwise it is its own token made
+  of the key's abbreviation and value (``training.batch_size=2`` -> ``bs2``). Names that still
+  collide get ``_<id[:6]>`` appended, so they are unique within a matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./+-]+$")
+
+
+def override_value(value: Any) -> str:
+    """Render a Python value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    # Quote anything that the grammar could read as another type or as syntax.
+    if _PLAIN.match(text) and text.lower() not in {"null", "true", "false", "nan", "inf"}:
+        try:
+            float(text)
+        except ValueError:
+            return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override(key: str, value: Any) -> str:
+    return f"{key}={override_value(value)}"
+
+
+def cell_id(recipe: str, overrides: Sequence[str]) -> str:
+    canonical = json.dumps(
+        {"recipe": recipe, "overrides": sorted(overrides)}, separators=(",", ":"), ensure_ascii=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix."""
+
+    id: str
+    values: dict[str, Any]  # axis or include key -> value, in axis order
+    overrides: tuple[str, ...]  # the cell's own Hydra overrides (base excluded)
+    run_name: str = ""
+    origin: str = "axes"  # "axes" or "include[i]"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def format_number(value: float | int) -> str:
+    """Compact, filename-safe number: 0.001 -> 1e-3, 0.0003 -> 3e-4, 0.5 -> 0.5, 100 -> 100."""
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    exponent = math.floor(math.log10(abs(value)))
+    if -3 <= exponent < 5 and exponent != -3:
+        return f"{value:g}"
+    mantissa = f"{value / 10**exponent:.6f}".rstrip("0").rstrip(".")
+    return f"{mantissa}e{exponent}"
+
+
+def _abbrev(param: str) -> str:
+    words = [w for w in re.split(r"[_\-]", param) if w]
+    if len(param) <= 4 or len(words) == 1:
+        return param
+    return "".join(w[0] for w in words)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    if isinstance(value, (list, tuple)):
+        return "x".join(_format_value(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "", str(value))
+
+
+def run_name_tokens(values: Mapping[str, Any], groups: set[str]) -> list[str]:
+    """Tokens of a run name for one cell's values (see module docstring)."""
+    tokens: dict[str, str] = {}
+    attached: list[tuple[str, str]] = []
+    for key, value in values.items():
+        head, _, param = key.partition(".")
+        if key == "seed":
+            tokens[key] = f"s{_format_value(value)}"
+        elif not param and key in groups:
+            tokens[key] = re.sub(r"[^A-Za-z0-9]", "", str(value))
+        elif param and head in values and head in groups:
+            prefix = "" if param == "lr" else _abbrev(param.split(".")[-1])
+            attached.append((head, prefix + _format_value(value)))
+        else:
+            tokens[key] = _abbrev(key.split(".")[-1]) + _format_value(value)
+    for head, suffix in attached:
+        tokens[head] = tokens[head] + suffix
+    return [t for t in tokens.values() if t]
+
+
+def assign_run_names(cells: Sequence[Cell], groups: set[str]) -> list[Cell]:
+    """Give every cell its run name, making collisions unique with an id suffix."""
+    names = ["_".join(run_name_tokens(c.values, groups)) or c.id for c in cells]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    out = []
+    for c, n in zip(cells, names, strict=True):
+        unique = n if counts[n] == 1 else f"{n}_{c.id[:6]}"
+        out.append(Cell(c.id, c.values, c.overrides, unique, c.origin, c.tags))
+    return out

@@ -1,0 +1,54 @@
+"""The common surface of executor backends (one small module per backend, as in submitit).
+
+A backend turns :class:`~runner.job.CellJob` payloads into submitit jobs. The scheduler in
+:mod:`runner.schedule` decides *which* cells go out and records them in the ledger; the
+backend decides *how* they run.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import submitit
+
+from runner.job import CellJob
+
+
+class Backend(ABC):
+    kind: ClassVar[str]
+    #: Whether ``sweep`` follows the cells to their end by default (local runs live in the
+    #: sweep's session; a cluster's do not need it).
+    waits: ClassVar[bool] = True
+
+    def __init__(self, options: Any, folder: Path) -> None:
+        self.options = options
+        self.folder = folder
+
+    @property
+    def slots(self) -> int | None:
+        """Cells the runner may have in flight at once; None lets the backend queue them."""
+        return None
+
+    @abstractmethod
+    def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
+        """Start (or enqueue) these jobs; one submitit job per cell, in order."""
+
+    def finished(self, job: submitit.Job[Any]) -> bool:
+        return job.done()
+
+    def end_reason(self, job: submitit.Job[Any]) -> str:
+        """Why a job that ended without reporting an outcome is lost (for the ledger)."""
+        tail = ""
+        try:
+            tail = (job.stderr() or "")[-800:]
+        except Exception:
+            tail = ""
+        return f"lost: job {job.job_id} ended ({job.state}) without reporting an outcome" + (
+            f"; stderr tail: {tail}" if tail else ""
+        )
+
+    def release(self, job: submitit.Job[Any]) -> None:  # noqa: B027 - optional hook
+        """Give back what ``submit`` reserved for this job (a GPU, a slot)."""

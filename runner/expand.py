@@ -1,0 +1,192 @@
+"""Expand a matrix into cells: the cartesian product of its axes, zipped axes varying
+together, minus ``exclude`` matches, plus ``include`` cells.
+
+Pure and fast (no Hydra, no I/O): checks that need the recipe's configs live in
+:mod:`runner.validate`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.cells import Cell, assign_run_names, cell_id, override
+from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.matrix import MAX_CELLS, LoadedMatrix
+
+
+@dataclass
+class Expansion:
+    cells: list[Cell]
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def _key(value: Any) -> str:
+    """Hashable, type-aware identity of a value (1 and 1.0 and True differ)."""
+    return json.dumps([type(value).__name__, value], sort_keys=True, default=str)
+
+
+def _check_axes(m: LoadedMatrix) -> list[Problem]:
+    problems = []
+    spec = m.spec
+    if not spec.axes and not spec.include:
+        problems.append(m.problem(("axes",), "the matrix has no axes and no include: no cells"))
+    for name, values in spec.axes.items():
+        if not values:
+            problems.append(
+                m.problem(
+                    ("axes", name),
+                    f"axis '{name}' is empty: give it at least one value, or remove it",
+                )
+            )
+        seen: dict[str, int] = {}
+        for i, v in enumerate(values):
+            k = _key(v)
+            if k in seen:
+                problems.append(
+                    m.problem(
+                        ("axes", name, i),
+                        f"duplicate value {v!r} (also at "
+                        f"position {seen[k] + 1}): it would repeat cells",
+                    )
+                )
+            seen.setdefault(k, i)
+    zipped: dict[str, int] = {}
+    for z, group in enumerate(spec.zip):
+        if len(group) < 2:
+            problems.append(m.problem(("zip", z), "a zip group needs at least two axes"))
+        for j, name in enumerate(group):
+            if name not in spec.axes:
+                problems.append(
+                    m.problem(
+                        ("zip", z, j),
+                        f"'{name}' is not an axis; axes: "
+                        f"{format_choices(spec.axes)}" + did_you_mean(name, spec.axes),
+                    )
+                )
+            elif name in zipped:
+                problems.append(
+                    m.problem(
+                        ("zip", z, j), f"axis '{name}' is already in zip group {zipped[name] + 1}"
+                    )
+                )
+            zipped.setdefault(name, z)
+        lengths = {n: len(spec.axes[n]) for n in group if n in spec.axes}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{n}: {k}" for n, k in lengths.items())
+            problems.append(
+                m.problem(("zip", z), f"zipped axes must have equal lengths; got {shown}")
+            )
+    return problems
+
+
+def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
+    """Each free axis, and each zip group, becomes one list of partial assignments."""
+    spec = m.spec
+    group_of = {name: tuple(g) for g in spec.zip for name in g}
+    units: list[list[dict[str, Any]]] = []
+    done: set[str] = set()
+    for name in spec.axes:
+        if name in done:
+            continue
+        group = group_of.get(name, (name,))
+        done.update(group)
+        units.append(
+            [
+                dict(zip(group, combo, strict=True))
+                for combo in zip(*(spec.axes[g] for g in group), strict=True)
+            ]
+        )
+    return units
+
+
+def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(k in values and _key(values[k]) == _key(v) for k, v in pattern.items())
+
+
+def count_product(m: LoadedMatrix) -> int:
+    return math.prod(len(u) for u in _units(m)) if m.spec.axes else 0
+
+
+def _iter_product(m: LoadedMatrix) -> Iterator[dict[str, Any]]:
+    if not m.spec.axes:
+        return
+    order = list(m.spec.axes)
+    for parts in itertools.product(*_units(m)):
+        merged: dict[str, Any] = {}
+        for p in parts:
+            merged.update(p)
+        yield {k: merged[k] for k in order}
+
+
+def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> Expansion:
+    """All cells of the matrix, in a stable order; raise MatrixError on structural problems.
+
+    ``groups`` are the recipe's config-group names: they shape run names only.
+    """
+    problems = _check_axes(m)
+    if problems:
+        raise MatrixError(m.file, problems)
+    total = count_product(m)
+    if total > MAX_CELLS:
+        raise MatrixError(
+            m.file,
+            [
+                m.problem(
+                    ("axes",), f"the axes multiply to {total:,} cells; the limit is {MAX_CELLS:,}"
+                )
+            ],
+        )
+    spec = m.spec
+    warnings: list[Problem] = []
+    hits = [0] * len(spec.exclude)
+    raw: list[tuple[dict[str, Any], str]] = []
+    for values in _iter_product(m):
+        excluded = False
+        for i, pattern in enumerate(spec.exclude):
+            if _matches(values, pattern):
+                hits[i] += 1
+                excluded = True
+        if not excluded:
+            raw.append((values, "axes"))
+    for i, n in enumerate(hits):
+        if n == 0:
+            warnings.append(
+                m.problem(
+                    ("exclude", i),
+                    f"exclude {spec.exclude[i]} matches no cell (check the keys and values)",
+                )
+            )
+    for i, extra in enumerate(spec.include):
+        if not extra:
+            raise MatrixError(m.file, [m.problem(("include", i), "empty include entry")])
+        ordered = {k: extra[k] for k in spec.axes if k in extra}
+        ordered.update({k: v for k, v in extra.items() if k not in ordered})
+        raw.append((ordered, f"include[{i}]"))
+
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    for values, origin in raw:
+        overrides = tuple(override(k, v) for k, v in values.items())
+        cid = cell_id(spec.recipe, [*spec.base, *overrides])
+        if cid in seen:
+            if origin.startswith("include"):
+                idx = int(origin[8:-1])
+                warnings.append(
+                    m.problem(
+                        ("include", idx),
+                        f"include {dict(values)} repeats a cell of the {seen[cid]}; ignored",
+                    )
+                )
+            continue
+        seen[cid] = "axes" if origin == "axes" else origin
+        cells.append(Cell(cid, values, overrides, origin=origin))
+    if not cells:
+        raise MatrixError(
+            m.file, [m.problem(("exclude",), "every cell is excluded: nothing to run")]
+        )
+    return Expansion(assign_run_names(cells, set(groups)), warnings)

@@ -1,0 +1,171 @@
+"""The payload every executor runs for a cell: compose the config, train, record the outcome.
+
+It is pickled by submitit and executed in the job's process (a local subprocess, a SLURM
+task, a container). It writes only its own attempt's ``status.json`` and ``heartbeat.json``
+and the cell's ``run_id``, so the submitter and the job never write the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import track
+from runner.ledger import Attempt, CellRecord
+
+HEARTBEAT_S = 10.0
+
+
+def _reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or "OutOfMemoryError" in name:
+        return "oom"
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled"
+    return f"exception: {name}: {exc}"[:500]
+
+
+class _Heartbeat:
+    """Rewrites heartbeat.json every few seconds and on every progress report."""
+
+    def __init__(self, attempt: Attempt, interval_s: float = HEARTBEAT_S) -> None:
+        self.attempt = attempt
+        self.interval_s = interval_s
+        self.latest: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
+
+    def beat(self, progress: dict[str, Any] | None = None) -> None:
+        if progress:
+            self.latest = {k: v for k, v in progress.items() if isinstance(v, (int, float, str))}
+        self.attempt.write("heartbeat", {**self.latest, "time": time.time()})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.beat()
+
+    def __enter__(self) -> _Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class CellJob:
+    """Everything a job needs, picklable and free of live handles."""
+
+    matrix: str
+    recipe: str
+    cell_id: str
+    run_name: str
+    values: dict[str, Any]
+    overrides: list[str]  # base + the cell's own
+    cells_dir: str
+    attempt: int
+    tracking_uri: str
+    experiment_id: str
+    executor: str
+    workdir: str
+    commit: str | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        from recipes.contract import RunContext
+        from runner.recipe import Recipe
+
+        os.chdir(self.workdir)
+        record = CellRecord(Path(self.cells_dir), self.cell_id)
+        attempt = record.attempt(self.attempt)
+        started = time.time()
+        base = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": started,
+            "job_id": _job_id(),
+        }
+        attempt.write("status", {**base, "state": "running", "time": started})
+        run_id = None
+        with _Heartbeat(attempt) as heartbeat:
+            try:
+                run_id = self._ensure_run(record)
+                base["run_id"] = run_id
+                recipe = Recipe.load(self.recipe)
+                cfg = recipe.compose(self.overrides)
+                ctx = RunContext(
+                    tracking_uri=self.tracking_uri,
+                    run_id=run_id,
+                    checkpoint_dir=record.checkpoint_dir,
+                    progress=heartbeat.beat,
+                )
+                result = recipe.train_fn()(cfg, ctx)
+            except BaseException as exc:
+                tail = traceback.format_exc()[-4000:]
+                attempt.write(
+                    "status",
+                    {
+                        **base,
+                        "state": "failed",
+                        "reason": _reason(exc),
+                        "error_tail": tail,
+                        "ended": time.time(),
+                        "time": time.time(),
+                    },
+                )
+                if run_id:
+                    _safe_finish(self.tracking_uri, run_id, "failed", _reason(exc))
+                raise
+        outcome = {
+            **base,
+            "state": result.status,
+            "reason": result.reason,
+            "best_val_dice": result.best_val_dice,
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_completed,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "ended": time.time(),
+            "time": time.time(),
+        }
+        track.finish_run(self.tracking_uri, run_id, result.status, result.reason)
+        attempt.write("status", outcome)
+        return outcome
+
+    def _ensure_run(self, record: CellRecord) -> str:
+        tags = track.cell_tags(self.matrix, self.cell_id, self.values, self.executor, self.commit)
+        run_id = record.run_id or track.find_run(
+            self.tracking_uri, self.experiment_id, self.cell_id
+        )
+        if run_id:
+            record.set_run_id(run_id)
+            track.reopen_run(self.tracking_uri, run_id, tags)
+            return run_id
+        run_id = track.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
+        return record.set_run_id(run_id)
+
+
+def _job_id() -> str | None:
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID"):
+        if os.environ.get(var):
+            task = os.environ.get("SLURM_ARRAY_TASK_ID")
+            return (
+                f"{os.environ[var]}_{task}"
+                if task and var == "SLURM_ARRAY_JOB_ID"
+                else os.environ[var]
+            )
+    return None
+
+
+def _safe_finish(uri: str, run_id: str, state: str, reason: str) -> None:
+    """Best effort: the ledger already holds the truth if the tracking store is down."""
+    try:
+        track.finish_run(uri, run_id, state, reason)
+    except Exception:
+        traceback.print_exc()

@@ -1,0 +1,221 @@
+"""Durable per-cell state: what was submitted, what ran, how it ended.
+
+Layout, under ``<sweep_dir>/<matrix name>/cells/<cell id>/``::
+
+    cell.json                     the cell (values, overrides, run name)
+    run_id                        the MLflow run every attempt logs into
+    checkpoints/                  the recipe's checkpoints (resume continues from here)
+    attempts/0001/claim.json      who claimed attempt 1 (created by mkdir: one winner)
+    attempts/0001/job.json        executor and job id, written by the submitter
+    attempts/0001/status.json     running / done / failed / diverged, written by the job
+    attempts/0001/heartbeat.json  progress, rewritten by the job while it runs
+    attempts/0001/monitor.json    how the executor saw it end, written by the watcher
+
+Why files and not a database: the ledger must live on the cluster's shared filesystem
+(NFS), where SQLite locking is unsafe. Each file has exactly one writer and is replaced
+atomically (write to a temp file, fsync, rename), so a kill -9 leaves either the old or
+the new content; the only contended step, claiming an attempt, is a ``mkdir`` that exactly
+one process can win, also on NFS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.cells import Cell
+
+TERMINAL = ("done", "failed", "diverged")
+STATES = ("pending", "queued", "submitted", "running", *TERMINAL)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Attempt:
+    number: int
+    dir: Path
+
+    def write(self, name: str, data: dict[str, Any]) -> None:
+        write_json_atomic(self.dir / f"{name}.json", data)
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        return read_json(self.dir / f"{name}.json")
+
+
+@dataclass
+class CellState:
+    """The folded view of a cell's files: what ``status`` shows and ``sweep`` decides on."""
+
+    id: str
+    state: str
+    attempts: int = 0
+    run_id: str | None = None
+    reason: str | None = None
+    job_id: str | None = None
+    best_val_dice: float | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    updated: float | None = None
+
+
+class CellRecord:
+    """One cell's directory in the ledger."""
+
+    def __init__(self, root: Path, cell_id: str) -> None:
+        self.id = cell_id
+        self.dir = root / cell_id
+        self.attempts_dir = self.dir / "attempts"
+        self.checkpoint_dir = self.dir / "checkpoints"
+
+    def write_cell(self, cell: Cell, recipe: str, base: list[str]) -> None:
+        data = {
+            "id": cell.id,
+            "run_name": cell.run_name,
+            "values": cell.values,
+            "overrides": list(cell.overrides),
+            "recipe": recipe,
+            "base": base,
+            "origin": cell.origin,
+        }
+        if read_json(self.dir / "cell.json") != json.loads(json.dumps(data, default=str)):
+            write_json_atomic(self.dir / "cell.json", data)
+
+    def attempts(self) -> list[Attempt]:
+        if not self.attempts_dir.is_dir():
+            return []
+        nums = sorted(int(p.name) for p in self.attempts_dir.iterdir() if p.name.isdigit())
+        return [Attempt(n, self.attempts_dir / f"{n:04d}") for n in nums]
+
+    def attempt(self, number: int) -> Attempt:
+        return Attempt(number, self.attempts_dir / f"{number:04d}")
+
+    def claim(self, executor: str) -> Attempt | None:
+        """Claim the next attempt; None when another process claimed it first."""
+        existing = self.attempts()
+        number = existing[-1].number + 1 if existing else 1
+        attempt = Attempt(number, self.attempts_dir / f"{number:04d}")
+        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            attempt.dir.mkdir()
+        except FileExistsError:
+            return None
+        attempt.write(
+            "claim",
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "time": time.time(),
+                "executor": executor,
+            },
+        )
+        return attempt
+
+    @property
+    def run_id(self) -> str | None:
+        try:
+            return (self.dir / "run_id").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_run_id(self, run_id: str) -> str:
+        """Record the MLflow run id once; return the id that won if one was already there."""
+        try:
+            fd = os.open(self.dir / "run_id", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return self.run_id or run_id
+        with os.fdopen(fd, "w") as f:
+            f.write(run_id)
+            f.flush()
+            os.fsync(f.fileno())
+        return run_id
+
+    def state(self) -> CellState:
+        attempts = self.attempts()
+        if not attempts:
+            return CellState(self.id, "pending", run_id=self.run_id)
+        last = attempts[-1]
+        claim, job, status = last.read("claim"), last.read("job"), last.read("status")
+        beat, monitor = last.read("heartbeat") or {}, last.read("monitor")
+        out = CellState(
+            self.id,
+            "queued",
+            attempts=len(attempts),
+            run_id=self.run_id,
+            job_id=(job or {}).get("job_id"),
+            progress=beat,
+            updated=(status or beat or job or claim or {}).get("time"),
+        )
+        if status:
+            out.state = status["state"]
+            out.reason = status.get("reason")
+            out.best_val_dice = status.get("best_val_dice")
+        elif job:
+            out.state = "submitted"
+        elif (
+            claim
+            and claim.get("host") == socket.gethostname()
+            and not _pid_alive(int(claim.get("pid", 0)))
+        ):
+            # Claimed by a sweep that died before submitting: it never ran, so it is pending.
+            out.state = "pending"
+        if out.state not in TERMINAL and monitor:
+            out.state, out.reason = "failed", monitor.get("reason", "lost")
+        return out
+
+
+class Ledger:
+    """All cells of one matrix."""
+
+    def __init__(self, sweep_dir: Path | str, matrix_name: str) -> None:
+        self.root = Path(sweep_dir).absolute() / matrix_name
+        self.cells_dir = self.root / "cells"
+        self.logs_dir = self.root / "logs"
+
+    def cell(self, cell_id: str) -> CellRecord:
+        return CellRecord(self.cells_dir, cell_id)
+
+    def states(self, cell_ids: list[str]) -> dict[str, CellState]:
+        return {cid: self.cell(cid).state() for cid in cell_ids}
+
+    def known_ids(self) -> Iterator[str]:
+        if self.cells_dir.is_dir():
+            yield from sorted(p.name for p in self.cells_dir.iterdir() if p.is_dir())

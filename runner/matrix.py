@@ -1,0 +1,163 @@
+"""The matrix file: its schema, and loading it into a validated :class:`Matrix`.
+
+Structure and types are checked here (pydantic); whether axis values exist in the recipe's
+config groups is checked in :mod:`runner.validate`, and cells come from :mod:`runner.expand`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.yaml_lines import Path_, dotted, load_yaml
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_CELLS = 100_000
+
+Scalar = str | int | float | bool | None
+Value = Scalar | list[Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalExecutorOptions(_Strict):
+    """Cells run as local processes through submitit's LocalExecutor."""
+
+    kind: Literal["local"] = "local"
+    slots: PositiveInt = Field(1, description="cells running at once")
+    gpus: list[int] | None = Field(
+        None, description="GPU ids handed out one per running cell; None = all visible GPUs"
+    )
+    threads_per_cell: PositiveInt | None = Field(
+        None, description="torch/OpenMP threads per cell; None = cores // slots"
+    )
+    timeout_min: PositiveInt = Field(7 * 24 * 60, description="wall-clock limit per cell")
+
+
+class DebugExecutorOptions(_Strict):
+    """Cells run one after another inside the runner process (breakpoints work)."""
+
+    kind: Literal["debug"]
+
+
+ExecutorOptions = Annotated[
+    LocalExecutorOptions | DebugExecutorOptions, Field(discriminator="kind")
+]
+EXECUTOR_KINDS = ("local", "debug")
+
+
+class TrackingOptions(_Strict):
+    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+
+
+class Matrix(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    recipe: str
+    base: list[str] = Field(default_factory=list)
+    axes: dict[str, list[Value]] = Field(default_factory=dict)
+    zip: list[list[str]] = Field(default_factory=list)
+    exclude: list[dict[str, Value]] = Field(default_factory=list)
+    include: list[dict[str, Value]] = Field(default_factory=list)
+    executor: ExecutorOptions = Field(default_factory=LocalExecutorOptions)
+    tracking: TrackingOptions = Field(default_factory=TrackingOptions)
+    sweep_dir: str = Field("sweeps", description="where cell states and logs live")
+
+
+class LoadedMatrix(BaseModel):
+    """A validated matrix plus where it came from, for messages that point at lines."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    spec: Matrix
+    file: Path
+    lines: dict[Path_, int]
+
+    def line(self, *path: str | int) -> int | None:
+        """The line of ``path``, or of its closest ancestor that has one."""
+        p: Path_ = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return None
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        return Problem(dotted(path), message, self.line(*path))
+
+
+def _fields_at(loc: Path_) -> list[str]:
+    """Valid keys of the model found at ``loc`` (for 'did you mean')."""
+    model: Any = Matrix
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) else None
+    return list(getattr(model, "model_fields", {}))
+
+
+def _problem_from_pydantic(err: dict[str, Any], lines: dict[Path_, int], data: Any) -> Problem:
+    # Pydantic inserts union member names ('local', 'function-after...') into locs; drop them.
+    loc: Path_ = tuple(
+        p
+        for p in err["loc"]
+        if not (isinstance(p, str) and p in EXECUTOR_KINDS and err["loc"][0] == "executor")
+    )
+    kind = err["type"]
+    got = err.get("input")
+    line = None
+    p = loc
+    while p and line is None:
+        line = lines.get(p)
+        p = p[:-1]
+    if kind == "extra_forbidden":
+        valid = _executor_fields(data) if loc[:1] == ("executor",) else _fields_at(loc[:-1])
+        msg = f"unknown key '{loc[-1]}'; valid keys: {format_choices(valid)}"
+        return Problem(dotted(loc), msg + did_you_mean(loc[-1], valid), line)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = got.get("kind") if isinstance(got, dict) else None
+        msg = f"unknown executor kind {tag!r}; valid choices: {format_choices(EXECUTOR_KINDS)}"
+        return Problem("executor.kind", msg + did_you_mean(tag, EXECUTOR_KINDS), line)
+    if kind == "string_pattern_mismatch" and loc == ("name",):
+        msg = (
+            f"invalid name {got!r}: use lower-case letters, digits, '_' and '-' "
+            "(it becomes a directory and the MLflow experiment name)"
+        )
+        return Problem("name", msg, line)
+    if kind == "missing":
+        return Problem(dotted(loc), "required key is missing", line)
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    return Problem(dotted(loc), f"{err['msg'].lower()}, got {shown}", line)
+
+
+def _executor_fields(data: Any) -> list[str]:
+    ex = data.get("executor") if isinstance(data, dict) else None
+    kind = ex.get("kind", "local") if isinstance(ex, dict) else "local"
+    model = {"local": LocalExecutorOptions, "debug": DebugExecutorOptions}.get(kind)
+    return list(model.model_fields) if model else []
+
+
+def load_matrix(file: Path | str) -> LoadedMatrix:
+    """Parse and structurally validate a matrix file; raise MatrixError listing every problem."""
+    file = Path(file)
+    data, lines = load_yaml(file)
+    if not isinstance(data, dict):
+        what = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise MatrixError(
+            file, [Problem("", f"expected a mapping with keys name, recipe, axes; got {what}", 1)]
+        )
+    if isinstance(data.get("executor"), dict) and "kind" not in data["executor"]:
+        data["executor"] = {"kind": "local", **data["executor"]}
+    try:
+        spec = Matrix.model_validate(data)
+    except ValidationError as exc:
+        raise MatrixError(
+            file, [_problem_from_pydantic(e, lines, data) for e in exc.errors()]
+        ) from None
+    return LoadedMatrix(spec=spec, file=file, lines=lines)

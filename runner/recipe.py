@@ -1,0 +1,110 @@
+"""What the runner knows of a recipe: its config groups, and composing its config with Hydra.
+
+A recipe is a package under ``recipes/`` (see ``recipes/__init__.py`` for the contract).
+Composition uses Hydra's compose API, so a cell's config is exactly what
+``python -m recipes.<name> <overrides>`` would see.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.errors import RunnerError, did_you_mean, format_choices
+
+
+def available_recipes() -> list[str]:
+    import recipes
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(recipes.__path__) if m.ispkg and m.name != "components"
+    )
+
+
+class UnknownRecipe(RunnerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    config_dir: Path
+    config_name: str
+    train_entry: str
+
+    @classmethod
+    def load(cls, name: str) -> Recipe:
+        choices = available_recipes()
+        if name not in choices:
+            raise UnknownRecipe(
+                f"unknown recipe '{name}'; valid choices: "
+                f"{format_choices(choices)}{did_you_mean(name, choices)}"
+            )
+        module = importlib.import_module(f"recipes.{name}")
+        return cls(name, Path(module.CONFIG_DIR), module.CONFIG_NAME, module.TRAIN)
+
+    @cached_property
+    def groups(self) -> dict[str, list[str]]:
+        """Config group -> its choices (one YAML file each)."""
+        out: dict[str, list[str]] = {}
+        for sub in sorted(p for p in self.config_dir.iterdir() if p.is_dir()):
+            choices = sorted(f.stem for f in sub.glob("*.yaml"))
+            if choices:
+                out[sub.name] = choices
+        return out
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """The composed config for these overrides (raises Hydra's errors as they are)."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(
+            config_dir=str(self.config_dir), version_base="1.3", job_name=f"runner_{self.name}"
+        ):
+            return compose(config_name=self.config_name, overrides=list(overrides))
+
+    def train_fn(self) -> Any:
+        module, _, attr = self.train_entry.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+class Composer:
+    """Compose many configs in one Hydra context (composition dominates planning time)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self._cache: dict[tuple[str, ...], DictConfig | Exception] = {}
+
+    def __enter__(self) -> Composer:
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        self._ctx = initialize_config_dir(
+            config_dir=str(self.recipe.config_dir), version_base="1.3", job_name="runner_plan"
+        )
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig | Exception:
+        """The config, or the exception Hydra raised, cached by overrides."""
+        from hydra import compose
+
+        key = tuple(overrides)
+        if key not in self._cache:
+            try:
+                self._cache[key] = compose(config_name=self.recipe.config_name, overrides=list(key))
+            except Exception as exc:  # Hydra raises several types; all are user errors here
+                self._cache[key] = exc
+        return self._cache[key]

@@ -1,0 +1,170 @@
+"""From a validated plan to submitted jobs: decide which cells go out, claim them in the
+ledger so that no cell is submitted twice, and keep ``slots`` of them in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import track
+from runner.cells import Cell
+from runner.expand import Expansion
+from runner.job import CellJob
+from runner.ledger import CellState, Ledger
+from runner.matrix import LoadedMatrix
+from runner.recipe import Recipe
+from runner.validate import plan as validate_plan
+
+POLL_S = 1.0
+
+
+@dataclass
+class Plan:
+    """A validated matrix with its cells and where their states live."""
+
+    matrix: LoadedMatrix
+    recipe: Recipe
+    expansion: Expansion
+    ledger: Ledger
+    workdir: Path
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.expansion.cells
+
+    def states(self) -> dict[str, CellState]:
+        return self.ledger.states([c.id for c in self.cells])
+
+    @property
+    def tracking_uri(self) -> str:
+        return track.resolve_uri(self.matrix.spec.tracking.uri, self.workdir)
+
+
+def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
+    from runner.matrix import load_matrix
+
+    workdir = (workdir or Path.cwd()).absolute()
+    m = load_matrix(matrix_file)
+    recipe, expansion = validate_plan(m)
+    sweep_dir = Path(m.spec.sweep_dir)
+    ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)
+    return Plan(m, recipe, expansion, ledger, workdir)
+
+
+@dataclass
+class SweepOutcome:
+    submitted: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    lost_race: list[str] = field(default_factory=list)
+    job_ids: dict[str, str] = field(default_factory=dict)
+    experiment_id: str | None = None
+
+
+Observer = Callable[[dict[str, CellState]], None]
+
+
+def submit(plan: Plan, wait: bool | None = None, observe: Observer | None = None) -> SweepOutcome:
+    """Submit every pending cell once; follow them to the end when the backend waits."""
+    from runner.executors import make_backend
+
+    spec = plan.matrix.spec
+    outcome = SweepOutcome()
+    states = plan.states()
+    pending = [c for c in plan.cells if states[c.id].state == "pending"]
+    outcome.skipped.update(s.state for s in states.values() if s.state != "pending")
+    if not pending:
+        return outcome
+    uri = plan.tracking_uri
+    track.check_reachable(uri)
+    artifact_root = plan.workdir / "mlartifacts"
+    experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
+    outcome.experiment_id = experiment_id
+    commit = track.git_commit(plan.workdir)
+
+    claimed: list[tuple[Cell, int]] = []
+    for cell in pending:
+        record = plan.ledger.cell(cell.id)
+        record.write_cell(cell, spec.recipe, spec.base)
+        attempt = record.claim(spec.executor.kind)
+        if attempt is None:  # another sweep of this matrix got there first
+            outcome.lost_race.append(cell.id)
+        else:
+            claimed.append((cell, attempt.number))
+    jobs = [
+        CellJob(
+            matrix=spec.name,
+            recipe=spec.recipe,
+            cell_id=c.id,
+            run_name=c.run_name,
+            values=c.values,
+            overrides=[*spec.base, *c.overrides],
+            cells_dir=str(plan.ledger.cells_dir),
+            attempt=n,
+            tracking_uri=uri,
+            experiment_id=experiment_id,
+            executor=spec.executor.kind,
+            workdir=str(plan.workdir),
+            commit=commit,
+        )
+        for c, n in claimed
+    ]
+    backend = make_backend(spec.executor, plan.ledger.logs_dir)
+    follow = backend.waits if wait is None else wait
+    _run_queue(plan, backend, jobs, outcome, follow, observe)
+    return outcome
+
+
+def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
+    attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
+    attempt.write("job", {"job_id": str(sj.job_id), "executor": job.executor, "time": time.time()})
+    outcome.submitted.append(job.cell_id)
+    outcome.job_ids[job.cell_id] = str(sj.job_id)
+
+
+def _run_queue(
+    plan: Plan,
+    backend: Any,
+    jobs: list[CellJob],
+    outcome: SweepOutcome,
+    follow: bool,
+    observe: Observer | None,
+) -> None:
+    queue = list(jobs)
+    active: list[tuple[CellJob, Any]] = []
+    ids = [c.id for c in plan.cells]
+    while queue or (follow and active):
+        room = len(queue) if backend.slots is None else backend.slots - len(active)
+        if room > 0 and queue:
+            batch, queue = queue[:room], queue[room:]
+            for job, sj in zip(batch, backend.submit(batch), strict=True):
+                _record_submission(plan, job, sj, outcome)
+                active.append((job, sj))
+        if not follow:
+            continue
+        still = []
+        for job, sj in active:
+            if backend.finished(sj):
+                _check_outcome(plan, backend, job, sj)
+                backend.release(sj)
+            else:
+                still.append((job, sj))
+        active = still
+        if observe:
+            observe(plan.ledger.states(ids))
+        if queue or active:
+            time.sleep(POLL_S)
+    if observe:
+        observe(plan.ledger.states(ids))
+
+
+def _check_outcome(plan: Plan, backend: Any, job: CellJob, sj: Any) -> None:
+    """A job that ended without a terminal status (killed, crashed) is recorded as lost."""
+    attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
+    status = attempt.read("status") or {}
+    if status.get("state") not in ("done", "failed", "diverged"):
+        attempt.write("monitor", {"reason": backend.end_reason(sj), "time": time.time()})

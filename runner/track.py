@@ -1,0 +1,139 @@
+"""MLflow bookkeeping on the runner's side: one experiment per matrix, one run per cell.
+
+The runner creates each cell's run (name and tags) and ends it with the cell's outcome; the
+recipe logs params, metrics and artifacts into it. Runs are found again by the ledger's
+``run_id`` file, or by the ``runner.cell_id`` tag if a job died between creating the run
+and recording it, so an attempt never opens a second run for the same cell.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TAG_CELL = "runner.cell_id"
+TAG_MATRIX = "runner.matrix"
+TAG_STATE = "runner.state"
+AXIS_PREFIX = "axis."
+
+
+class TrackingUnavailable(RunnerError):
+    pass
+
+
+def resolve_uri(uri: str, base: Path) -> str:
+    """Make a local store's path absolute, so jobs in any working directory share it."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///') :]).absolute()}"
+    if "://" not in uri and not uri.startswith("databricks"):
+        return (base / uri).absolute().as_uri()
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(
+            f"the MLflow tracking server {uri} does not answer "
+            f"({reason}); start it or fix tracking.uri"
+        ) from None
+
+
+def client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
+    """The experiment id for ``name``, created if needed (artifacts beside a local store)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_root is not None and not uri.startswith(("http://", "https://")):
+        location = (artifact_root / name).absolute().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another sweep
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit(workdir: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def cell_tags(
+    matrix: str, cell_id: str, values: dict[str, object], executor: str, commit: str | None
+) -> dict[str, str]:
+    tags = {
+        TAG_MATRIX: matrix,
+        TAG_CELL: cell_id,
+        "runner.executor": executor,
+        "runner.host": socket.gethostname(),
+    }
+    tags.update({f"{AXIS_PREFIX}{k}": str(v) for k, v in values.items()})
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def find_run(uri: str, experiment_id: str, cell_id: str) -> str | None:
+    runs = client(uri).search_runs(
+        [experiment_id], f"tags.`{TAG_CELL}` = '{cell_id}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_cell_run(uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    run = client(uri).create_run(experiment_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Mark a resumed run as running again, refreshing host/executor tags."""
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    for k in ("runner.host", "runner.executor"):
+        if k in tags:
+            c.set_tag(run_id, k, tags[k])
+
+
+def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> None:
+    c = client(uri)
+    c.set_tag(run_id, TAG_STATE, state)
+    if reason:
+        c.set_tag(run_id, "runner.reason", reason[:5000])
+    c.set_terminated(run_id, status="FINISHED" if state == "done" else "FAILED")
