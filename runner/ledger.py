@@ -128,11 +128,13 @@ class CellRecord:
     def attempt(self, number: int) -> Attempt:
         return Attempt(number, self.attempts_dir / f"{number:04d}")
 
-    def claim(self, executor: str) -> Attempt | None:
-        """Claim the next attempt; None when another process claimed it first."""
-        existing = self.attempts()
-        number = existing[-1].number + 1 if existing else 1
-        attempt = Attempt(number, self.attempts_dir / f"{number:04d}")
+    def claim(self, executor: str, seen_attempts: int) -> Attempt | None:
+        """Claim attempt ``seen_attempts + 1``: the one after those the caller decided on.
+
+        None when another process claimed it first. Numbering from what the caller saw, not
+        from a fresh listing, is what makes two racing sweeps agree on a single winner.
+        """
+        attempt = self.attempt(seen_attempts + 1)
         self.attempts_dir.mkdir(parents=True, exist_ok=True)
         try:
             attempt.dir.mkdir()

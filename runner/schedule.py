@@ -84,13 +84,14 @@ def submit(plan: Plan, wait: bool | None = None, observe: Observer | None = None
     artifact_root = plan.workdir / "mlartifacts"
     experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
     outcome.experiment_id = experiment_id
-    commit = track.git_commit(plan.workdir)
+    # The code that trains is the recipe's: record the commit of the tree that holds it.
+    commit = track.git_commit(plan.recipe.config_dir)
 
     claimed: list[tuple[Cell, int]] = []
     for cell in pending:
         record = plan.ledger.cell(cell.id)
         record.write_cell(cell, spec.recipe, spec.base)
-        attempt = record.claim(spec.executor.kind)
+        attempt = record.claim(spec.executor.kind, states[cell.id].attempts)
         if attempt is None:  # another sweep of this matrix got there first
             outcome.lost_race.append(cell.id)
         else:

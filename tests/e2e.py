@@ -1,0 +1,100 @@
+"""Helpers for end-to-end tests: a tiny synthetic dataset, matrices that train in seconds,
+and a real ``mlflow server`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Small enough that one cell trains in a few seconds on one CPU thread.
+TINY = [
+    "training.max_epochs=2",
+    "training.val_interval=1",
+    "training.batch_size=1",
+    "training.samples_per_volume=1",
+    "training.patch_size=[16,16,16]",
+    "training.num_threads=1",
+]
+
+
+def make_tiny_dataset(root: Path) -> Path:
+    from recipes.components.demo_data import ensure_demo_dataset
+
+    return ensure_demo_dataset(root, cases=6, size=24, seed=0)
+
+
+def matrix_text(
+    name: str,
+    data_root: Path,
+    axes: str,
+    executor: str,
+    uri: str,
+    extra_base: list[str] | None = None,
+) -> str:
+    base = ["data=demo", f"data.root={data_root}", *TINY, *(extra_base or [])]
+    return (
+        f"name: {name}\nrecipe: segmentation\nbase: {base!r}\naxes:\n{axes}\n"
+        f"executor: {executor}\ntracking: {{uri: '{uri}'}}\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` bound to 127.0.0.1, stopped on exit."""
+    port = port or free_port()
+    log = open(workdir / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 - closed below
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'server.db'}",
+        "--default-artifact-root",
+        (workdir / "server-artifacts").as_uri(),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "mlflow server did not start: "
+                        + (workdir / f"mlflow-server-{port}.log").read_text()[-2000:]
+                    ) from exc
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
