@@ -13,6 +13,7 @@ from typing import Any
 
 from runner import track
 from runner.cells import Cell
+from runner.errors import RunnerError
 from runner.expand import Expansion
 from runner.job import CellJob
 from runner.ledger import CellState, Ledger
@@ -79,6 +80,14 @@ def submit(plan: Plan, wait: bool | None = None, observe: Observer | None = None
     outcome.skipped.update(s.state for s in states.values() if s.state != "pending")
     if not pending:
         return outcome
+    backend = make_backend(spec.executor, plan.ledger.logs_dir)
+    follow = backend.waits if wait is None else wait
+    if not follow and backend.slots is not None and len(pending) > backend.slots:
+        raise RunnerError(
+            f"executor '{spec.executor.kind}' keeps its queue inside `runner sweep`, so it "
+            f"must follow the cells ({len(pending)} cells, {backend.slots} slots): drop "
+            "--no-wait"
+        )
     uri = plan.tracking_uri
     track.check_reachable(uri)
     artifact_root = plan.workdir / "mlartifacts"
@@ -114,8 +123,6 @@ def submit(plan: Plan, wait: bool | None = None, observe: Observer | None = None
         )
         for c, n in claimed
     ]
-    backend = make_backend(spec.executor, plan.ledger.logs_dir)
-    follow = backend.waits if wait is None else wait
     _run_queue(plan, backend, jobs, outcome, follow, observe)
     return outcome
 

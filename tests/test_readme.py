@@ -1,0 +1,47 @@
+"""The README's examples are run, so that the documentation can't drift from the behaviour."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from runner.cli import main
+from runner.schedule import make_plan
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_quickstart_is_exactly_two_commands() -> None:
+    quickstart = README.split("## Quickstart", 1)[1].split("##", 1)[0]
+    assert re.findall(r"```\n(.*?)```", quickstart, flags=re.S) == ["make sweep\nmake test\n"]
+
+
+def test_matrix_example_plans_with_the_documented_names(project: Path, capsys) -> None:
+    [example] = [b for b in _blocks("yaml") if "name: isles24_ablation" in b]
+    path = project / "example.yaml"
+    path.write_text(example)
+    assert main(["plan", str(path)]) == 0
+    plan = make_plan(path)
+    # 3 (model zipped with lr) x 2 x 2 x 2 x 3 seeds = 72, minus unet x ce_weighted
+    # (2 optimizers x 2 schedulers x 3 seeds = 12), plus 1 include.
+    assert len(plan.cells) == 72 - 12 + 1
+    names = {c.run_name for c in plan.cells}
+    assert "segresnet_adamw1e-3_onecycle_dicece_s0" in names
+    assert "segresnet_adamw1e-3_onecycle_dicece_s0" in README
+
+
+def test_validation_example_output(project: Path, capsys) -> None:
+    typo = project / "matrix" / "typo.yaml"
+    typo.parent.mkdir()
+    typo.write_text("name: typo\nrecipe: segmentation\nbase: [data=demo]\naxes:\n"
+                    "  model: [segresnt, unet]\n  loss: [dice_ce]\n  optimizer.lrr: [1.0e-3]\n")
+    assert main(["plan", "matrix/typo.yaml"]) == 2
+    err = capsys.readouterr().err
+    block = README.split("$ runner plan matrix/typo.yaml\n", 1)[1].split("```", 1)[0]
+    for line in block.strip().splitlines():
+        assert line in err, line
