@@ -1,8 +1,10 @@
-"""``runner``: plan, sweep and inspect experiment matrices.
+"""``runner``: plan, sweep, resume, cancel and inspect experiment matrices.
 
-    runner plan MATRIX [--json]      the cells, their run names and states
-    runner sweep MATRIX [--no-wait]  submit the cells that never ran; follow them
-    runner status MATRIX [--json]    states, attempts and best val Dice per cell
+    runner plan MATRIX [--json]                   the cells, their run names and states
+    runner sweep MATRIX [--no-wait]               submit the cells that never ran; follow them
+    runner status MATRIX [--format F] [-o FILE]   state, attempts, best val Dice per cell
+    runner resume MATRIX [--only R,..] [--cells ID,..]   retry failed/cancelled/lost cells
+    runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -23,50 +26,40 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 220)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _plan(args: argparse.Namespace):
+def _plan(args: argparse.Namespace) -> Any:
     from runner.schedule import make_plan
 
     plan = make_plan(args.matrix)
     for w in plan.expansion.warnings:
-        err.print(f"[yellow]warning:[/] {w.render(plan.matrix.file)}", markup=True)
+        err.print("[yellow]warning:[/]", end=" ")
+        err.print(w.render(plan.matrix.file), markup=False)
     return plan
-
-
-def _states_json(plan, states) -> list[dict]:
-    return [
-        {
-            "id": c.id,
-            "run_name": c.run_name,
-            "values": c.values,
-            "overrides": [*plan.matrix.spec.base, *c.overrides],
-            "state": states[c.id].state,
-            "attempts": states[c.id].attempts,
-            "run_id": states[c.id].run_id,
-            "reason": states[c.id].reason,
-            "best_val_dice": states[c.id].best_val_dice,
-        }
-        for c in plan.cells
-    ]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from runner.display import cell_table, summary
 
     plan = _plan(args)
-    states = plan.states()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "matrix": plan.matrix.spec.name,
-                    "count": len(plan.cells),
-                    "cells": _states_json(plan, states),
-                },
+    fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
+    if fmt in ("json", "parquet"):
+        from runner.table import rows, write_parquet
+
+        if fmt == "parquet":
+            out = Path(args.output or f"{plan.matrix.spec.name}_cells.parquet")
+            write_parquet(plan, out)
+            console.print(f"wrote {len(plan.cells)} rows to {out}")
+        else:
+            text = json.dumps(
+                {"matrix": plan.matrix.spec.name, "count": len(plan.cells), "cells": rows(plan)},
                 indent=1,
                 default=str,
             )
-        )
+            if args.output:
+                Path(args.output).write_text(text)
+            else:
+                print(text)
         return 0
+    states = plan.states()
     spec = plan.matrix.spec
     title = (
         f"{spec.name}: {len(plan.cells)} cells, recipe {spec.recipe}, executor {spec.executor.kind}"
@@ -76,51 +69,77 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    return cmd_plan(args)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
+def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
     from runner.display import LiveProgress, summary
     from runner.schedule import submit
 
     plan = _plan(args)
     spec = plan.matrix.spec
     console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
-    observe = LiveProgress(console, plan.cells)
-    outcome = submit(plan, wait=args.wait, observe=observe)
+    outcome = submit(plan, wait=args.wait, observe=LiveProgress(console, plan.cells), choose=choose)
+    skipped = ", ".join(f"{n} {s}" for s, n in sorted(outcome.skipped.items()))
     if not outcome.submitted:
-        why = ", ".join(f"{n} {s}" for s, n in sorted(outcome.skipped.items()))
-        console.print(f"nothing new to submit: every cell already ran or is in flight ({why}).")
+        what = "nothing new to submit" if verb == "sweep" else "nothing to resume"
+        console.print(f"{what}: no cell needs it ({skipped}).")
         if outcome.lost_race:
             console.print(f"{len(outcome.lost_race)} cells were claimed by a concurrent sweep.")
-        if outcome.skipped.get("failed") or outcome.skipped.get("diverged"):
+        if verb == "sweep" and (outcome.skipped.get("failed") or outcome.skipped.get("diverged")):
             console.print(
-                "failed or diverged cells are retried by `runner resume` "
-                "(not by sweep), so that a sweep never repeats work by accident."
+                "failed cells are retried by `runner resume` (not by sweep), so that a "
+                "sweep never repeats work by accident."
             )
     else:
         console.print(
             f"submitted {len(outcome.submitted)} cells"
             + (
-                f", skipped {sum(outcome.skipped.values())} ("
-                + ", ".join(f"{n} {s}" for s, n in outcome.skipped.items())
-                + ")"
+                f", left {sum(outcome.skipped.values())} alone ({skipped})"
                 if outcome.skipped
                 else ""
             )
         )
+        if not (args.wait if args.wait is not None else True):
+            for cid, job in outcome.job_ids.items():
+                console.print(f"  {cid}  job {job}")
     states = plan.states()
     console.print(f"states: {summary(states)}")
     uri = plan.tracking_uri
     console.print(f"MLflow store: {uri}  (experiment '{spec.name}')")
-    if uri.startswith("sqlite:") or uri.startswith("file:"):
+    if uri.startswith(("sqlite:", "file:")):
         console.print(
-            f"open the UI with: make ui   (or: mlflow ui --backend-store-uri "
-            f"{uri} --host 127.0.0.1 --port 5000)"
+            f"open the UI with: make ui   (or: mlflow ui --backend-store-uri {uri} "
+            "--host 127.0.0.1 --port 5000)"
         )
-    bad = [s for s in states.values() if s.state in ("failed", "diverged")]
-    return 1 if bad and outcome.submitted else 0
+    mine = [states[c] for c in outcome.submitted]
+    return 1 if any(s.state in ("failed", "diverged", "cancelled") for s in mine) else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    return _submit(args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from runner.select import for_resume, parse_list
+
+    only, ids = parse_list(args.only), parse_list(args.cells)
+    if args.cells is not None and not ids:
+        raise RunnerError("--cells: give at least one cell id")
+    return _submit(args, lambda cells, states: for_resume(cells, states, only, ids), "resume")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from runner.cancel import cancel
+    from runner.select import parse_list
+
+    plan = _plan(args)
+    outcome = cancel(plan, parse_list(args.cells))
+    if not outcome.cancelled:
+        console.print("nothing to cancel: no cell is queued, submitted or running.")
+        return 0
+    console.print(
+        f"cancelled {len(outcome.cancelled)} cells "
+        f"({len(outcome.signalled)} running jobs signalled)"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,30 +147,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="runner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, fn, text in [
+    commands = [
         ("plan", cmd_plan, "show the cells of a matrix and their states"),
-        ("status", cmd_status, "show the states of a matrix's cells"),
+        ("status", cmd_plan, "show the states of a matrix's cells"),
         ("sweep", cmd_sweep, "submit the cells that never ran"),
-    ]:
+        ("resume", cmd_resume, "resubmit failed, cancelled and lost cells from their checkpoint"),
+        ("cancel", cmd_cancel, "stop queued, submitted and running cells"),
+    ]
+    for name, fn, text in commands:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("matrix", type=Path, help="the matrix YAML file")
         p.set_defaults(fn=fn)
         if name in ("plan", "status"):
-            p.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "sweep":
+            p.add_argument("--json", action="store_true", help="same as --format json")
+            p.add_argument("--format", choices=("table", "json", "parquet"), default="table")
+            p.add_argument("-o", "--output", help="file for json/parquet output")
+        if name in ("sweep", "resume"):
             p.add_argument(
                 "--wait",
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help="follow the cells to their end (default: the executor's)",
             )
+        if name == "resume":
+            p.add_argument(
+                "--only",
+                help="only cells that failed for these reasons, e.g. "
+                "oom,timeout (also: exception, lost, cancelled, diverged)",
+            )
+        if name in ("resume", "cancel"):
+            p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        return int(args.fn(args))
     except RunnerError as exc:
         text = str(exc)
         err.print("[red]error:[/]", end="\n" if "\n" in text else " ")

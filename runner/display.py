@@ -21,6 +21,7 @@ STATE_STYLE = {
     "done": "green",
     "failed": "red",
     "diverged": "magenta",
+    "cancelled": "red",
 }
 
 
@@ -54,7 +55,7 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
             s = states[c.id]
             note = _progress(s) or (s.reason or "")
             row += [
-                f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]",
+                f"[{STATE_STYLE.get(s.state, 'default')}]{s.state}[/]",
                 str(s.attempts),
                 _dice(s.best_val_dice),
                 escape(note[:80]),
@@ -65,7 +66,7 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
 
 def summary(states: dict[str, CellState]) -> str:
     counts = Counter(s.state for s in states.values())
-    order = ["done", "running", "submitted", "queued", "pending", "failed", "diverged"]
+    order = ["done", "running", "submitted", "queued", "pending", "failed", "diverged", "cancelled"]
     return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
 
 
@@ -92,7 +93,7 @@ class LiveProgress:
                 if s.best_val_dice is not None
                 else (s.reason or "")
             )
-            style = STATE_STYLE.get(s.state, "")
+            style = STATE_STYLE.get(s.state, "default")
             self.console.print(
                 f"[{elapsed:6.0f}s] {self.names.get(cid, cid):<40} "
                 f"[{style}]{s.state:<9}[/] {escape(detail)}  ({summary(states)})",

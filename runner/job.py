@@ -24,8 +24,15 @@ HEARTBEAT_S = 10.0
 
 def _reason(exc: BaseException) -> str:
     name = type(exc).__name__
-    if isinstance(exc, MemoryError) or "OutOfMemoryError" in name:
-        return "oom"
+    text = str(exc)
+    # torch raises OutOfMemoryError on CUDA and a RuntimeError from its CPU allocator.
+    if (
+        isinstance(exc, MemoryError)
+        or "OutOfMemoryError" in name
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    ):
+        return f"oom: {text.splitlines()[0][:300] if text else name}"
     if isinstance(exc, KeyboardInterrupt):
         return "cancelled"
     return f"exception: {name}: {exc}"[:500]
@@ -108,20 +115,21 @@ class CellJob:
                 )
                 result = recipe.train_fn()(cfg, ctx)
             except BaseException as exc:
-                tail = traceback.format_exc()[-4000:]
+                reason = _reason(exc)
+                state = "cancelled" if reason == "cancelled" else "failed"
                 attempt.write(
                     "status",
                     {
                         **base,
-                        "state": "failed",
-                        "reason": _reason(exc),
-                        "error_tail": tail,
+                        "state": state,
+                        "reason": reason,
                         "ended": time.time(),
+                        "error_tail": traceback.format_exc()[-4000:],
                         "time": time.time(),
                     },
                 )
                 if run_id:
-                    _safe_finish(self.tracking_uri, run_id, "failed", _reason(exc))
+                    _safe_finish(self.tracking_uri, run_id, state, reason)
                 raise
         outcome = {
             **base,

@@ -10,6 +10,7 @@ Layout, under ``<sweep_dir>/<matrix name>/cells/<cell id>/``::
     attempts/0001/status.json     running / done / failed / diverged, written by the job
     attempts/0001/heartbeat.json  progress, rewritten by the job while it runs
     attempts/0001/monitor.json    how the executor saw it end, written by the watcher
+    attempts/0001/cancel.json     a cancellation request, written by ``runner cancel``
 
 Why files and not a database: the ledger must live on the cluster's shared filesystem
 (NFS), where SQLite locking is unsafe. Each file has exactly one writer and is replaced
@@ -32,7 +33,9 @@ from typing import Any
 
 from runner.cells import Cell
 
-TERMINAL = ("done", "failed", "diverged")
+TERMINAL = ("done", "failed", "diverged", "cancelled")
+#: A running cell on another host whose heartbeat is older than this is presumed lost.
+LOST_AFTER_S = 600.0
 STATES = ("pending", "queued", "submitted", "running", *TERMINAL)
 
 
@@ -192,16 +195,46 @@ class CellRecord:
             out.best_val_dice = status.get("best_val_dice")
         elif job:
             out.state = "submitted"
-        elif (
-            claim
-            and claim.get("host") == socket.gethostname()
-            and not _pid_alive(int(claim.get("pid", 0)))
-        ):
+        elif claim and _dead_here(claim):
             # Claimed by a sweep that died before submitting: it never ran, so it is pending.
             out.state = "pending"
-        if out.state not in TERMINAL and monitor:
+        if out.state in TERMINAL:
+            return out
+        if last.read("cancel"):
+            out.state, out.reason = "cancelled", "cancelled"
+        elif monitor:
             out.state, out.reason = "failed", monitor.get("reason", "lost")
+        elif out.state == "running" and status and _dead_here(status):
+            out.state, out.reason = "failed", "lost: the job's process is gone"
+        elif out.state == "running" and time.time() - (beat.get("time") or 0) > LOST_AFTER_S:
+            out.state, out.reason = "failed", "lost: no heartbeat for over 10 minutes"
         return out
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every attempt: job id, host, start, end, state, reason, checkpoint used."""
+        rows = []
+        for a in self.attempts():
+            job, status = a.read("job") or {}, a.read("status") or {}
+            rows.append(
+                {
+                    "attempt": a.number,
+                    "executor": job.get("executor"),
+                    "job_id": job.get("job_id") or status.get("job_id"),
+                    "host": status.get("host"),
+                    "started": status.get("started"),
+                    "ended": status.get("ended"),
+                    "state": status.get("state"),
+                    "reason": status.get("reason") or (a.read("monitor") or {}).get("reason"),
+                    "resumed_from_epoch": status.get("resumed_from_epoch"),
+                }
+            )
+        return rows
+
+
+def _dead_here(owner: dict[str, Any]) -> bool:
+    """True when ``owner`` (a claim or status) names a process on this host that is gone."""
+    pid = owner.get("pid")
+    return owner.get("host") == socket.gethostname() and bool(pid) and not _pid_alive(int(pid))
 
 
 class Ledger:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.executors.slurm_options import SlurmExecutorOptions
 from runner.yaml_lines import Path_, dotted, load_yaml
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -46,9 +47,10 @@ class DebugExecutorOptions(_Strict):
 
 
 ExecutorOptions = Annotated[
-    LocalExecutorOptions | DebugExecutorOptions, Field(discriminator="kind")
+    LocalExecutorOptions | DebugExecutorOptions | SlurmExecutorOptions,
+    Field(discriminator="kind"),
 ]
-EXECUTOR_KINDS = ("local", "debug")
+EXECUTOR_KINDS = ("local", "debug", "slurm")
 
 
 class TrackingOptions(_Strict):
@@ -139,7 +141,11 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Path_, int], data: A
 def _executor_fields(data: Any) -> list[str]:
     ex = data.get("executor") if isinstance(data, dict) else None
     kind = ex.get("kind", "local") if isinstance(ex, dict) else "local"
-    model = {"local": LocalExecutorOptions, "debug": DebugExecutorOptions}.get(kind)
+    model = {
+        "local": LocalExecutorOptions,
+        "debug": DebugExecutorOptions,
+        "slurm": SlurmExecutorOptions,
+    }.get(kind)
     return list(model.model_fields) if model else []
 
 

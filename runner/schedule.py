@@ -69,15 +69,25 @@ class SweepOutcome:
 Observer = Callable[[dict[str, CellState]], None]
 
 
-def submit(plan: Plan, wait: bool | None = None, observe: Observer | None = None) -> SweepOutcome:
-    """Submit every pending cell once; follow them to the end when the backend waits."""
+def submit(
+    plan: Plan,
+    wait: bool | None = None,
+    observe: Observer | None = None,
+    choose: Callable[[list[Cell], dict[str, CellState]], list[Cell]] | None = None,
+) -> SweepOutcome:
+    """Submit the chosen cells (default: those never submitted) once each; follow them to
+    the end when the backend waits. ``choose`` picks cells from the current states."""
     from runner.executors import make_backend
 
     spec = plan.matrix.spec
     outcome = SweepOutcome()
     states = plan.states()
-    pending = [c for c in plan.cells if states[c.id].state == "pending"]
-    outcome.skipped.update(s.state for s in states.values() if s.state != "pending")
+    if choose is None:
+        pending = [c for c in plan.cells if states[c.id].state == "pending"]
+    else:
+        pending = choose(plan.cells, states)
+    chosen = {c.id for c in pending}
+    outcome.skipped.update(s.state for cid, s in states.items() if cid not in chosen)
     if not pending:
         return outcome
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
@@ -147,6 +157,10 @@ def _run_queue(
     ids = [c.id for c in plan.cells]
     while queue or (follow and active):
         room = len(queue) if backend.slots is None else backend.slots - len(active)
+        # A cell cancelled while it waited in the queue is not started.
+        queue = [
+            j for j in queue if not plan.ledger.cell(j.cell_id).attempt(j.attempt).read("cancel")
+        ]
         if room > 0 and queue:
             batch, queue = queue[:room], queue[room:]
             for job, sj in zip(batch, backend.submit(batch), strict=True):

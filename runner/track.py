@@ -8,10 +8,13 @@ and recording it, so an attempt never opens a second run for the same cell.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,8 +63,31 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize first use of a local sqlite store: MLflow creates and migrates its tables on
+    first use, and two sweeps doing that at once collide. (sqlite stores are local files;
+    on NFS use a tracking server.)"""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The experiment id for ``name``, created if needed (artifacts beside a local store)."""
+    with _store_lock(uri):
+        return _ensure_experiment(uri, name, artifact_root)
+
+
+def _ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -136,4 +162,5 @@ def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> 
     c.set_tag(run_id, TAG_STATE, state)
     if reason:
         c.set_tag(run_id, "runner.reason", reason[:5000])
-    c.set_terminated(run_id, status="FINISHED" if state == "done" else "FAILED")
+    status = {"done": "FINISHED", "cancelled": "KILLED"}.get(state, "FAILED")
+    c.set_terminated(run_id, status=status)

@@ -38,8 +38,10 @@ def test_matrix_example_plans_with_the_documented_names(project: Path, capsys) -
 def test_validation_example_output(project: Path, capsys) -> None:
     typo = project / "matrix" / "typo.yaml"
     typo.parent.mkdir()
-    typo.write_text("name: typo\nrecipe: segmentation\nbase: [data=demo]\naxes:\n"
-                    "  model: [segresnt, unet]\n  loss: [dice_ce]\n  optimizer.lrr: [1.0e-3]\n")
+    typo.write_text(
+        "name: typo\nrecipe: segmentation\nbase: [data=demo]\naxes:\n"
+        "  model: [segresnt, unet]\n  loss: [dice_ce]\n  optimizer.lrr: [1.0e-3]\n"
+    )
     assert main(["plan", "matrix/typo.yaml"]) == 2
     err = capsys.readouterr().err
     block = README.split("$ runner plan matrix/typo.yaml\n", 1)[1].split("```", 1)[0]

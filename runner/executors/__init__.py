@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.executors.base import Backend
+if TYPE_CHECKING:  # runner.matrix imports this package (slurm_options): keep submitit out
+    from runner.executors.base import Backend
 
 
 def make_backend(options: Any, folder: Path) -> Backend:
@@ -18,4 +19,8 @@ def make_backend(options: Any, folder: Path) -> Backend:
         from runner.executors.debug import DebugBackend
 
         return DebugBackend(options, folder)
+    if options.kind == "slurm":
+        from runner.executors.slurm import SlurmBackend
+
+        return SlurmBackend(options, folder)
     raise ValueError(f"no backend for executor kind {options.kind!r}")

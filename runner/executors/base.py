@@ -50,5 +50,9 @@ class Backend(ABC):
             f"; stderr tail: {tail}" if tail else ""
         )
 
+    def cancel(self, job_ids: list[str]) -> list[str]:
+        """Stop these jobs; return the ids it could signal. Default: nothing to stop."""
+        return []
+
     def release(self, job: submitit.Job[Any]) -> None:  # noqa: B027 - optional hook
         """Give back what ``submit`` reserved for this job (a GPU, a slot)."""

@@ -6,8 +6,10 @@ submitit's LocalExecutor starts every submitted job at once, so the runner keeps
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +75,40 @@ class LocalBackend(Backend):
             out.append(sj)
         return out
 
+    def cancel(self, job_ids: list[str]) -> list[str]:
+        """Interrupt each job's task processes (SIGINT): the cell then records itself as
+        cancelled and closes its MLflow run as KILLED before it exits, and submitit's
+        controller, seeing its task end, ends too. Signalling the controller instead would
+        SIGKILL the task one second later, before it could record anything."""
+        stopped = []
+        for job_id in job_ids:
+            pid = int(job_id) if job_id.isdigit() else 0
+            try:  # only a pid that still is a submitit controller, never a recycled one
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"submitit.local._local" not in cmdline:
+                continue
+            for child in _children(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGINT)
+            stopped.append(job_id)
+        return stopped
+
     def release(self, job: submitit.Job[Any]) -> None:
         gpu = self.gpu_of.pop(job.job_id, None)
         if gpu is not None:
             self.free_gpus.append(gpu)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out

@@ -1,0 +1,269 @@
+"""SLURM through submitit: cells go out as job arrays and requeue themselves on time-out.
+
+* ``submit`` sends N cells in ⌈N / MaxArraySize⌉ ``sbatch`` calls (one job array each), with
+  the ``%N`` throttle of ``array_parallelism``. When a matrix needs several arrays, each one
+  waits for the previous to end (``afterany``) so that the throttle holds for the whole sweep.
+* Each cell runs as :class:`SlurmCellJob`, a :class:`~runner.job.CellJob` that is also
+  submitit-``Checkpointable``: SLURM warns it ``signal_delay_s`` before its time limit (or on
+  preemption through ``scancel --signal``), submitit requeues the same job id, and the recipe
+  resumes from ``last.pt`` into the same MLflow run (the ledger's ``run_id``).
+* Requeues are recorded in the attempt's ``slurm.json`` (see :class:`SlurmCellJob`).
+* The sweep does not wait (``waits = False``): the cluster keeps the queue, ``runner status``
+  reads the ledger, and :func:`query_states` asks SLURM about the whole matrix at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable
+
+from runner.executors.base import Backend
+from runner.executors.slurm_cluster_info import max_array_size, query_states, show_config
+from runner.executors.slurm_options import SlurmExecutorOptions
+from runner.job import CellJob
+from runner.ledger import CellRecord
+
+__all__ = ["SlurmBackend", "SlurmCellJob", "SlurmExecutorOptions", "query_states"]
+
+SLURM_FILE = "slurm"  # attempts/NNNN/slurm.json, written only by the running job
+
+
+class SlurmCellJob(CellJob, Checkpointable):
+    """A cell that survives its time limit: submitit requeues it and it resumes.
+
+    ``attempts/NNNN/slurm.json`` (one writer: the job) holds::
+
+        {"job_id": "123_4", "host": ..., "restarts": 1, "starts": 2,
+         "requeues": [{"time": ..., "kind": "timeout", "ran_s": 61.2, "job_id": ...}]}
+
+    ``restarts`` is SLURM's own count (SLURM_RESTART_COUNT: also requeues by an admin or
+    after a node failure); ``requeues`` lists those this job asked for itself. While requeued,
+    the attempt's status reads ``submitted`` with the reason, never ``failed``.
+    """
+
+    #: The job's limit, for telling a time-out from a preemption in the record.
+    time_limit_min: int = 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Nothing to save here: the recipe writes last.pt every epoch and resumes from it,
+        # and the MLflow run is found again through the ledger. Requeue the same cell.
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __call__(self) -> dict[str, Any]:
+        self._started = time.time()
+        self._note_start()
+        self._wrap_requeue_signal()
+        return super().__call__()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _record(self) -> CellRecord:
+        return CellRecord(Path(self.cells_dir), self.cell_id)
+
+    def _note_start(self) -> None:
+        attempt = self._record().attempt(self.attempt)
+        data = attempt.read(SLURM_FILE) or {"requeues": [], "starts": 0}
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        data.update(
+            job_id=_current_job_id(),
+            host=socket.gethostname(),
+            starts=int(data.get("starts", 0)) + 1,
+            restarts=max(restarts, len(data.get("requeues", []))),
+            time=time.time(),
+        )
+        attempt.write(SLURM_FILE, data)
+        if data["restarts"]:
+            self._tag_run(str(data["restarts"]))
+
+    def _tag_run(self, restarts: str) -> None:
+        """Best effort: show the requeue count in MLflow too (the ledger has it for sure)."""
+        run_id = self._record().run_id
+        if not run_id:
+            return
+        try:
+            from runner import track
+
+            track.client(self.tracking_uri).set_tag(run_id, "runner.slurm_restarts", restarts)
+        except Exception as exc:
+            print(f"could not tag the MLflow run with its restarts: {exc}", file=sys.stderr)
+
+    def _note_requeued(self) -> None:
+        """Called once submitit has requeued this job: record it, before SLURM kills us."""
+        attempt = self._record().attempt(self.attempt)
+        ran_s = time.time() - getattr(self, "_started", time.time())
+        limit_s = self.time_limit_min * 60
+        # submitit's own rule for whether this was the time limit (and uses up a requeue).
+        kind = "timeout" if limit_s and ran_s >= min(0.8 * limit_s, limit_s - 600) else "preempted"
+        data = attempt.read(SLURM_FILE) or {"requeues": []}
+        events = [*data.get("requeues", []), {"time": time.time(), "kind": kind, "ran_s": ran_s}]
+        events[-1]["job_id"] = _current_job_id()
+        data.update(requeues=events, restarts=max(int(data.get("restarts", 0)), len(events)))
+        attempt.write(SLURM_FILE, data)
+        status = attempt.read("status") or {}
+        attempt.write(
+            "status",
+            {
+                **status,
+                "state": "submitted",
+                "reason": f"requeued after {kind} ({len(events)} so far); resumes from its "
+                "checkpoint",
+                "requeues": len(events),
+                "time": time.time(),
+            },
+        )
+
+    def _wrap_requeue_signal(self) -> None:
+        """Record a requeue and leave at once, instead of unwinding through the cell.
+
+        submitit's handler for the warning signal checkpoints, runs ``scontrol requeue`` and
+        raises SystemExit. Unwound through :meth:`CellJob.__call__`, that exit would be
+        recorded as a failure (ledger and MLflow) of a cell that is in fact requeued; so the
+        handler is wrapped: after a successful requeue the job records it and exits here.
+        When submitit does not requeue (too many time-outs), its error still unwinds and
+        the cell is recorded as failed, as it should be.
+        """
+        sig = submitit.JobEnvironment._usr_sig()
+        try:
+            inner = signal.getsignal(sig)
+        except ValueError:  # not the main thread: not running under submitit
+            return
+        if not callable(inner):
+            return
+        handler: Callable[[int, FrameType | None], Any] = inner
+
+        def on_warning(signum: int, frame: FrameType | None) -> None:
+            try:
+                handler(signum, frame)
+            except SystemExit:
+                try:
+                    self._note_requeued()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
+
+        signal.signal(sig, on_warning)
+
+
+def _current_job_id() -> str | None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+class SlurmBackend(Backend):
+    kind = "slurm"
+    waits = False  # the cluster keeps the queue; `runner status` follows the cells
+
+    def __init__(self, options: SlurmExecutorOptions, folder: Path) -> None:
+        super().__init__(options, folder)
+        self.options: SlurmExecutorOptions = options
+        self._max_array: int | None = None
+        #: One entry per sbatch call: (SLURM job id of the array, number of cells in it).
+        self.arrays: list[tuple[str, int]] = []
+
+    @property
+    def max_array_size(self) -> int:
+        if self._max_array is None:  # asked once per backend, not per submission
+            self._max_array = max_array_size(show_config())
+        return self._max_array
+
+    def _executor(self) -> submitit.SlurmExecutor:
+        o = self.options
+        executor = submitit.SlurmExecutor(
+            folder=self.folder, max_num_timeout=o.max_requeues, python=o.python
+        )
+        params: dict[str, Any] = {
+            "job_name": o.job_name or self.folder.parent.name,
+            "time": o.time_min,
+            "partition": o.partition,
+            "account": o.account,
+            "qos": o.qos,
+            "constraint": o.constraint,
+            "cpus_per_task": o.cpus_per_task,
+            "ntasks_per_node": 1,  # one task per cell: the cell's process
+            "mem": None if o.mem_gb is None else f"{round(o.mem_gb * 1024)}M",
+            "gres": o.gres,
+            "gpus_per_task": o.gpus_per_task if o.gres is None and o.gpus_per_task else None,
+            "setup": list(o.setup) or None,
+            "srun_args": list(o.srun_args) or None,
+            "signal_delay_s": o.signal_delay_s,
+            "additional_parameters": dict(o.sbatch_extra) or None,
+        }
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        return executor
+
+    def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
+        return self.submit_callables([self._checkpointable(j) for j in jobs])
+
+    def submit_callables(self, fns: Sequence[Callable[[], Any]]) -> list[submitit.Job[Any]]:
+        """Send these payloads out as job arrays of at most MaxArraySize tasks each."""
+        if not fns:
+            return []
+        try:
+            executor = self._executor()
+        except RuntimeError as exc:  # submitit: no srun on PATH
+            raise RuntimeError(f"executor kind 'slurm' needs a SLURM client here: {exc}") from exc
+        size, throttle = self.max_array_size, self.options.array_parallelism
+        out: list[submitit.Job[Any]] = []
+        previous: str | None = None
+        for start in range(0, len(fns), size):
+            part = fns[start : start + size]
+            extra: dict[str, Any] = {"array_parallelism": throttle or len(part)}
+            if throttle and previous:
+                # Two arrays at once would each allow `throttle` running cells.
+                extra["dependency"] = f"afterany:{previous}"
+            executor.update_parameters(**extra)
+            submitted = executor.submit_array(list(part))
+            previous = submitted[0].job_id.split("_")[0]
+            self.arrays.append((previous, len(part)))
+            shown = f"%{throttle}" if throttle else "no throttle"
+            print(
+                f"slurm: cells {start + 1}-{start + len(part)} of {len(fns)} -> job "
+                f"{previous} ({submitted[0].job_id}..{submitted[-1].job_id}, {shown})",
+                flush=True,
+            )
+            out.extend(submitted)
+        return out
+
+    def _checkpointable(self, job: CellJob) -> SlurmCellJob:
+        fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+        cell = SlurmCellJob(**fields)
+        cell.time_limit_min = self.options.time_min
+        return cell
+
+    def cancel(self, job_ids: list[str]) -> list[str]:
+        """scancel these jobs in one call; return those it did not refuse (unknown, no answer)."""
+        if not job_ids:
+            return []
+        try:
+            out = subprocess.run(
+                ["scancel", "--verbose", *job_ids],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return []
+        # Only --verbose names the ids it could not kill when given several:
+        # "scancel: error: Kill job error on job id 12_3: Invalid job id specified"
+        refused = set(re.findall(r"job id (\S+?):", out.stderr))
+        return [j for j in job_ids if j not in refused]
+
+    def end_reason(self, job: submitit.Job[Any]) -> str:
+        # submitit's cached state can be stale; ask SLURM once more for the message.
+        states, _ = query_states([str(job.job_id)])
+        return f"{super().end_reason(job)}; SLURM state {states.get(str(job.job_id))}"

@@ -1,0 +1,133 @@
+"""Read-only questions to a SLURM cluster: its limits and the states of many jobs at once.
+
+Every call has a timeout: a wedged slurmctld or slurmdbd must not hang ``runner status``.
+The whole matrix is asked about in one ``squeue`` and one ``sacct`` call, never one per cell,
+because a sweep of thousands of cells would otherwise hammer the controller.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable
+
+CALL_TIMEOUT_S = 30.0
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+
+# "123", "123_4", "123_[0-9,12%2]" (pending array tasks as squeue/sacct fold them)
+_FOLDED = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
+
+
+def _run(cmd: list[str], timeout_s: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def show_config(timeout_s: float = CALL_TIMEOUT_S) -> dict[str, str]:
+    """``scontrol show config`` as a dict (empty when the controller does not answer)."""
+    try:
+        out = _run(["scontrol", "show", "config"], timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    config = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip()
+    return config
+
+
+def max_array_size(config: dict[str, str] | None = None) -> int:
+    """The most tasks one job array may have (array indices run 0 .. MaxArraySize-1)."""
+    value = (config if config is not None else show_config()).get("MaxArraySize", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_ARRAY_SIZE
+
+
+def expand_job_id(job_id: str) -> list[str]:
+    """One id per array task for a folded id like ``12_[0-3,7]``; other ids as they are."""
+    m = _FOLDED.match(job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m["ranges"].split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{m['base']}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _parse(text: str) -> dict[str, str]:
+    """``JobID|State`` lines into id -> state (``CANCELLED by 0`` -> ``CANCELLED``)."""
+    states = {}
+    for line in text.splitlines():
+        job_id, sep, state = line.strip().partition("|")
+        if not sep or "." in job_id:  # job steps (123.batch) are not cells
+            continue
+        for jid in expand_job_id(job_id):
+            states[jid] = state.split()[0] if state.split() else "UNKNOWN"
+    return states
+
+
+def _bases(job_ids: Iterable[str]) -> list[str]:
+    # Asking for the array's base id returns all of its tasks in one line each (-r/--array
+    # for squeue); asking per task would make the command line as long as the matrix.
+    return sorted({j.split("_")[0] for j in job_ids}, key=lambda b: (len(b), b))
+
+
+def _squeue(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | None]:
+    try:
+        out = _run(
+            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(bases)], timeout_s
+        )
+    except FileNotFoundError:
+        return {}, "squeue not found"
+    except subprocess.TimeoutExpired:
+        return {}, f"squeue did not answer within {timeout_s:.0f}s"
+    if out.returncode != 0:
+        # Every id is gone from the controller's memory (older than MinJobAge): not an error.
+        if "Invalid job id" in out.stderr:
+            return {}, None
+        return {}, f"squeue failed: {out.stderr.strip()[:200]}"
+    return _parse(out.stdout), None
+
+
+def _sacct(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | None]:
+    # -X: allocations only, no steps. With -j and no -S, sacct searches all of history.
+    try:
+        out = _run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)], timeout_s
+        )
+    except FileNotFoundError:
+        return {}, "sacct not found"
+    except subprocess.TimeoutExpired:
+        return {}, f"sacct did not answer within {timeout_s:.0f}s"
+    if out.returncode != 0:
+        return {}, f"sacct failed: {out.stderr.strip()[:200]}"
+    return _parse(out.stdout), None
+
+
+def query_states(
+    job_ids: list[str], timeout_s: float = CALL_TIMEOUT_S
+) -> tuple[dict[str, str], str | None]:
+    """SLURM's state of each job id (``123`` or ``123_4``), asked in one squeue + one sacct call.
+
+    Returns the states (``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ``CANCELLED``,
+    ``TIMEOUT``, ``REQUEUED``, ... ; ``UNKNOWN`` for an id neither command knows) and a
+    warning when accounting (sacct) could not be asked: the states then come from squeue
+    alone, which forgets finished jobs after the cluster's MinJobAge.
+    """
+    if not job_ids:
+        return {}, None
+    bases = _bases(job_ids)
+    live, squeue_problem = _squeue(bases, timeout_s)
+    history, sacct_problem = _sacct(bases, timeout_s)
+    # squeue is the controller's live view; sacct lags it by a few seconds but remembers.
+    known = {**history, **live}
+    states = {j: known.get(j, "UNKNOWN") for j in job_ids}
+    warnings = []
+    if sacct_problem:
+        warnings.append(
+            f"SLURM accounting is unavailable ({sacct_problem}); states come from squeue "
+            "only, and jobs that ended a while ago show as UNKNOWN"
+        )
+    if squeue_problem:
+        warnings.append(f"the SLURM controller could not be asked ({squeue_problem})")
+    return states, "; ".join(warnings) or None

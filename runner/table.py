@@ -1,0 +1,58 @@
+"""The ledger as one table, one row per cell: axes, state, reason, attempts, run id, metrics.
+
+Written as Parquet (pyarrow) for pandas/polars/duckdb, or as JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.schedule import Plan
+
+
+def rows(plan: Plan) -> list[dict[str, Any]]:
+    states = plan.states()
+    out = []
+    for cell in plan.cells:
+        s = states[cell.id]
+        record = plan.ledger.cell(cell.id)
+        out.append(
+            {
+                "cell_id": cell.id,
+                "run_name": cell.run_name,
+                "axes": {k: json.dumps(v) for k, v in cell.values.items()},
+                "overrides": [*plan.matrix.spec.base, *cell.overrides],
+                "state": s.state,
+                "reason": s.reason,
+                "attempts": record.history(),
+                "run_id": s.run_id,
+                "best_val_dice": s.best_val_dice,
+                "epoch": s.progress.get("epoch"),
+            }
+        )
+    return out
+
+
+def write_parquet(plan: Plan, path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = rows(plan)
+    axes = list(dict.fromkeys(k for c in plan.cells for k in c.values))
+    columns: dict[str, list[Any]] = {"cell_id": [], "run_name": []}
+    for key in axes:  # one string column per axis: values may mix types across cells
+        columns[f"axis.{key}"] = []
+    for row in data:
+        columns["cell_id"].append(row["cell_id"])
+        columns["run_name"].append(row["run_name"])
+        for key in axes:
+            raw = row["axes"].get(key)
+            columns[f"axis.{key}"].append(None if raw is None else str(json.loads(raw)))
+    for key in ("state", "reason", "run_id", "best_val_dice", "epoch", "overrides", "attempts"):
+        columns[key] = [row[key] for row in data]
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
