@@ -5,6 +5,7 @@
     runner status MATRIX [--format F] [-o FILE]   state, attempts, best val Dice per cell
     runner resume MATRIX [--only R,..] [--cells ID,..]   retry failed/cancelled/lost cells
     runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
+    runner report MATRIX [--baseline G] [--format F]   mean ± std over seeds, axis effects
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -142,6 +143,69 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from runner import report_publish
+    from runner.report import fmt
+
+    plan = _plan(args)
+    report, groups = report_publish.build(plan, args.baseline)
+    out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
+    report.files = report_publish.write(report, groups, out_dir, args.format)
+    if not args.no_mlflow and report.groups:
+        report.summary_run_id = report_publish.log_summary(plan, report)
+    if args.format == "json":
+        print((out_dir / "report.json").read_text())
+    elif args.format == "csv":
+        print((out_dir / "groups.csv").read_text(), end="")
+    elif args.format == "table":
+        table = Table(
+            title=f"{plan.matrix.spec.name}: best val Dice over seeds "
+            f"({report.cells_done} of {report.cells_total} cells done)",
+            title_justify="left",
+        )
+        for col in [
+            "group",
+            "n",
+            "Dice mean ± std",
+            *report.classes,
+            *(["Δ vs baseline"] if args.baseline else []),
+        ]:
+            table.add_column(col)
+        for r in report.groups:
+            cells = [r["group"], str(r["n"]), fmt(r["dice_mean"], _nan(r["dice_std"]))]
+            cells += [
+                fmt(_nan(r[f"dice_{c}_mean"]), _nan(r[f"dice_{c}_std"])) for c in report.classes
+            ]
+            if args.baseline:
+                cells.append(f"{r['delta_mean']:+.4f}")
+            table.add_row(*cells)
+        console.print(table)
+        effects = Table(
+            title="marginal effect of each axis value (vs the mean of all groups)",
+            title_justify="left",
+        )
+        for col in ("axis", "value", "mean Dice", "effect", "groups"):
+            effects.add_column(col)
+        for e in report.effects:
+            effects.add_row(
+                e["axis"], e["value"], f"{e['mean']:.4f}", f"{e['effect']:+.4f}", str(e["groups"])
+            )
+        console.print(effects)
+    if not report.groups:
+        console.print("no cell is done yet: nothing to compare.")
+    console.print(
+        f"report files in {out_dir}"
+        + (f"; logged to MLflow run {report.summary_run_id}" if report.summary_run_id else "")
+    )
+    return 0
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", cmd_sweep, "submit the cells that never ran"),
         ("resume", cmd_resume, "resubmit failed, cancelled and lost cells from their checkpoint"),
         ("cancel", cmd_cancel, "stop queued, submitted and running cells"),
+        ("report", cmd_report, "compare groups over seeds: mean ± std, axis effects, plots"),
     ]
     for name, fn, text in commands:
         p = sub.add_parser(name, help=text, description=text)
@@ -174,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
                 "--only",
                 help="only cells that failed for these reasons, e.g. "
                 "oom,timeout (also: exception, lost, cancelled, diverged)",
+            )
+        if name == "report":
+            p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+            p.add_argument("--baseline", help="a group label: per-class deltas against it")
+            p.add_argument(
+                "-o",
+                "--output",
+                help="directory for the report files (default: sweeps/<matrix>/report)",
+            )
+            p.add_argument(
+                "--no-mlflow",
+                action="store_true",
+                help="don't log the report to MLflow as a summary run",
             )
         if name in ("resume", "cancel"):
             p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -136,11 +137,8 @@ class SlurmCellJob(CellJob, Checkpointable):
         the cell is recorded as failed, as it should be.
         """
         sig = submitit.JobEnvironment._usr_sig()
-        try:
-            inner = signal.getsignal(sig)
-        except ValueError:  # not the main thread: not running under submitit
-            return
-        if not callable(inner):
+        inner = signal.getsignal(sig)
+        if not callable(inner):  # not under submitit (called directly, in a test)
             return
         handler: Callable[[int, FrameType | None], Any] = inner
 
@@ -155,7 +153,9 @@ class SlurmCellJob(CellJob, Checkpointable):
                     sys.stderr.flush()
                     os._exit(0)
 
-        signal.signal(sig, on_warning)
+        # Outside the main thread signal.signal raises: submitit's handler then stays.
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, on_warning)
 
 
 def _current_job_id() -> str | None:
