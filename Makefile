@@ -9,7 +9,8 @@ MATRIX ?= matrix/demo.yaml
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep plan status ui test test-fast lint bench demo-data system-deps clean
+.PHONY: install sweep plan status ui test test-fast lint bench demo-data system-deps clean \
+	slurm-up slurm-down
 
 # Debian's python3 needs python3-venv for `python3 -m venv`; install it when missing (root).
 system-deps:
@@ -57,6 +58,14 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# A real single-node SLURM cluster (slurmctld, slurmd, munge, slurmdbd + MariaDB) for the
+# tests and for trying the slurm executor; the test suite starts and stops it by itself.
+slurm-up:
+	tests/infra/slurm_cluster.sh start
+
+slurm-down:
+	tests/infra/slurm_cluster.sh stop
 
 clean:
 	rm -rf sweeps mlruns mlruns.db mlartifacts outputs multirun

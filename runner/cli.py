@@ -23,8 +23,9 @@ from rich.console import Console
 from runner.errors import RunnerError
 
 # Not a terminal (pipes, CI logs): wide enough that tables don't truncate ids and names.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 220)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: ':100:' in 'matrix.yaml:100:' must not become an emoji.
+console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 220)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _plan(args: argparse.Namespace) -> Any:
@@ -47,7 +48,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         if fmt == "parquet":
             out = Path(args.output or f"{plan.matrix.spec.name}_cells.parquet")
-            write_parquet(plan, out)
+            try:
+                write_parquet(plan, out)
+            except OSError as exc:
+                raise RunnerError(f"cannot write {out}: {exc.strerror or exc}") from None
             console.print(f"wrote {len(plan.cells)} rows to {out}")
         else:
             text = json.dumps(
@@ -67,7 +71,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     console.print(cell_table(title, plan.cells, states))
     console.print(f"{len(plan.cells)} cells: {summary(states)}")
+    if spec.executor.kind == "slurm":
+        _slurm_summary(states)
     return 0
+
+
+def _slurm_summary(states: dict[str, Any]) -> None:
+    """What SLURM itself says of the matrix's jobs: one squeue and one sacct call in all."""
+    from collections import Counter
+
+    from runner.executors.slurm_cluster_info import query_states
+
+    ids = [s.job_id for s in states.values() if s.job_id and s.state in ("submitted", "running")]
+    if not ids:
+        return
+    slurm, warning = query_states(ids)
+    counts = Counter(slurm.values())
+    console.print("SLURM: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if warning:
+        err.print("[yellow]warning:[/]", end=" ")
+        err.print(warning, markup=False)
 
 
 def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
@@ -261,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        try:
+            return int(args.fn(args))
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            # Output files the user named (-o) and directories they pointed us at.
+            raise RunnerError(f"{exc.filename}: {exc.strerror}") from None
     except RunnerError as exc:
         text = str(exc)
         err.print("[red]error:[/]", end="\n" if "\n" in text else " ")

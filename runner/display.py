@@ -44,13 +44,13 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
     table.add_column("cell", style="bold")
     table.add_column("run name")
     for key in dict.fromkeys(k for c in cells for k in c.values):
-        table.add_column(key)
+        table.add_column(escape(key))
     if states is not None:
         for col in ("state", "attempts", "best val Dice", "progress / reason"):
             table.add_column(col)
     keys = list(dict.fromkeys(k for c in cells for k in c.values))
     for c in cells:
-        row = [c.id, c.run_name, *(str(c.values.get(k, "")) for k in keys)]
+        row = [c.id, escape(c.run_name), *(escape(str(c.values.get(k, ""))) for k in keys)]
         if states is not None:
             s = states[c.id]
             note = _progress(s) or (s.reason or "")
@@ -95,7 +95,7 @@ class LiveProgress:
             )
             style = STATE_STYLE.get(s.state, "default")
             self.console.print(
-                f"[{elapsed:6.0f}s] {self.names.get(cid, cid):<40} "
+                f"[{elapsed:6.0f}s] {escape(self.names.get(cid, cid)):<40} "
                 f"[{style}]{s.state:<9}[/] {escape(detail)}  ({summary(states)})",
                 highlight=False,
             )

@@ -38,7 +38,12 @@ class Problem:
     def render(self, file: Path | str) -> str:
         where = f"{file}:{self.line}" if self.line else f"{file}"
         key = f" {self.key}:" if self.key else ""
-        return f"{where}:{key} {self.message}"
+        return printable(f"{where}:{key} {self.message}")
+
+
+def printable(text: str) -> str:
+    """One line per problem: control characters from the input are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class RunnerError(Exception):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +107,17 @@ def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in values and _key(values[k]) == _key(v) for k, v in pattern.items())
 
 
-def count_product(m: LoadedMatrix) -> int:
-    return math.prod(len(u) for u in _units(m)) if m.spec.axes else 0
+def count_product(m: LoadedMatrix, cap: int = 10**18) -> int:
+    """Cells in the product; past ``cap`` the partial product (a huge number of axes must
+    not build an integer too long to print)."""
+    if not m.spec.axes:
+        return 0
+    total = 1
+    for unit in _units(m):
+        total *= len(unit)
+        if total > cap:
+            return total
+    return total
 
 
 def _iter_product(m: LoadedMatrix) -> Iterator[dict[str, Any]]:
@@ -133,11 +141,14 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
         raise MatrixError(m.file, problems)
     total = count_product(m)
     if total > MAX_CELLS:
+        count = f"{total:,}" if total <= 10**18 else "more than 10^18"
         raise MatrixError(
             m.file,
             [
                 m.problem(
-                    ("axes",), f"the axes multiply to {total:,} cells; the limit is {MAX_CELLS:,}"
+                    ("axes",),
+                    f"the axes multiply to {count} cells; the limit is "
+                    f"{MAX_CELLS:,} (split the matrix or zip axes)",
                 )
             ],
         )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
 from runner.executors.slurm_options import SlurmExecutorOptions
@@ -53,8 +54,30 @@ ExecutorOptions = Annotated[
 EXECUTOR_KINDS = ("local", "debug", "slurm")
 
 
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 class TrackingOptions(_Strict):
     uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        if "\0" in uri or not uri.strip():
+            raise ValueError("expected an MLflow tracking URI or a directory path")
+        scheme = urlparse(uri).scheme.split("+")[0]
+        if "://" in uri and scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"unknown tracking URI scheme {scheme!r}; valid schemes: "
+                f"{', '.join(TRACKING_SCHEMES)}{did_you_mean(scheme, TRACKING_SCHEMES)}"
+            )
+        if scheme in ("http", "https"):
+            parsed = urlparse(uri)  # .port raises on a malformed port
+            if not parsed.hostname or (
+                parsed.port is None and ":" in parsed.netloc.rsplit("]", 1)[-1]
+            ):
+                raise ValueError(f"malformed server address {uri!r}")
+        return uri
 
 
 class Matrix(_Strict):
@@ -68,6 +91,15 @@ class Matrix(_Strict):
     executor: ExecutorOptions = Field(default_factory=LocalExecutorOptions)
     tracking: TrackingOptions = Field(default_factory=TrackingOptions)
     sweep_dir: str = Field("sweeps", description="where cell states and logs live")
+
+    @field_validator("sweep_dir")
+    @classmethod
+    def _usable_dir(cls, value: str) -> str:
+        if not value or "\0" in value:
+            raise ValueError("expected a directory path")
+        if any(len(part.encode()) > 255 for part in value.split("/")):
+            raise ValueError("a path component is longer than 255 bytes")
+        return value
 
 
 class LoadedMatrix(BaseModel):
@@ -104,6 +136,31 @@ def _fields_at(loc: Path_) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+_VALUE_KEYS = ("axes", "include", "exclude")
+
+
+def _collapse_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic reports a value that fits no member of ``Scalar | list`` once per member,
+    with the member's name in the loc; make that one error at the value's own loc."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        if loc and loc[0] in _VALUE_KEYS and len(loc) > 3:
+            base = loc[:3]
+            got = err.get("input")
+            out[base] = {
+                **err,
+                "loc": base,
+                "type": "value_type",
+                "msg": "expected a string, number, boolean, null or a list of them",
+            }
+            if got is not None:
+                out[base]["input"] = got
+        else:
+            out.setdefault(loc, err)
+    return list(out.values())
+
+
 def _problem_from_pydantic(err: dict[str, Any], lines: dict[Path_, int], data: Any) -> Problem:
     # Pydantic inserts union member names ('local', 'function-after...') into locs; drop them.
     loc: Path_ = tuple(
@@ -135,7 +192,11 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Path_, int], data: A
     if kind == "missing":
         return Problem(dotted(loc), "required key is missing", line)
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-    return Problem(dotted(loc), f"{err['msg'].lower()}, got {shown}", line)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    msg = err["msg"]
+    msg = msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg.lower()
+    return Problem(dotted(loc), f"{msg}, got {shown}", line)
 
 
 def _executor_fields(data: Any) -> list[str]:
@@ -163,7 +224,6 @@ def load_matrix(file: Path | str) -> LoadedMatrix:
     try:
         spec = Matrix.model_validate(data)
     except ValidationError as exc:
-        raise MatrixError(
-            file, [_problem_from_pydantic(e, lines, data) for e in exc.errors()]
-        ) from None
+        errors = _collapse_unions(list(exc.errors()))
+        raise MatrixError(file, [_problem_from_pydantic(e, lines, data) for e in errors]) from None
     return LoadedMatrix(spec=spec, file=file, lines=lines)

@@ -39,7 +39,14 @@ class Plan:
         return self.expansion.cells
 
     def states(self) -> dict[str, CellState]:
-        return self.ledger.states([c.id for c in self.cells])
+        try:
+            return self.ledger.states([c.id for c in self.cells])
+        except OSError as exc:
+            problem = self.matrix.problem(
+                ("sweep_dir",),
+                f"cannot read cell states under {self.ledger.root}: {exc.strerror or exc}",
+            )
+            raise RunnerError(problem.render(self.matrix.file)) from None
 
     @property
     def tracking_uri(self) -> str:
@@ -90,6 +97,11 @@ def submit(
     outcome.skipped.update(s.state for cid, s in states.items() if cid not in chosen)
     if not pending:
         return outcome
+    # Everything that can refuse comes before anything is written (logs, claims, runs).
+    uri = plan.tracking_uri
+    track.check_reachable(uri)
+    artifact_root = plan.workdir / "mlartifacts"
+    experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
     follow = backend.waits if wait is None else wait
     if not follow and backend.slots is not None and len(pending) > backend.slots:
@@ -98,10 +110,6 @@ def submit(
             f"must follow the cells ({len(pending)} cells, {backend.slots} slots): drop "
             "--no-wait"
         )
-    uri = plan.tracking_uri
-    track.check_reachable(uri)
-    artifact_root = plan.workdir / "mlartifacts"
-    experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
     outcome.experiment_id = experiment_id
     # The code that trains is the recipe's: record the commit of the tree that holds it.
     commit = track.git_commit(plan.recipe.config_dir)

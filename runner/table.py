@@ -53,6 +53,5 @@ def write_parquet(plan: Plan, path: Path) -> Path:
     for key in ("state", "reason", "run_id", "best_val_dice", "epoch", "overrides", "attempts"):
         columns[key] = [row[key] for row in data]
     table = pa.table(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path

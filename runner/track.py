@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import socket
 import subprocess
 import urllib.error
@@ -49,7 +50,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             pass
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingUnavailable(
             f"the MLflow tracking server {uri} does not answer "
@@ -83,8 +84,12 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The experiment id for ``name``, created if needed (artifacts beside a local store)."""
-    with _store_lock(uri):
-        return _ensure_experiment(uri, name, artifact_root)
+    try:
+        with _store_lock(uri):
+            return _ensure_experiment(uri, name, artifact_root)
+    except Exception as exc:  # MLflow, SQLAlchemy and OS errors alike: the store is unusable
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise TrackingUnavailable(f"cannot use the MLflow tracking store {uri}: {first}") from None
 
 
 def _ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:

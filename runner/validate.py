@@ -117,6 +117,8 @@ def _check_cells(m: LoadedMatrix, recipe: Recipe, cells: Iterable[Cell], out: _C
             out.add(("base",), f"Hydra cannot compose the base overrides: {base_cfg}")
             return
         top_level = [str(k) for k in base_cfg]
+        lookups: dict[tuple[int, str], tuple[bool, Any, list[str]]] = {}
+        type_ok: set[tuple[int, str, type]] = set()
         for cell in cells:
             group_overrides: list[str] = []
             bad_keys: set[str] = set()
@@ -150,14 +152,21 @@ def _check_cells(m: LoadedMatrix, recipe: Recipe, cells: Iterable[Cell], out: _C
             for key, value in cell.values.items():
                 if key in groups or key in bad_keys:
                     continue
-                exists, current, siblings = _lookup(cfg, key)
+                # 10k cells share a few compositions: look each key up once per composition.
+                found = lookups.get((id(cfg), key))
+                if found is None:
+                    found = lookups[(id(cfg), key)] = _lookup(cfg, key)
+                exists, current, siblings = found
                 entry = missing.setdefault(key, (_key_path(m, cell, key), set(), set(), []))
                 if not exists:
                     entry[1].add(chosen)
                     entry[3][:] = siblings
                     continue
                 entry[2].add(chosen)
-                why = _type_problem(current, value)
+                type_key = (id(cfg), key, type(value))
+                why = None if type_key in type_ok else _type_problem(current, value)
+                if why is None and not isinstance(value, (list, dict)):
+                    type_ok.add(type_key)
                 if why:
                     out.add(_value_path(m, cell, key), why)
     for key, (path, absent, present, siblings) in missing.items():

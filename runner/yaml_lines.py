@@ -31,36 +31,78 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct(
-    loader: _Loader, node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[Problem]
-) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
-                problems.append(
-                    Problem(
-                        _dotted(path), "a key must be a plain value", key_node.start_mark.line + 1
+MAX_DEPTH = 40  # a matrix is shallow; deeper input is a mistake or an attack
+MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+_STANDARD_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+class _Builder:
+    """Builds Python objects from the node graph, recording lines and refusing anything a
+    matrix never needs: custom tags, non-string keys, deep nesting, alias bombs."""
+
+    def __init__(self, loader: _Loader) -> None:
+        self.loader = loader
+        self.lines: dict[Path_, int] = {}
+        self.problems: list[Problem] = []
+        self.nodes = 0
+
+    def _fail(self, path: Path_, message: str, node: yaml.Node) -> None:
+        raise _Abort(Problem(_dotted(path), message, node.start_mark.line + 1))
+
+    def build(self, node: yaml.Node, path: Path_ = ()) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            self._fail(
+                path, f"the YAML expands to over {MAX_NODES:,} values (an alias bomb?)", node
+            )
+        if len(path) > MAX_DEPTH:
+            self._fail(path, f"nested deeper than {MAX_DEPTH} levels", node)
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and (
+            node.tag not in _STANDARD_TAGS
+        ):
+            self._fail(path, f"unsupported YAML tag {node.tag!r}: only plain YAML is read", node)
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node, path)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str):
+                    self.problems.append(
+                        Problem(
+                            _dotted(path),
+                            f"keys must be strings; got {type(key).__name__} {key!r} (quote it)",
+                            line,
+                        )
                     )
-                )
-                continue
-            if key in out:
-                problems.append(
-                    Problem(_dotted((*path, key)), "duplicate key", key_node.start_mark.line + 1)
-                )
-                continue
-            out[key] = _construct(loader, value_node, (*path, key), lines, problems)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(loader, item, (*path, i), lines, problems)
-            for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
+                    continue
+                if key in out:
+                    self.problems.append(Problem(_dotted((*path, key)), "duplicate key", line))
+                    continue
+                out[key] = self.build(value_node, (*path, key))
+                self.lines[(*path, key)] = line
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: Path_) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self._fail(path, "a key must be a plain value", node)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            self._fail(
+                path, f"cannot read {node.value[:60]!r} as {node.tag.rsplit(':', 1)[-1]}", node
+            )
+
+
+class _Abort(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
 
 
 def _dotted(path: Path_) -> str:
@@ -97,24 +139,36 @@ def load_yaml(file: Path) -> tuple[Any, dict[Path_, int]]:
         raise MatrixError(
             file, [Problem("", f"not valid UTF-8 (byte {exc.start})", line)]
         ) from None
-    lines: dict[Path_, int] = {}
-    problems: list[Problem] = []
+    builder = None
     try:
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
-            data = _construct(loader, node, (), lines, problems) if node is not None else None
+            builder = _Builder(loader)
+            data = builder.build(node) if node is not None else None
+        except RecursionError:
+            line = loader.get_mark().line + 1  # where the reader had got to
+            raise MatrixError(file, [Problem("", "YAML nested too deeply", line)]) from None
         finally:
             loader.dispose()
+    except _Abort as abort:
+        raise MatrixError(file, [abort.problem]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         reason = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         raise MatrixError(file, [Problem("", f"YAML syntax error: {reason}", line)]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise MatrixError(
+            file, [Problem("", f"unacceptable character {char} in the file", line)]
+        ) from None
     except yaml.YAMLError as exc:
-        raise MatrixError(file, [Problem("", f"YAML error: {exc}")]) from None
+        raise MatrixError(file, [Problem("", f"YAML error: {str(exc).splitlines()[0]}")]) from None
     except RecursionError:
         raise MatrixError(file, [Problem("", "YAML nested too deeply")]) from None
-    if problems:
-        raise MatrixError(file, problems)
-    return data, lines
+    assert builder is not None or data is None
+    if builder is not None and builder.problems:
+        raise MatrixError(file, builder.problems)
+    return data, (builder.lines if builder else {})

@@ -1,0 +1,99 @@
+"""``python -m bench [--quick] [--only NAME] [--threads N]``: run the benchmarks, write
+``bench/results/results.{json,md}`` and print the table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import RESULTS, Options, Outcome, device_info, git_state, load_average
+
+NAMES = ("plan", "startup", "trainer", "data", "tracking")
+
+
+def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
+    from bench import data, plan, startup, tracking, trainer
+
+    return {
+        "plan": plan.run,
+        "startup": lambda o: startup.run(o, threads),
+        "trainer": trainer.run,
+        "data": data.run,
+        "tracking": tracking.run,
+    }
+
+
+def _threads(requested: int | None) -> int | None:
+    """Torch threads for this process and the start-latency child.
+
+    Default on CPU: 1, which is what each cell of the 2-slot demo sweep gets on a 2-core
+    machine, and which keeps timings sane when other processes load the CPU (two spinning
+    OpenMP threads sharing cores with other work slow down erratically, by 2-10x).
+    0: torch's own default. On a GPU the default is left alone.
+    """
+    import torch
+
+    if requested is None:
+        requested = 0 if torch.cuda.is_available() else 1
+    if requested > 0:
+        torch.set_num_threads(requested)
+        return requested
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller run (about 90 s on CPU)")
+    parser.add_argument("--only", choices=NAMES, action="append", help="run only this one")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (0: default)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    load_start = load_average()
+    threads = _threads(args.threads)
+    import mlflow  # noqa: F401 - imported here so that its loggers can be quietened
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    opts = Options(quick=args.quick)
+    runners = _runners(threads)
+    outcomes: dict[str, Outcome] = {}
+    errors: dict[str, str] = {}
+    for name in args.only or NAMES:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        try:
+            outcomes[name] = runners[name](opts)
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"[bench] {name} took {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+    from bench import report
+
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - t0,
+        "command": shlex.join(["python", "-m", "bench", *(argv or sys.argv[1:])]),
+        "git": git_state(),
+        "device": device_info(),
+        "load_start": load_start,
+        "load_end": load_average(),
+    }
+    print(report.write(args.out, meta, outcomes, errors))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reusable building blocks of the recipes: data, models, losses, optimisation, tracking."""

@@ -1,0 +1,114 @@
+"""Log a recipe run to MLflow through ``MlflowClient`` only.
+
+The client API addresses runs by id and never touches MLflow's global "active run", so a
+recipe can log into a run that its runner created (and will end) without interfering with
+anything else in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+from omegaconf import DictConfig, OmegaConf
+
+
+def _schema_lock(tracking_uri: str) -> contextlib.AbstractContextManager[object]:
+    """Serialise first use of a sqlite store across processes.
+
+    MLflow creates and migrates the sqlite schema on first connection; two standalone runs
+    doing it at once corrupt the file ("table _alembic_tmp_... already exists").
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(f"{db}.lock")
+    return contextlib.nullcontext()
+
+
+def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
+    """Resolved config as ``{"a.b.c": str(value)}``; lists stay one value (``[32, 32]``).
+
+    Values are cut to MLflow's length limit so that a long list never fails a whole batch.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix[:MAX_ENTITY_KEY_LENGTH]] = str(node)[:MAX_PARAM_VAL_LENGTH]
+
+    walk(tree, "")
+    return flat
+
+
+def metric_key(name: str) -> str:
+    """MLflow keys allow alphanumerics and ``_-./ ``; anything else becomes ``_``."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
+class RunLogger:
+    """Logs params, metrics and the config of one MLflow run.
+
+    ``owns_run``: the recipe created the run (standalone) and must end it; under a runner the
+    run belongs to the runner, which sets its final status.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, owns_run: bool) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+        self.owns_run = owns_run
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, run_name: str | None = None) -> RunLogger:
+        """Create a run of ``experiment`` (created if missing) for a standalone recipe run."""
+        with _schema_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri)
+            found = client.get_experiment_by_name(experiment)
+            exp_id = found.experiment_id if found else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name)
+        return cls(tracking_uri, run.info.run_id, owns_run=True)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log_config(self, cfg: DictConfig, artifact_file: str = "config.yaml") -> None:
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), artifact_file)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One batch per call; non-finite values are skipped (MLflow stores them badly)."""
+        now = get_current_time_millis()
+        items = [
+            Metric(metric_key(k), float(v), now, step)
+            for k, v in metrics.items()
+            if math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str) -> None:
+        """End the run with ``status`` (FINISHED/FAILED/KILLED) if this logger created it."""
+        if self.owns_run:
+            self.client.set_terminated(self.run_id, status=status)

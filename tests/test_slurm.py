@@ -1,0 +1,403 @@
+"""The SLURM executor against a real single-node SLURM cluster (slurmctld, slurmd, slurmdbd).
+
+The cluster is started once for the module by ``tests/infra/slurm_cluster.sh`` (which also
+installs it with apt when missing) and stopped at the end. Needs root and apt.
+Run: ``.venv/bin/python -m pytest tests/test_slurm.py -m slurm``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.executors import slurm_cluster_info
+from runner.executors.slurm import SlurmBackend, SlurmExecutorOptions, query_states
+from tests.infra.slurm_payloads import (
+    CountingWork,
+    FakeRecipeCellJob,
+    fail_with,
+    sleep_and_report,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "infra" / "slurm_cluster.sh"
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+
+
+def _cluster(action: str, **env: str) -> str:
+    out = subprocess.run(
+        [str(SCRIPT), action],
+        capture_output=True,
+        text=True,
+        timeout=900,  # a first start installs packages
+        env={**os.environ, **env},
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"slurm_cluster.sh {action} failed:\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("starting a SLURM cluster needs root")
+    if not shutil.which("sinfo") and not shutil.which("apt-get"):
+        pytest.skip("no SLURM client and no apt-get to install one")
+    started = time.time()
+    for line in _cluster("start").splitlines():  # "export SLURM_CONF=..."
+        if line.startswith("export SLURM_CONF="):
+            os.environ["SLURM_CONF"] = line.split("=", 1)[1]
+    _drain()  # jobs recovered from an earlier session's state would hold the node
+    print(f"SLURM cluster up in {time.time() - started:.1f}s")
+    try:
+        yield
+    finally:
+        _drain()  # a job killed with its cluster comes back "running" on the next start
+        _cluster("stop")
+
+
+def _drain(timeout_s: float = 60) -> None:
+    """Cancel every job on this test cluster and wait until the queue is empty."""
+    subprocess.run(["scancel", "--user", "root"], timeout=30, check=False)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(1)
+
+
+def _options(**kw: Any) -> SlurmExecutorOptions:
+    # The job imports the payloads from the repository; setup lines are the user's way too.
+    base: dict[str, Any] = {
+        "kind": "slurm",
+        "cpus_per_task": 1,
+        "gpus_per_task": 0,
+        "time_min": 5,
+        "setup": [f"export PYTHONPATH={ROOT}"],
+    }
+    return SlurmExecutorOptions(**{**base, **kw})
+
+
+@pytest.fixture
+def backend(tmp_path: Path, cluster: None) -> Callable[..., SlurmBackend]:
+    """A SlurmBackend with a fresh log folder (job ids restart after a wipe; logs append)."""
+    return lambda **kw: SlurmBackend(_options(**kw), tmp_path / "logs")
+
+
+def wait_states(ids: list[str], until: Callable[[str], bool], timeout_s: float) -> dict[str, str]:
+    deadline = time.time() + timeout_s
+    while True:
+        states, _ = query_states(ids)
+        if all(until(s) for s in states.values()) or time.time() > deadline:
+            return states
+        time.sleep(1)
+
+
+def _sacct_times(base: str) -> list[tuple[str, float, float]]:
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", base],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    rows = []
+    for line in out.split():
+        jid, start, end = line.split("|")
+        ts = [datetime.fromisoformat(x).timestamp() for x in (start, end)]
+        rows.append((jid, ts[0], ts[1]))
+    return sorted(rows, key=lambda r: r[1])
+
+
+def test_four_cells_one_array_complete(backend: Callable[..., SlurmBackend]) -> None:
+    b = backend(
+        # A wrapper command as `python` (as for apptainer), srun arguments, memory, extras.
+        python=f"env RUNNER_TEST_WRAPPED=yes {sys.executable}",
+        srun_args=["--cpu-bind=none"],
+        mem_gb=0.5,
+        sbatch_extra={"comment": "runner-test"},
+    )
+    jobs = b.submit_callables([partial(sleep_and_report, 1, f"c{i}") for i in range(4)])
+    assert len(b.arrays) == 1 and b.arrays[0][1] == 4
+    assert {j.job_id for j in jobs} == {f"{b.arrays[0][0]}_{i}" for i in range(4)}
+    script = Path(jobs[0].paths.submission_file).read_text()
+    for line in ("#SBATCH --mem=512M", "#SBATCH --comment=runner-test", "--cpu-bind=none"):
+        assert line in script
+    results = [j.result() for j in jobs]
+    assert [r["tag"] for r in results] == ["c0", "c1", "c2", "c3"]
+    assert {r["wrapped"] for r in results} == {"yes"}
+    states = wait_states([j.job_id for j in jobs], lambda s: s in ENDED, 30)
+    assert set(states.values()) == {"COMPLETED"}
+
+
+def test_throttle_one_never_runs_two_at_once(backend: Callable[..., SlurmBackend]) -> None:
+    b = backend(array_parallelism=1)
+    jobs = b.submit_callables([partial(sleep_and_report, 2, f"t{i}") for i in range(3)])
+    assert "#SBATCH --array=0-2%1" in Path(jobs[0].paths.submission_file).read_text()
+    results = sorted((j.result() for j in jobs), key=lambda r: r["start"])
+    for before, after in itertools.pairwise(results):
+        assert after["start"] >= before["end"], (before, after)
+    wait_states([j.job_id for j in jobs], lambda s: s in ENDED, 30)
+    rows = _sacct_times(b.arrays[0][0])  # SLURM's own record, to the second
+    assert len(rows) == 3
+    for before, after in itertools.pairwise(rows):
+        assert after[1] >= before[2], rows
+
+
+def test_exception_ends_failed_and_is_visible(backend: Callable[..., SlurmBackend]) -> None:
+    (job,) = backend().submit_callables([partial(fail_with, "boom-42")])
+    err = job.exception()
+    assert err is not None and "boom-42" in str(err)
+    assert "ValueError: boom-42" in (job.stderr() or "")
+    states = wait_states([job.job_id], lambda s: s in ENDED, 30)
+    assert states[job.job_id] == "FAILED"
+
+
+def test_cancelled_job_ends_cancelled(backend: Callable[..., SlurmBackend]) -> None:
+    b = backend()
+    (job,) = b.submit_callables([partial(sleep_and_report, 300, "long")])
+    wait_states([job.job_id], lambda s: s == "RUNNING", 30)
+    assert b.cancel([job.job_id, "999999"]) == [job.job_id]  # one scancel; unknown id refused
+    states = wait_states([job.job_id], lambda s: s in ENDED, 60)
+    assert states[job.job_id] == "CANCELLED"
+    # submitit sees it too (through sacct), so waiting on the job does not hang.
+    assert job.watcher.get_state(job.job_id, mode="force").startswith("CANCELLED")
+
+
+def test_timeout_requeues_and_resumes_from_checkpoint(
+    backend: Callable[..., SlurmBackend], tmp_path: Path
+) -> None:
+    """Both a plain Checkpointable and a SlurmCellJob (ledger + MLflow) overrun 1 minute.
+
+    SLURM checks limits on a 30 s tick and warns within [limit - 45 s, limit - 15 s], i.e.
+    15-45 s into a run. The payloads work until they have been requeued once, then finish.
+    """
+    from mlflow import MlflowClient
+
+    from runner import track
+    from runner.ledger import Ledger
+
+    b = backend(time_min=1, signal_delay_s=15)
+    # The SlurmCellJob: a claimed attempt in a ledger and a run in a sqlite MLflow store.
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    exp = track.ensure_experiment(uri, "requeue", tmp_path / "mlartifacts")
+    ledger = Ledger(tmp_path / "sweeps", "requeue")
+    attempt = ledger.cell("c1").claim("slurm", 0)
+    assert attempt is not None
+    cell = FakeRecipeCellJob(
+        matrix="requeue",
+        recipe="fake",
+        cell_id="c1",
+        run_name="c1",
+        values={},
+        overrides=[],
+        cells_dir=str(ledger.cells_dir),
+        attempt=attempt.number,
+        tracking_uri=uri,
+        experiment_id=exp,
+        executor="slurm",
+        workdir=str(tmp_path),
+    )
+    cell.fake_epochs, cell.fake_epoch_s, cell.time_limit_min = 1000, 2.0, 1
+    progress = tmp_path / "progress.json"
+    counting, cell_job = b.submit_callables([CountingWork(str(progress)), cell])
+
+    seen: set[str] = set()  # every ledger state the cell passes through
+    deadline = time.time() + 180
+    while not (counting.done() and cell_job.done()) and time.time() < deadline:
+        seen.add(ledger.cell("c1").state().state)
+        time.sleep(0.5)
+    result = counting.result()
+    assert result["restarts"] == 1 and result["resumed_at"] >= 10, result
+    outcome = cell_job.result()
+    assert outcome["state"] == "done" and outcome["resumed_from_epoch"], outcome
+
+    # The requeue is recorded where users look, and the cell never showed as failed.
+    slurm_record = attempt.read("slurm") or {}
+    assert slurm_record["restarts"] == 1 and slurm_record["starts"] == 2, slurm_record
+    assert [e["kind"] for e in slurm_record["requeues"]] == ["timeout"]
+    assert "failed" not in seen and "submitted" in seen, seen
+    assert ledger.cell("c1").state().state == "done"
+
+    # One MLflow run, continued from the checkpoint: every epoch logged exactly once.
+    runs = MlflowClient(uri).search_runs([exp])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["runner.slurm_restarts"] == "1"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "epoch_done")
+    assert sorted(m.step for m in history) == list(range(1, outcome["epochs"] + 1))
+    assert outcome["epochs"] == outcome["resumed_from_epoch"] + 2
+
+
+def test_gpu_gres_each_job_its_own_device(backend: Callable[..., SlurmBackend]) -> None:
+    b = backend(gpus_per_task=1)
+    jobs = b.submit_callables([partial(sleep_and_report, 4, f"g{i}") for i in range(2)])
+    results = [j.result() for j in jobs]
+    assert all(r["cuda"] in ("0", "1") for r in results), results
+    overlap = results[0]["start"] < results[1]["end"] and results[1]["start"] < results[0]["end"]
+    assert overlap, "both GPU jobs should run at once (2 CPUs, 2 GPUs)"
+    assert {r["cuda"] for r in results} == {"0", "1"}, results
+
+
+class _CountingSubprocess(types.SimpleNamespace):
+    """Stands in for the module's ``subprocess``: counts commands, runs them for real."""
+
+    def __init__(self) -> None:
+        # Everything of the real module but `run` (an attribute would hide the method below).
+        names = [k for k in dir(subprocess) if k[0] != "_" and k != "run"]
+        super().__init__(**{k: getattr(subprocess, k) for k in names})
+        self.commands: list[str] = []
+
+    def run(self, cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        self.commands.append(cmd[0])
+        return subprocess.run(cmd, *args, **kwargs)
+
+
+def test_query_states_one_squeue_one_sacct(
+    backend: Callable[..., SlurmBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick = backend().submit_callables([partial(sleep_and_report, 0, "q")])
+    failing = backend().submit_callables([partial(fail_with, "x")])
+    throttled = backend(array_parallelism=1).submit_callables(
+        [partial(sleep_and_report, 120, f"r{i}") for i in range(3)]
+    )
+    ids = [j.job_id for j in quick + failing + throttled]
+    wait_states(ids[:2], lambda s: s in ENDED, 30)
+    wait_states(ids[2:3], lambda s: s == "RUNNING", 30)
+
+    counter = _CountingSubprocess()
+    monkeypatch.setattr(slurm_cluster_info, "subprocess", counter)
+    states, warning = query_states(ids)
+    monkeypatch.undo()
+    assert sorted(counter.commands) == ["sacct", "squeue"]
+    assert warning is None
+    assert states == {
+        ids[0]: "COMPLETED",
+        ids[1]: "FAILED",
+        ids[2]: "RUNNING",
+        ids[3]: "PENDING",
+        ids[4]: "PENDING",
+    }
+    for job in throttled:
+        job.cancel(check=False)
+    wait_states(ids[2:], lambda s: s in ENDED, 60)
+
+
+def test_query_states_falls_back_without_accounting(
+    backend: Callable[..., SlurmBackend],
+) -> None:
+    (job,) = backend().submit_callables([partial(sleep_and_report, 120, "n")])
+    wait_states([job.job_id], lambda s: s == "RUNNING", 30)
+    _cluster("stop-dbd")
+    try:
+        started = time.time()
+        states, warning = query_states([job.job_id, "999999"])
+        assert time.time() - started < 20
+        assert warning is not None and "accounting is unavailable" in warning
+        assert states == {job.job_id: "RUNNING", "999999": "UNKNOWN"}
+    finally:
+        _cluster("start")
+    job.cancel(check=False)
+    states = wait_states([job.job_id], lambda s: s in ENDED, 60)
+    assert states[job.job_id] == "CANCELLED"
+    assert query_states([job.job_id])[1] is None
+
+
+def test_matrix_larger_than_max_array_size_goes_out_in_chunks(
+    backend: Callable[..., SlurmBackend],
+) -> None:
+    _cluster("start", RUNNER_SLURM_MAX_ARRAY_SIZE="4")
+    try:
+        b = backend(array_parallelism=2)
+        assert b.max_array_size == 4
+        jobs = b.submit_callables([partial(sleep_and_report, 0, f"m{i}") for i in range(10)])
+        bases = {j.job_id.split("_")[0] for j in jobs}
+        assert len(bases) == 3 and [n for _, n in b.arrays] == [4, 4, 2]
+        # Later arrays wait for the previous one: %2 holds for the whole matrix.
+        scripts = [Path(jobs[i].paths.submission_file).read_text() for i in (0, 4, 8)]
+        assert "--dependency" not in scripts[0]
+        assert f"#SBATCH --dependency=afterany:{b.arrays[0][0]}" in scripts[1]
+        assert f"#SBATCH --dependency=afterany:{b.arrays[1][0]}" in scripts[2]
+        assert [j.result()["tag"] for j in jobs] == [f"m{i}" for i in range(10)]
+    finally:
+        _cluster("start")  # back to the default MaxArraySize
+    assert SlurmBackend(_options(), Path("unused")).max_array_size == 1001
+
+
+def _recipe_works() -> bool:
+    try:
+        import recipes.segmentation.train  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_end_to_end_matrix_through_slurm(cluster: None, tmp_path: Path) -> None:
+    if not _recipe_works():
+        pytest.skip("recipes.segmentation.train does not import yet")
+    from mlflow import MlflowClient
+
+    from runner.schedule import make_plan, submit
+
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(
+        json.dumps(
+            {
+                "name": "slurm-e2e",
+                "recipe": "segmentation",
+                "base": [
+                    "data=demo",
+                    "training.max_epochs=1",
+                    "model=basic_unet",
+                    "training.num_threads=1",
+                ],
+                "axes": {"seed": [0, 1]},
+                "executor": {
+                    "kind": "slurm",
+                    "cpus_per_task": 1,
+                    "gpus_per_task": 0,
+                    "time_min": 10,
+                    "setup": [f"export PYTHONPATH={ROOT}"],
+                },
+                "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db"},
+                "sweep_dir": str(tmp_path / "sweeps"),
+            }
+        )
+    )
+    plan = make_plan(matrix, workdir=tmp_path)
+    outcome = submit(plan)  # returns once submitted: SLURM keeps the queue
+    assert len(outcome.submitted) == 2
+    ids = list(outcome.job_ids.values())
+    assert len({j.split("_")[0] for j in ids}) == 1, ids  # one sbatch for the matrix
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = plan.states()
+        if all(s.state in ("done", "failed", "diverged") for s in states.values()):
+            break
+        time.sleep(2)
+    assert {s.state for s in states.values()} == {"done"}, states
+    # The ledger says done before the process exits; SLURM follows a moment later.
+    assert set(wait_states(ids, lambda s: s in ENDED, 30).values()) == {"COMPLETED"}
+    runs = MlflowClient(plan.tracking_uri).search_runs([outcome.experiment_id])
+    assert len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["runner.cell_id"] for r in runs} == set(states)
+    assert all("val_dice" in r.data.metrics for r in runs)
