@@ -47,3 +47,13 @@ def test_validation_example_output(project: Path, capsys) -> None:
     block = README.split("$ runner plan matrix/typo.yaml\n", 1)[1].split("```", 1)[0]
     for line in block.strip().splitlines():
         assert line in err, line
+
+
+def test_menu_table_lists_every_config_choice() -> None:
+    from runner.recipe import Recipe
+
+    table = README.split("### The menu", 1)[1].split("MONAI builds", 1)[0]
+    rows = dict(re.findall(r"^\| (\w+) \| ([\w, ]+) \|$", table, flags=re.M))
+    groups = Recipe.load("segmentation").groups
+    rows.pop("group")  # the header
+    assert {g: c.split(", ") for g, c in rows.items()} == groups

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from runner.cli import main
+from runner.matrix import EXECUTOR_KINDS
+from runner.recipe import Recipe
 from tests.conftest import ROOT
+
+MODELS = Recipe.load("segmentation").groups["model"]
 
 GOOD = """
 name: demo_check
@@ -44,7 +48,7 @@ def test_valid_matrix_plans(write_matrix, project: Path, capsys) -> None:
             GOOD.replace("[segresnet, unet]", "[segresnt, unet]"),
             [
                 "matrix.yaml:5: axes.model[0]: unknown model choice 'segresnt'",
-                "valid choices: basic_unet, segresnet, unet",
+                "valid choices: " + ", ".join(MODELS),
                 "did you mean 'segresnet'?",
             ],
         ),
@@ -85,7 +89,7 @@ def test_valid_matrix_plans(write_matrix, project: Path, capsys) -> None:
             GOOD + "executor: {kind: locale}\n",
             [
                 "matrix.yaml:9: executor.kind: unknown executor kind 'locale'",
-                "valid choices: debug, local",
+                "valid choices: " + ", ".join(sorted(EXECUTOR_KINDS)),
                 "did you mean 'local'?",
             ],
         ),

@@ -36,6 +36,8 @@ class Progress:
     global_step: int = 0
     best_metric: float = -1.0
     best_epoch: int | None = None
+    # Last epoch whose val_dice beat the best by more than early_stopping.min_delta.
+    improved_epoch: int | None = None
 
 
 def rng_states() -> dict[str, Any]:
@@ -77,8 +79,14 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: Optimizer, schedule: Schedule, progress: Progress
+    path: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    progress: Progress,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
+    """Save everything; ``scaler`` (fp16 training) too, so its loss scale continues."""
     atomic_save(
         {
             "model": plain_state_dict(model),
@@ -89,14 +97,24 @@ def save_checkpoint(
             "global_step": progress.global_step,
             "best_metric": progress.best_metric,
             "best_epoch": progress.best_epoch,
+            "improved_epoch": progress.improved_epoch,
             "rng": rng_states(),
+            **(
+                {"scaler": scaler.state_dict()}
+                if scaler is not None and scaler.is_enabled()
+                else {}
+            ),
         },
         path,
     )
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: Optimizer, schedule: Schedule
+    path: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Progress:
     """Restore everything saved by :func:`save_checkpoint` in place; return the counters.
 
@@ -112,7 +130,10 @@ def load_checkpoint(
         global_step=ckpt["global_step"],
         best_metric=ckpt["best_metric"],
         best_epoch=ckpt["best_epoch"],
+        improved_epoch=ckpt.get("improved_epoch"),
     )
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     if ckpt["schedule_total_steps"] == schedule.total_steps:
         schedule.scheduler.load_state_dict(ckpt["scheduler"])
     else:

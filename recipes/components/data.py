@@ -31,14 +31,12 @@ from monai.transforms import (
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Spacingd,
     SpatialPadd,
 )
 from omegaconf import DictConfig
 
+from recipes.components.augmentation import augment_transforms
 from recipes.components.demo_data import ensure_demo_dataset
 
 KEYS = ("image", "label")
@@ -145,8 +143,14 @@ def load_transforms(data_cfg: DictConfig) -> list[MapTransform]:
     return transforms
 
 
-def train_transforms(data_cfg: DictConfig, train_cfg: DictConfig) -> Compose:
-    """Load, then sample patches with a fixed share centred on foreground, then augment."""
+def train_transforms(
+    data_cfg: DictConfig, train_cfg: DictConfig, aug_cfg: DictConfig | None = None
+) -> Compose:
+    """Load, then sample patches with a fixed share centred on foreground, then augment.
+
+    ``aug_cfg``: an augmentation preset (None: the original flips + intensity set);
+    ``training.augment: false`` still switches augmentation off altogether.
+    """
     keys = list(KEYS)
     patch = list(train_cfg.patch_size)
     pos = float(train_cfg.pos_fraction)
@@ -163,11 +167,7 @@ def train_transforms(data_cfg: DictConfig, train_cfg: DictConfig) -> Compose:
         ),
     ]
     if train_cfg.augment:
-        transforms += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
-        transforms += [
-            RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        ]
+        transforms += augment_transforms(aug_cfg)
     return Compose(transforms)
 
 
@@ -178,7 +178,9 @@ def _dataset(items: list[dict[str, Any]], transform: Compose, cache: bool) -> Da
     return Dataset(items, transform)
 
 
-def build_data(data_cfg: DictConfig, train_cfg: DictConfig, seed: int) -> DataBundle:
+def build_data(
+    data_cfg: DictConfig, train_cfg: DictConfig, seed: int, aug_cfg: DictConfig | None = None
+) -> DataBundle:
     """Loaders for the train/val split of ``data_cfg.root`` (generated first if synthetic)."""
     root = Path(data_cfg.root)
     if data_cfg.get("synthetic") and not (root / "dataset.json").exists():
@@ -201,7 +203,7 @@ def build_data(data_cfg: DictConfig, train_cfg: DictConfig, seed: int) -> DataBu
         }
     )
 
-    train_tf = train_transforms(data_cfg, train_cfg)
+    train_tf = train_transforms(data_cfg, train_cfg, aug_cfg)
     train_tf.set_random_state(seed=seed)
     val_tf = Compose(load_transforms(data_cfg))
     workers = int(train_cfg.num_workers)

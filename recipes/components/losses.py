@@ -1,12 +1,29 @@
 """Segmentation losses from ``cfg.loss``; every loss takes logits (B, C, ...) and labels
-(B, 1, ...) holding class indices, which is what the data pipeline yields."""
+(B, 1, ...) holding class indices, which is what the data pipeline yields.
+
+``build_loss`` always returns a loss that also accepts deep-supervision outputs (a stacked
+(B, S, C, ...) tensor from DynUNet or a list/tuple from MedNeXt), so the trainer does not
+need to know which network it trains. ``loss.name: terms`` is a weighted sum of any of the
+named losses, each switched on at its own ``start_step`` (optionally ramped in linearly over
+``warmup_steps``): e.g. CE alone first, Dice added once the predictions are not all
+background, which is when Dice gradients become informative.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import (
+    DeepSupervisionLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceLoss,
+    GeneralizedDiceLoss,
+    TverskyLoss,
+)
+from monai.networks.utils import one_hot
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -22,10 +39,93 @@ class WeightedCrossEntropy(nn.Module):
         return self.ce(logits, label[:, 0].long())
 
 
-def class_weights(loss_cfg: DictConfig, num_classes: int) -> torch.Tensor:
+class DiceBCE(nn.Module):
+    """Sigmoid Dice + binary cross-entropy per channel on one-hot labels.
+
+    MONAI's DiceCELoss only uses BCE for single-channel outputs; this treats every class as
+    an independent binary problem, which suits overlapping or very small structures.
+    """
+
+    def __init__(
+        self, include_background: bool = False, lambda_dice: float = 1.0, lambda_bce: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.dice = DiceLoss(
+            include_background=include_background, sigmoid=True, to_onehot_y=True, batch=True
+        )
+        self.bce = nn.BCEWithLogitsLoss()
+        self.lambda_dice, self.lambda_bce = lambda_dice, lambda_bce
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        target = one_hot(label.long(), logits.shape[1]).to(logits.dtype)
+        return self.lambda_dice * self.dice(logits, label) + self.lambda_bce * self.bce(
+            logits, target
+        )
+
+
+class WeightedSum(nn.Module):
+    """Sum of ``weight * ramp(step) * term``; ``set_step`` is called by the trainer."""
+
+    def __init__(
+        self,
+        terms: Sequence[nn.Module],
+        weights: Sequence[float],
+        start_steps: Sequence[int],
+        warmup_steps: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.terms = nn.ModuleList(terms)
+        self.weights, self.starts, self.warmups = (
+            list(weights),
+            list(start_steps),
+            list(warmup_steps),
+        )
+        self.step = 0
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    def factors(self) -> list[float]:
+        """Current multiplier of each term: 0 before start_step, then ramped to weight."""
+        out = []
+        for weight, start, warmup in zip(self.weights, self.starts, self.warmups, strict=True):
+            ramp = 0.0 if self.step < start else min(1.0, (self.step - start + 1) / max(1, warmup))
+            out.append(weight * ramp)
+        return out
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        # Zero with a graph: backward works even before any term has started.
+        total = logits.sum() * 0.0
+        for factor, term in zip(self.factors(), self.terms, strict=True):
+            if factor > 0:  # skipped terms cost nothing, not even a forward
+                total = total + factor * term(logits, label)
+        return total
+
+
+class DeepSupervised(nn.Module):
+    """MONAI's DeepSupervisionLoss, also accepting DynUNet's stacked (B, S, C, ...) output.
+
+    Outputs are ordered full resolution first (weights 1, 1/2, 1/4, ... with ``exp``); the
+    label is resized (nearest) to any output of another size. A plain tensor passes through.
+    """
+
+    def __init__(self, loss: nn.Module, weight_mode: str = "exp") -> None:
+        super().__init__()
+        self.inner = loss
+        self.ds = DeepSupervisionLoss(loss, weight_mode=weight_mode)  # type: ignore[arg-type]
+
+    def forward(self, output: Any, label: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, torch.Tensor) and output.ndim == label.ndim + 1:
+            output = list(torch.unbind(output, dim=1))
+        if isinstance(output, (list, tuple)):
+            return self.ds(list(output), label)
+        return self.inner(output, label)
+
+
+def class_weights(loss_cfg: DictConfig | dict[str, Any], num_classes: int) -> torch.Tensor:
     """Explicit ``class_weights`` or ``background_weight`` for class 0 and 1 for the rest."""
     if loss_cfg.get("class_weights") is not None:
-        weights = [float(w) for w in loss_cfg.class_weights]
+        weights = [float(w) for w in loss_cfg["class_weights"]]
         if len(weights) != num_classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values, need {num_classes}")
     else:
@@ -33,16 +133,38 @@ def class_weights(loss_cfg: DictConfig, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+# MONAI losses that take the rest of their config as keyword arguments, unchanged.
+MONAI_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "dice_ce": DiceCELoss,
+    "dice": DiceLoss,
+    "dice_focal": DiceFocalLoss,
+    "generalized_dice": GeneralizedDiceLoss,
+    "tversky": TverskyLoss,
+}
+LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "terms")
+
+
+def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
+    name = kwargs.pop("name")
+    if name in MONAI_LOSSES:
+        return MONAI_LOSSES[name](**kwargs)
+    if name == "ce_weighted":
+        return WeightedCrossEntropy(
+            class_weights(kwargs, num_classes), float(kwargs.get("label_smoothing", 0.0))
+        )
+    if name == "dice_bce":
+        return DiceBCE(**kwargs)
+    if name == "terms":
+        terms = [dict(t) for t in kwargs["terms"]]
+        weights = [float(t.pop("weight", 1.0)) for t in terms]
+        starts = [int(t.pop("start_step", 0)) for t in terms]
+        warmups = [int(t.pop("warmup_steps", 0)) for t in terms]
+        return WeightedSum([_single(t, num_classes) for t in terms], weights, starts, warmups)
+    raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSS_NAMES)}")
+
+
 def build_loss(loss_cfg: DictConfig, num_classes: int) -> nn.Module:
     """The loss named by ``loss_cfg.name``; MONAI losses get the other keys as kwargs."""
     kwargs: dict[str, Any] = OmegaConf.to_container(loss_cfg, resolve=True)  # type: ignore[assignment]
-    name = kwargs.pop("name")
-    if name == "dice_ce":
-        return DiceCELoss(**kwargs)
-    if name == "dice":
-        return DiceLoss(**kwargs)
-    if name == "ce_weighted":
-        return WeightedCrossEntropy(
-            class_weights(loss_cfg, num_classes), float(kwargs.get("label_smoothing", 0.0))
-        )
-    raise ValueError(f"unknown loss {name!r}; choose dice_ce, dice or ce_weighted")
+    weight_mode = kwargs.pop("deep_supervision_weights", "exp")
+    return DeepSupervised(_single(kwargs, num_classes), weight_mode)

@@ -2,37 +2,139 @@
 
 The config names a network and passes everything else straight to its constructor, so a
 YAML file documents the exact MONAI arguments of a run and nothing is renamed in between.
+Two additions, both explicit: ``mednext`` takes MONAI's ``variant`` (S/B/M/L) and goes
+through ``create_mednext``; any model may set ``pad_multiple`` to be wrapped in
+:class:`PadToMultiple` (SwinUNETR needs sides divisible by 32; MedNeXt's per-channel norms
+need more than one voxel at the bottom).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.networks.blocks import Convolution, ResidualUnit
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, ResidualUnit, TransformerBlock
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
+from monai.networks.blocks.mednext_block import MedNeXtBlock
 from monai.networks.blocks.segresnet_block import ResBlock
-from monai.networks.nets import BasicUNet, SegResNet, UNet
+from monai.networks.blocks.unetr_block import UnetrBasicBlock
+from monai.networks.nets import (
+    UNETR,
+    AttentionUnet,
+    BasicUNet,
+    DynUNet,
+    SegResNet,
+    SwinUNETR,
+    UNet,
+)
+from monai.networks.nets.attentionunet import ConvBlock
 from monai.networks.nets.basic_unet import Down, TwoConv
+from monai.networks.nets.mednext import MedNeXt, create_mednext
+from monai.networks.nets.swin_unetr import BasicLayer
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-MODELS: dict[str, type[nn.Module]] = {
+from recipes.components.nets import MeshNet, RSUNet
+from recipes.components.nets.meshnet import MeshBlock
+from recipes.components.nets.rsunet import ResBlock as RSResBlock
+
+
+class PadToMultiple(nn.Module):
+    """Zero-pad the spatial dims up to a multiple of ``multiple``, crop the output back.
+
+    SwinUNETR rejects inputs whose sides are not divisible by 2**5; padding lets it take the
+    same patch sizes (e.g. 16^3 or 48^3 sliding windows) as every other network. Padded
+    voxels are zeros, i.e. the mean of a z-scored image.
+    """
+
+    def __init__(self, net: nn.Module, multiple: int = 32) -> None:
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    def forward(self, x: torch.Tensor) -> Any:
+        shape = x.shape[2:]
+        pad: list[int] = []
+        for side in reversed(shape):
+            pad += [0, (-side) % self.multiple]
+        padded = F.pad(x, pad)
+        out = self.net(padded)
+        if isinstance(out, (list, tuple)):  # deep supervision: coarser outputs crop in scale
+            return [self._crop(o, shape, padded.shape[2:]) for o in out]
+        return self._crop(out, shape, padded.shape[2:])
+
+    @staticmethod
+    def _crop(out: torch.Tensor, shape: Sequence[int], padded: Sequence[int]) -> torch.Tensor:
+        keep = [math.ceil(s * o / p) for s, o, p in zip(shape, out.shape[2:], padded, strict=True)]
+        return out[(..., *(slice(0, k) for k in keep))]
+
+
+# MONAI's create_mednext presets (arXiv 2303.09975), restated because it fixes
+# init_filters=32 and a CPU run needs fewer: (encoder, decoder, bottleneck expansion ratios,
+# blocks_down, blocks_bottleneck, blocks_up).
+MEDNEXT_VARIANTS: dict[str, tuple[Any, Any, int, tuple, int, tuple]] = {
+    "S": (2, 2, 2, (2, 2, 2, 2), 2, (2, 2, 2, 2)),
+    "B": ((2, 3, 4, 4), (4, 4, 3, 2), 4, (2, 2, 2, 2), 2, (2, 2, 2, 2)),
+    "M": ((2, 3, 4, 4), (4, 4, 3, 2), 4, (3, 4, 4, 4), 4, (4, 4, 4, 3)),
+    "L": ((3, 4, 8, 8), (8, 8, 4, 3), 8, (3, 4, 8, 8), 8, (8, 8, 4, 3)),
+}
+
+
+def _mednext(variant: str = "S", init_filters: int = 32, **kwargs: Any) -> nn.Module:
+    """``variant`` S/B/M/L as in ``create_mednext`` (residual, group norm), any width."""
+    if init_filters == 32:
+        return create_mednext(variant, **kwargs)
+    enc, dec, bott, down, n_bott, up = MEDNEXT_VARIANTS[variant.upper()]
+    return MedNeXt(
+        init_filters=init_filters,
+        encoder_expansion_ratio=enc,
+        decoder_expansion_ratio=dec,
+        bottleneck_expansion_ratio=bott,
+        blocks_down=down,
+        blocks_bottleneck=n_bott,
+        blocks_up=up,
+        use_residual_connection=True,
+        norm_type="group",
+        **kwargs,
+    )
+
+
+MODELS: dict[str, Any] = {
     "segresnet": SegResNet,
     "unet": UNet,
     "basic_unet": BasicUNet,
+    "dynunet": DynUNet,
+    "unetr": UNETR,
+    "swin_unetr": SwinUNETR,
+    "attention_unet": AttentionUnet,
+    "mednext": _mednext,
+    "meshnet": MeshNet,
+    "rsunet": RSUNet,
 }
 
-# The single-input convolution blocks of the three networks. Their activations dominate
-# memory, and each takes one tensor, which is what MONAI's checkpoint wrapper accepts
-# (BasicUNet's two-input UpCat is reached through its TwoConv).
+# The single-input blocks of every network. Their activations dominate memory, and each
+# takes one tensor, which is what MONAI's checkpoint wrapper accepts. Two-input blocks
+# (BasicUNet's UpCat, DynUNet's UnetUpBlock, AttentionUnet's AttentionBlock, SwinUNETR's
+# UnetrUpBlock) are not wrapped themselves; the recursion reaches their single-input
+# convolution blocks instead. SwinUNETR's transformer stages are its BasicLayers.
 CHECKPOINTED_BLOCKS: tuple[type[nn.Module], ...] = (
     ResBlock,
     ResidualUnit,
     Convolution,
     TwoConv,
     Down,
+    UnetBasicBlock,
+    UnetResBlock,
+    UnetrBasicBlock,
+    TransformerBlock,
+    BasicLayer,
+    ConvBlock,
+    MedNeXtBlock,  # and its Down/Up subclasses
+    MeshBlock,
+    RSResBlock,
 )
 
 
@@ -48,10 +150,12 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     # YAML has no tuples, but MONAI's norm/act arguments expect (name, kwargs) tuples.
-    for key in ("norm", "act"):
+    for key in ("norm", "act", "norm_name"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    return MODELS[name](**kwargs)
+    pad = kwargs.pop("pad_multiple", None)
+    net = MODELS[name](**kwargs)
+    return PadToMultiple(net, int(pad)) if pad else net
 
 
 class TrainingCheckpoint(ActivationCheckpointWrapper):

@@ -1,8 +1,12 @@
 """Optimizer and learning-rate scheduler factories for ``cfg.optimizer`` / ``cfg.scheduler``.
 
-A scheduler is stepped either after every optimizer step or after every epoch
-(``scheduler.interval``); the trainer needs to know which, and how long the schedule is,
-so that a resumed run with a different ``max_epochs`` can re-derive its schedule.
+A scheduler is stepped after every optimizer step, after every epoch, or (``plateau``) after
+every validation with the validation Dice (``scheduler.interval``: step | epoch | val); the
+trainer needs to know which, and how long the schedule is, so that a resumed run with a
+different ``max_epochs`` can re-derive its schedule.
+
+``optimizer.layerwise`` (a role -> multiplier mapping, see ``layerwise.py``) splits the
+parameters into one group per module role, each at ``lr * multiplier``.
 """
 
 from __future__ import annotations
@@ -13,29 +17,64 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from monai.optimizers import WarmupCosineSchedule
+import yaml
+from monai.optimizers import Novograd, WarmupCosineSchedule
 from omegaconf import DictConfig, OmegaConf
-from torch.optim import SGD, AdamW, Optimizer
-from torch.optim.lr_scheduler import ConstantLR, LRScheduler, OneCycleLR
+from torch import nn
+from torch.optim import SGD, Adam, AdamW, Optimizer
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    PolynomialLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"adamw": AdamW, "sgd": SGD}
+from recipes.components.layerwise import layerwise_param_groups
 
-Interval = Literal["step", "epoch"]
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "adamw": AdamW,
+    "sgd": SGD,
+    "adam": Adam,
+    "novograd": Novograd,
+}
+
+Interval = Literal["step", "epoch", "val"]
 
 
 @dataclass
 class Schedule:
     """A scheduler plus when to step it and how many steps it spans in total."""
 
-    scheduler: LRScheduler
+    scheduler: LRScheduler | ReduceLROnPlateau
     interval: Interval
     total_steps: int
 
 
-def build_optimizer(opt_cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> Optimizer:
-    """``OPTIMIZERS[name](params, **rest of cfg)``."""
+def build_optimizer(
+    opt_cfg: DictConfig,
+    params: Iterable[torch.nn.Parameter] | nn.Module,
+    arch: str | None = None,
+) -> Optimizer:
+    """``OPTIMIZERS[name](params, **rest of cfg)``.
+
+    With ``layerwise`` set, ``params`` must be the model and ``arch`` its ``model.name``.
+    """
     kwargs: dict[str, Any] = OmegaConf.to_container(opt_cfg, resolve=True)  # type: ignore[assignment]
     name = kwargs.pop("name")
+    layerwise = kwargs.pop("layerwise", None)
+    if isinstance(layerwise, str):
+        # Matrix axes carry scalars only, so a sweep passes the mapping as a YAML string.
+        layerwise = yaml.safe_load(layerwise)
+    if layerwise:
+        if not isinstance(params, nn.Module) or arch is None:
+            raise ValueError("optimizer.layerwise needs the model and its architecture name")
+        params = layerwise_param_groups(params, arch, float(kwargs["lr"]), layerwise)
+    elif isinstance(params, nn.Module):
+        params = params.parameters()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     if "betas" in kwargs:
@@ -50,7 +89,7 @@ def build_scheduler(
     name = sched_cfg.name
     interval: Interval = sched_cfg.get("interval", "step")
     total = max_epochs * (steps_per_epoch if interval == "step" else 1)
-    scheduler: LRScheduler
+    scheduler: LRScheduler | ReduceLROnPlateau
     if name == "onecycle":
         scheduler = OneCycleLR(
             optimizer,
@@ -71,9 +110,40 @@ def build_scheduler(
         )
     elif name == "constant":
         scheduler = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif name == "cosine_warmup_epochs":
+        # Warm-up and decay counted in epochs but stepped per optimizer step, so the lr
+        # moves smoothly even with few long epochs.
+        warmup = min(total - 1, sched_cfg.warmup_epochs * steps_per_epoch)
+        scheduler = SequentialLR(
+            optimizer,
+            [
+                LinearLR(optimizer, sched_cfg.warmup_start_factor, 1.0, total_iters=max(1, warmup)),
+                CosineAnnealingLR(
+                    optimizer, T_max=max(1, total - warmup), eta_min=sched_cfg.eta_min
+                ),
+            ],
+            milestones=[max(1, warmup)],
+        )
+    elif name == "poly":
+        scheduler = PolynomialLR(optimizer, total_iters=total, power=sched_cfg.power)
+    elif name == "plateau":
+        # Stepped with the validation Dice after each validation: "max" mode. Its state is
+        # history-dependent and cannot be replayed, so total 0: a resume always loads it.
+        scheduler = ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=sched_cfg.factor,
+            patience=sched_cfg.patience,
+            threshold=sched_cfg.threshold,
+            min_lr=sched_cfg.min_lr,
+        )
+        return Schedule(scheduler, "val", 0)
     else:
-        raise ValueError(f"unknown scheduler {name!r}; choose onecycle, warmup_cosine, constant")
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
     return Schedule(scheduler, interval, total)
+
+
+SCHEDULERS = ("onecycle", "warmup_cosine", "constant", "cosine_warmup_epochs", "poly", "plateau")
 
 
 def fast_forward(schedule: Schedule, steps: int) -> None:
@@ -82,6 +152,8 @@ def fast_forward(schedule: Schedule, steps: int) -> None:
     Used on resume when the schedule's length changed (e.g. ``max_epochs`` raised): the saved
     scheduler state describes the old length, so the new schedule is replayed instead.
     """
+    if schedule.interval == "val":
+        return
     with warnings.catch_warnings():
         # "lr_scheduler.step() before optimizer.step()": intended here.
         warnings.simplefilter("ignore", UserWarning)

@@ -3,7 +3,9 @@
 ``train(cfg, ctx)`` seeds, builds data/model/loss/optimizer/schedule from the Hydra config,
 resumes from ``last.pt`` when present, then runs epochs of patch-based training with
 sliding-window validation (mean foreground Dice), checkpointing and MLflow logging. A NaN or
-infinite loss stops the run at once with status "diverged".
+infinite loss stops the run at once with status "diverged". Optional, all from
+``cfg.training``: an LR range test first (``find_lr``), fp16 with a GradScaler, gradient
+clipping and accumulation, early stopping, HD95 / surface Dice (see ``steps.py``).
 
 Under a runner (``ctx`` given) it logs into the runner's MLflow run and leaves ending it to the
 runner; standalone (``python -m recipes.segmentation``) it creates and ends its own run.
@@ -11,7 +13,6 @@ runner; standalone (``python -m recipes.segmentation``) it creates and ends its 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -21,43 +22,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from omegaconf import DictConfig
-from torch import nn
-from torch.optim import Optimizer
 
 from recipes.components.checkpoint import BEST, LAST, Progress, load_checkpoint, save_checkpoint
 from recipes.components.data import build_data, seed_for_epoch
 from recipes.components.losses import build_loss
+from recipes.components.lr_finder import find_lr
 from recipes.components.mlflow_logging import RunLogger, flatten_config
 from recipes.components.models import apply_grad_checkpointing, build_model
-from recipes.components.optim import Schedule, build_optimizer, build_scheduler
+from recipes.components.optim import build_optimizer, build_scheduler
 from recipes.contract import RunContext, TrainResult
+from recipes.segmentation.steps import (
+    Diverged,
+    autocast,
+    optimizer_steps_per_epoch,
+    train_one_epoch,
+    validate,
+)
+
+__all__ = ["Diverged", "autocast", "train", "train_one_epoch", "validate"]
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(Exception):
-    """The loss became NaN/inf; the message says where."""
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast (CPU or CUDA), or nothing for fp32."""
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if amp == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"training.amp must be bf16 or fp32, got {amp!r}")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -73,11 +65,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _plain(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # MetaTensor tracks metadata through every op; the training math does not need it.
-    return (x.as_tensor() if isinstance(x, MetaTensor) else x).to(device, non_blocking=True)
-
-
 def checkpoint_dir(cfg: DictConfig, ctx: RunContext | None, run_id: str) -> Path:
     """ctx's directory, else training.checkpoint_dir, else Hydra's output dir, else per run."""
     if ctx is not None:
@@ -91,66 +78,6 @@ def checkpoint_dir(cfg: DictConfig, ctx: RunContext | None, run_id: str) -> Path
     return Path("checkpoints") / run_id
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    loss_fn: nn.Module,
-    optimizer: Optimizer,
-    schedule: Schedule,
-    device: torch.device,
-    amp: str,
-    epoch: int,
-    progress: Progress,
-) -> tuple[float, int, float]:
-    """One pass over the training patches; returns (mean loss, patches seen, last lr)."""
-    model.train()
-    total_loss, patches, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
-    for step, batch in enumerate(loader, start=1):
-        image, label = _plain(batch["image"], device), _plain(batch["label"], device)
-        with autocast(device, amp):
-            logits = model(image)
-        loss = loss_fn(logits.float(), label)  # the loss itself in fp32 for stable reductions
-        if not torch.isfinite(loss):
-            # Before the optimizer step: last.pt keeps the last good weights.
-            raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        if schedule.interval == "step":
-            schedule.scheduler.step()
-        progress.global_step += 1
-        total_loss += loss.item()
-        patches += image.shape[0]
-    return total_loss / max(1, len(loader)), patches, lr
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    device: torch.device,
-    cfg: DictConfig,
-) -> torch.Tensor:
-    """Per-foreground-class Dice over whole validation volumes (sliding window)."""
-    model.eval()
-    num_classes = cfg.data.num_classes
-    metric = DiceMetric(include_background=False, reduction="mean_batch")
-    for batch in loader:
-        image, label = _plain(batch["image"], device), _plain(batch["label"], device)
-        with autocast(device, cfg.training.amp):
-            logits = sliding_window_inference(
-                image,
-                roi_size=list(cfg.training.patch_size),
-                sw_batch_size=cfg.training.sw_batch_size,
-                predictor=model,
-                overlap=cfg.training.sw_overlap,
-            )
-        pred = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
-        metric(y_pred=pred, y=one_hot(label.long(), num_classes))
-    return metric.aggregate().float().cpu()
-
-
 def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     """Train ``cfg`` to ``training.max_epochs`` (resuming from ``last.pt``); see the module doc."""
     tcfg = cfg.training
@@ -160,14 +87,17 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     device = resolve_device(tcfg.device)
 
     # --- build everything from the config --------------------------------------------------
-    data = build_data(cfg.data, tcfg, cfg.seed)
+    data = build_data(cfg.data, tcfg, cfg.seed, cfg.get("augmentation"))
     class_names = data.info.class_names
     model = build_model(cfg.model).to(device)
     if tcfg.grad_checkpointing:
         apply_grad_checkpointing(model)
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    schedule = build_scheduler(cfg.scheduler, optimizer, len(data.train_loader), tcfg.max_epochs)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
+    steps_per_epoch = optimizer_steps_per_epoch(
+        len(data.train_loader), tcfg.get("accumulate_steps", 1)
+    )
 
     if ctx is not None:
         logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False)
@@ -176,10 +106,16 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
 
     try:
+        fresh = not (ckpt_dir / LAST).exists()
+        if fresh and tcfg.get("find_lr"):
+            # Before the schedule is built: OneCycle and friends read the lr as their peak.
+            _find_lr(model, optimizer, loss_fn, data.train_loader, device, cfg, logger, ckpt_dir)
+        schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, tcfg.max_epochs)
+
         # --- resume or start fresh ---------------------------------------------------------
         progress, resumed_from = Progress(), None
-        if (ckpt_dir / LAST).exists():
-            progress = load_checkpoint(ckpt_dir / LAST, model, optimizer, schedule)
+        if not fresh:
+            progress = load_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, scaler)
             resumed_from = progress.epoch
             log.info("resumed from %s at epoch %d", ckpt_dir / LAST, resumed_from)
         if resumed_from is None or logger.owns_run:
@@ -192,6 +128,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
 
         # --- epochs ------------------------------------------------------------------------
         metrics: dict[str, float] = {}
+        stop_reason: str | None = None
         for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
             start = time.perf_counter()
             data.train_transform.set_random_state(seed=seed_for_epoch(cfg.seed, epoch))
@@ -203,9 +140,10 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
                     optimizer,
                     schedule,
                     device,
-                    tcfg.amp,
+                    tcfg,
                     epoch,
                     progress,
+                    scaler,
                 )
             except Diverged as err:
                 log.error("%s", err)
@@ -227,20 +165,30 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
 
             progress.epoch = epoch
             if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
-                dice = validate(model, data.val_loader, device, cfg)
+                dice, extra = validate(model, data.val_loader, device, cfg)
                 metrics["val_dice"] = float(torch.nanmean(dice))
                 for name, value in zip(class_names[1:], dice.tolist(), strict=True):
                     metrics[f"val_dice_{name}"] = value
+                metrics.update(extra)
+                if schedule.interval == "val":
+                    schedule.scheduler.step(metrics["val_dice"])  # type: ignore[arg-type]
+                stop_reason = _early_stop(
+                    tcfg.get("early_stopping"), progress, metrics, epoch, tcfg.val_interval
+                )
                 if metrics["val_dice"] > progress.best_metric:
                     progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
-                    save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress)
-            save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress)
+                    save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
+            save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
             metrics["epoch_seconds"] = time.perf_counter() - start
 
             logger.log_metrics(metrics, step=epoch)
             log.info("epoch %d/%d %s", epoch, tcfg.max_epochs, _fmt(metrics))
             if ctx is not None and ctx.progress is not None:
                 ctx.progress({"epoch": epoch, "max_epochs": tcfg.max_epochs, **metrics})
+            if stop_reason:
+                log.info("early stop: %s", stop_reason)
+                logger.set_tag("early_stop", stop_reason)
+                break
 
         best = progress.best_metric if progress.best_epoch is not None else None
         if best is not None:
@@ -258,8 +206,56 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         best_val_dice=best,
         best_epoch=progress.best_epoch,
         resumed_from_epoch=resumed_from,
+        reason=stop_reason,
         metrics=metrics,
     )
+
+
+def _find_lr(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    cfg: DictConfig,
+    logger: RunLogger,
+    ckpt_dir: Path,
+) -> None:
+    """LR range test; the chosen lr goes to the optimizer, a param, a metric and a plot."""
+    plot = ckpt_dir / "lr_finder.png"
+    lr = find_lr(model, optimizer, loss_fn, loader, device, cfg.training.lr_finder, plot)
+    logger.client.log_artifact(logger.run_id, str(plot), "lr_finder")
+    if lr is not None:
+        logger.log_params({"lr_finder.lr": f"{lr:.6g}"})
+        logger.log_metrics({"lr_finder_lr": lr}, step=0)
+    else:
+        logger.set_tag("lr_finder", f"no descent found; keeping lr {cfg.optimizer.lr}")
+
+
+def _early_stop(
+    es: DictConfig | None,
+    progress: Progress,
+    metrics: dict[str, float],
+    epoch: int,
+    val_interval: int,
+) -> str | None:
+    """Why to stop after this validation, or None. Call before ``progress`` records a best.
+
+    "Good enough": the target Dice is reached. Patience: counted in validations since the
+    last gain of more than ``min_delta`` over the best so far (the first validation counts
+    as a gain).
+    """
+    if not es:
+        return None
+    dice = metrics["val_dice"]
+    if progress.improved_epoch is None or dice > progress.best_metric + float(es.min_delta):
+        progress.improved_epoch = epoch
+    if es.get("good_enough") is not None and dice >= float(es.good_enough):
+        return f"val_dice {dice:.4g} >= good_enough {es.good_enough}"
+    patience = es.get("patience")
+    if patience is not None and epoch - progress.improved_epoch >= int(patience) * val_interval:
+        return f"no val_dice gain > {es.min_delta} in {patience} validations"
+    return None
 
 
 def _fmt(metrics: dict[str, float]) -> str:
