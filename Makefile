@@ -9,7 +9,7 @@ MATRIX ?= matrix/demo.yaml
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep plan status ui test test-fast lint bench demo-data system-deps clean \
+.PHONY: install sweep plan status ui test test-deps test-fast lint bench demo-data system-deps clean \
 	slurm-up slurm-down
 
 # Debian's python3 needs python3-venv for `python3 -m venv`; install it when missing (root).
@@ -50,7 +50,18 @@ lint: install
 	$(BIN)/ruff check runner recipes tests bench
 	$(BIN)/ruff format --check runner recipes tests bench
 
-test: install lint
+# What the tests need from Debian, installed once as root: the SLURM cluster's packages and
+# real NIfTI volumes (insighttoolkit5-examples). Elsewhere those tests skip and say why.
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  tests/infra/slurm_cluster.sh install && \
+	  { dpkg -s insighttoolkit5-examples >/dev/null 2>&1 || \
+	    { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+	      insighttoolkit5-examples; }; }; \
+	fi
+
+test: install lint test-deps
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -365,6 +365,7 @@ cmd_status() {
 }
 
 case ${1:-} in
+    install) mkdir -p "$LOG" && install_packages ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
     stop-dbd) cmd_stop_dbd ;;
