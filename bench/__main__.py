@@ -15,11 +15,11 @@ from pathlib import Path
 
 from bench.common import RESULTS, Options, Outcome, device_info, git_state, load_average
 
-NAMES = ("plan", "startup", "trainer", "data", "tracking", "slurm")
+NAMES = ("plan", "startup", "trainer", "data", "tracking", "checkpointing", "slurm")
 
 
 def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
-    from bench import data, plan, slurm, startup, tracking, trainer
+    from bench import checkpointing, data, plan, slurm, startup, tracking, trainer
 
     return {
         "plan": plan.run,
@@ -27,6 +27,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "trainer": trainer.run,
         "data": data.run,
         "tracking": tracking.run,
+        "checkpointing": checkpointing.run,
         "slurm": slurm.run,
     }
 
