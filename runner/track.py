@@ -135,7 +135,14 @@ def cell_tags(
         "runner.executor": executor,
         "runner.host": socket.gethostname(),
     }
-    tags.update({f"{AXIS_PREFIX}{k}": str(v) for k, v in values.items()})
+    from recipes.components.mlflow_logging import REDACTED, SECRET_KEY
+
+    tags.update(
+        {
+            f"{AXIS_PREFIX}{k}": REDACTED if SECRET_KEY.search(k) else str(v)
+            for k, v in values.items()
+        }
+    )
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags

@@ -109,3 +109,27 @@ def test_run_id_is_recorded_once(tmp_path: Path) -> None:
     assert rec.set_run_id("first") == "first"
     assert rec.set_run_id("second") == "first"
     assert rec.run_id == "first"
+
+
+def test_secret_looking_values_are_never_logged() -> None:
+    """Params and tags redact values under keys that look like credentials."""
+    from omegaconf import OmegaConf
+
+    from recipes.components.mlflow_logging import REDACTED, flatten_config
+    from runner.track import cell_tags
+
+    cfg = OmegaConf.create(
+        {
+            "storage": {"api_key": "hunter2", "s3_secret": "x", "root": "/d"},
+            "db_password": "pw",
+            "hf_token": "t",
+            "model": {"name": "unet"},
+        }
+    )
+    flat = flatten_config(cfg)
+    assert flat["storage.root"] == "/d" and flat["model.name"] == "unet"
+    for key in ("storage.api_key", "storage.s3_secret", "db_password", "hf_token"):
+        assert flat[key] == REDACTED
+    tags = cell_tags("m", "abc", {"model": "unet", "storage.api_key": "hunter2"}, "local", None)
+    assert tags["axis.model"] == "unet" and tags["axis.storage.api_key"] == REDACTED
+    assert "hunter2" not in str(flat) + str(tags)

@@ -40,10 +40,19 @@ def _schema_lock(tracking_uri: str) -> contextlib.AbstractContextManager[object]
     return contextlib.nullcontext()
 
 
+# Keys whose values must never reach a tracking server (a config may pull them from the
+# environment with ${oc.env:...}): their values are logged as REDACTED.
+SECRET_KEY = re.compile(
+    r"(token|passw|secret|api_?key|access_?key|private_?key|credential)", re.IGNORECASE
+)
+REDACTED = "***redacted***"
+
+
 def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
     """Resolved config as ``{"a.b.c": str(value)}``; lists stay one value (``[32, 32]``).
 
-    Values are cut to MLflow's length limit so that a long list never fails a whole batch.
+    Values are cut to MLflow's length limit so that a long list never fails a whole batch;
+    values under secret-looking keys are redacted.
     """
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, str] = {}
@@ -53,7 +62,8 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
-            flat[prefix[:MAX_ENTITY_KEY_LENGTH]] = str(node)[:MAX_PARAM_VAL_LENGTH]
+            value = REDACTED if SECRET_KEY.search(prefix) else str(node)
+            flat[prefix[:MAX_ENTITY_KEY_LENGTH]] = value[:MAX_PARAM_VAL_LENGTH]
 
     walk(tree, "")
     return flat
