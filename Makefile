@@ -10,7 +10,7 @@ UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
 .PHONY: install sweep plan status ui test test-deps test-fast lint bench demo-data system-deps clean \
-	slurm-up slurm-down
+	slurm-up slurm-down image docker-up docker-down
 
 # Debian's python3 needs python3-venv for `python3 -m venv`; install it when missing (root).
 system-deps:
@@ -77,6 +77,21 @@ slurm-up:
 
 slurm-down:
 	tests/infra/slurm_cluster.sh stop
+
+# The trainer image for `executor: {kind: docker}`. Offline, from the local base that
+# `make docker-up` builds: make image BASE_IMAGE=runner-base:bookworm
+IMAGE ?= runner-trainer:latest
+BASE_IMAGE ?= nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+image:
+	DOCKER_BUILDKIT=1 docker build -f containers/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+
+# A Docker Engine of the project's own (its own socket, /run/runner-docker.sock) and the local
+# Debian base image; the test suite does the same by itself.
+docker-up:
+	tests/infra/docker_engine.sh start && tests/infra/docker_engine.sh base-image
+
+docker-down:
+	tests/infra/docker_engine.sh stop
 
 clean:
 	rm -rf sweeps mlruns mlruns.db mlartifacts outputs multirun

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from bench.common import RESULTS, Options, Outcome, device_info, git_state, load_average
 
-NAMES = ("plan", "startup", "trainer", "data", "tracking", "checkpointing", "slurm")
+NAMES = ("plan", "startup", "trainer", "data", "tracking", "checkpointing", "slurm", "docker_start")
 
 
 def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
-    from bench import checkpointing, data, plan, slurm, startup, tracking, trainer
+    from bench import checkpointing, data, docker_start, plan, slurm, startup, tracking, trainer
 
     return {
         "plan": plan.run,
@@ -29,6 +29,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "tracking": tracking.run,
         "checkpointing": checkpointing.run,
         "slurm": slurm.run,
+        "docker_start": docker_start.run,
     }
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.executors.docker_options import DockerExecutorOptions
 from runner.executors.slurm_options import SlurmExecutorOptions
 from runner.yaml_lines import Path_, dotted, load_yaml
 
@@ -48,10 +49,10 @@ class DebugExecutorOptions(_Strict):
 
 
 ExecutorOptions = Annotated[
-    LocalExecutorOptions | DebugExecutorOptions | SlurmExecutorOptions,
+    LocalExecutorOptions | DebugExecutorOptions | SlurmExecutorOptions | DockerExecutorOptions,
     Field(discriminator="kind"),
 ]
-EXECUTOR_KINDS = ("local", "debug", "slurm")
+EXECUTOR_KINDS = ("local", "debug", "slurm", "docker")
 
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -206,6 +207,7 @@ def _executor_fields(data: Any) -> list[str]:
         "local": LocalExecutorOptions,
         "debug": DebugExecutorOptions,
         "slurm": SlurmExecutorOptions,
+        "docker": DockerExecutorOptions,
     }.get(kind)
     return list(model.model_fields) if model else []
 

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from runner.cells import Cell
 from runner.ledger import CellRecord, Ledger, read_json, write_json_atomic
 
 
-def _claim_many(root: str, ids: list[str], queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _claim_many(root: str, ids: list[str], queue: mp.Queue, done: Any) -> None:  # type: ignore[type-arg]
     won = []
     for cid in ids:
         record = CellRecord(Path(root), cid)
@@ -22,14 +23,18 @@ def _claim_many(root: str, ids: list[str], queue: mp.Queue) -> None:  # type: ig
         if seen.state == "pending" and record.claim("local", seen.attempts) is not None:
             won.append(cid)
     queue.put(won)
+    # Stay alive until every claimer is through: a claim whose process is gone before it
+    # submitted counts as pending again (a sweep that died), which is not what this tests.
+    done.wait(timeout=120)
 
 
 def test_concurrent_claims_have_exactly_one_winner(tmp_path: Path) -> None:
     ids = [f"cell{i:03d}" for i in range(200)]
     queue: mp.Queue = mp.get_context("fork").Queue()  # type: ignore[type-arg]
+    ctx = mp.get_context("fork")
+    done = ctx.Barrier(4)
     procs = [
-        mp.get_context("fork").Process(target=_claim_many, args=(str(tmp_path), ids, queue))
-        for _ in range(4)
+        ctx.Process(target=_claim_many, args=(str(tmp_path), ids, queue, done)) for _ in range(4)
     ]
     for p in procs:
         p.start()

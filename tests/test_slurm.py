@@ -401,3 +401,55 @@ def test_end_to_end_matrix_through_slurm(cluster: None, tmp_path: Path) -> None:
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["runner.cell_id"] for r in runs} == set(states)
     assert all("val_dice" in r.data.metrics for r in runs)
+
+
+def test_recipe_under_hydra_multirun_on_submitit_slurm(cluster: None, tmp_path: Path) -> None:
+    """The recipe is also a plain Hydra app: ``-m hydra/launcher=submitit_slurm`` sweeps it
+    through hydra-submitit-launcher on the real cluster, each job logging its own run."""
+    if not _recipe_works():
+        pytest.skip("recipes.segmentation.train does not import yet")
+    from mlflow import MlflowClient
+
+    from tests.e2e import make_tiny_dataset
+
+    data = make_tiny_dataset(tmp_path / "demo")
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "recipes.segmentation",
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.mem_gb=2",
+        f"hydra.launcher.setup=['export PYTHONPATH={ROOT}']",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        "model=unet,segresnet",
+        f"data.root={data}",
+        "training.max_epochs=1",
+        "training.batch_size=1",
+        "training.patch_size=[16,16,16]",
+        "training.num_threads=1",
+        f"tracking.uri={uri}",
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("segmentation").experiment_id])
+    assert sorted(r.data.params["model.name"] for r in runs) == ["segresnet", "unet"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_name for r in runs} == {
+        "model=segresnet,training.batch_size=1,training.max_epochs=1,training.patch_size=[16,16,16]",
+        "model=unet,training.batch_size=1,training.max_epochs=1,training.patch_size=[16,16,16]",
+    }

@@ -65,6 +65,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def standalone_run_name() -> str | None:
+    """Under Hydra (also multirun), name the run by its overrides: ``model=unet,seed=1``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().job.override_dirname or None
+
+
 def checkpoint_dir(cfg: DictConfig, ctx: RunContext | None, run_id: str) -> Path:
     """ctx's directory, else training.checkpoint_dir, else Hydra's output dir, else per run."""
     if ctx is not None:
@@ -102,7 +111,9 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     if ctx is not None:
         logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False)
     else:
-        logger = RunLogger.start(cfg.tracking.uri, cfg.tracking.experiment)
+        logger = RunLogger.start(
+            cfg.tracking.uri, cfg.tracking.experiment, run_name=standalone_run_name()
+        )
     ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
 
     try:

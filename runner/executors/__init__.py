@@ -23,4 +23,8 @@ def make_backend(options: Any, folder: Path) -> Backend:
         from runner.executors.slurm import SlurmBackend
 
         return SlurmBackend(options, folder)
+    if options.kind == "docker":
+        from runner.executors.docker import DockerBackend
+
+        return DockerBackend(options, folder)
     raise ValueError(f"no backend for executor kind {options.kind!r}")
