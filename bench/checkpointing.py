@@ -37,7 +37,8 @@ from recipes.components.losses import build_loss
 model_name, gc, amp = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 size, steps = int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
-cfg = Recipe.load("segmentation").compose([f"model={model_name}"])
+patch = f"training.patch_size=[{size},{size},{size}]"  # UNETR's img_size follows it
+cfg = Recipe.load("segmentation").compose([f"model={model_name}", patch])
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 net = build_model(cfg.model).to(device).train()
 if gc:
