@@ -15,11 +15,31 @@ from pathlib import Path
 
 from bench.common import RESULTS, Options, Outcome, device_info, git_state, load_average
 
-NAMES = ("plan", "startup", "trainer", "data", "tracking", "checkpointing", "slurm", "docker_start")
+NAMES = (
+    "plan",
+    "startup",
+    "trainer",
+    "data",
+    "tracking",
+    "checkpointing",
+    "slurm",
+    "docker_start",
+    "makespan",
+)
 
 
 def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
-    from bench import checkpointing, data, docker_start, plan, slurm, startup, tracking, trainer
+    from bench import (
+        checkpointing,
+        data,
+        docker_start,
+        makespan,
+        plan,
+        slurm,
+        startup,
+        tracking,
+        trainer,
+    )
 
     return {
         "plan": plan.run,
@@ -30,6 +50,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "checkpointing": checkpointing.run,
         "slurm": slurm.run,
         "docker_start": docker_start.run,
+        "makespan": makespan.run,
     }
 
 

@@ -121,9 +121,10 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
                 else ""
             )
         )
-        if not (args.wait if args.wait is not None else True):
+        if not outcome.followed:
             for cid, job in outcome.job_ids.items():
                 console.print(f"  {cid}  job {job}")
+            console.print("the cells run on; follow them with `runner status` (or sweep --wait)")
     states = plan.states()
     console.print(f"states: {summary(states)}")
     uri = plan.tracking_uri

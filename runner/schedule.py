@@ -71,6 +71,7 @@ class SweepOutcome:
     lost_race: list[str] = field(default_factory=list)
     job_ids: dict[str, str] = field(default_factory=dict)
     experiment_id: str | None = None
+    followed: bool = True  # False when the sweep returned once the cells were submitted
 
 
 Observer = Callable[[dict[str, CellState]], None]
@@ -141,6 +142,7 @@ def submit(
         )
         for c, n in claimed
     ]
+    outcome.followed = follow
     _run_queue(plan, backend, jobs, outcome, follow, observe)
     return outcome
 
