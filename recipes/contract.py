@@ -26,12 +26,15 @@ class RunContext:
         ``last.pt`` exists at start, resumes from it.
     progress: called after every epoch with a small dict (epoch, max_epochs, train_loss,
         val_dice when validated) so that the runner can show live progress and heartbeats.
+    spool_dir: where metrics go when the tracking server can't be reached (one JSON line
+        each); ``runner sync`` uploads them later. None: such failures are errors.
     """
 
     tracking_uri: str
     run_id: str
     checkpoint_dir: Path
     progress: Callable[[dict[str, Any]], None] | None = None
+    spool_dir: Path | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@
     runner resume MATRIX [--only R,..] [--cells ID,..]   retry failed/cancelled/lost cells
     runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
     runner report MATRIX [--baseline G] [--format F]   mean ± std over seeds, axis effects
+    runner sync MATRIX                            upload metrics kept while MLflow was down
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -226,6 +227,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from runner.sync import sync
+
+    plan = _plan(args)
+    out = sync(plan)
+    if not out.cells:
+        console.print("nothing to sync: no cell kept metrics locally.")
+        return 0
+    console.print(
+        f"synced {len(out.cells)} cells: {out.metrics_sent} metric values sent, "
+        f"{out.metrics_present} already there, {out.runs_ended} runs ended"
+    )
+    return 0
+
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
@@ -242,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("resume", cmd_resume, "resubmit failed, cancelled and lost cells from their checkpoint"),
         ("cancel", cmd_cancel, "stop queued, submitted and running cells"),
         ("report", cmd_report, "compare groups over seeds: mean ± std, axis effects, plots"),
+        ("sync", cmd_sync, "upload metrics kept locally while the tracking server was down"),
     ]
     for name, fn, text in commands:
         p = sub.add_parser(name, help=text, description=text)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import track
-from runner.ledger import Attempt, CellRecord
+from runner.ledger import Attempt, CellRecord, write_json_atomic
 
 HEARTBEAT_S = 10.0
 
@@ -90,6 +90,10 @@ class CellJob:
         from runner.recipe import Recipe
 
         os.chdir(self.workdir)
+        # Fail fast when a tracking server is down (MLflow retries for minutes by default):
+        # metrics are then spooled and `runner sync` uploads them later.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         record = CellRecord(Path(self.cells_dir), self.cell_id)
         attempt = record.attempt(self.attempt)
         started = time.time()
@@ -108,6 +112,7 @@ class CellJob:
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
                 ctx = RunContext(
+                    spool_dir=record.dir / "spool",
                     tracking_uri=self.tracking_uri,
                     run_id=run_id,
                     checkpoint_dir=record.checkpoint_dir,
@@ -142,7 +147,19 @@ class CellJob:
             "ended": time.time(),
             "time": time.time(),
         }
-        track.finish_run(self.tracking_uri, run_id, result.status, result.reason)
+        try:
+            track.finish_run(self.tracking_uri, run_id, result.status, result.reason)
+        except Exception:
+            # The server went away: the ledger holds the truth; `runner sync` ends the run.
+            write_json_atomic(
+                record.dir / "spool" / "final.json",
+                {
+                    "run_id": run_id,
+                    "state": result.status,
+                    "reason": result.reason,
+                    "time": time.time(),
+                },
+            )
         attempt.write("status", outcome)
         return outcome
 

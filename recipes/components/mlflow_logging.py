@@ -8,7 +8,9 @@ anything else in the process.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,6 +71,33 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
+SPOOL_METRICS = "metrics.jsonl"
+SPOOL_TAGS = "tags.jsonl"
+
+
+def _append(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def spool_metrics(spool_dir: Path, metrics: list[Metric]) -> None:
+    _append(
+        spool_dir / SPOOL_METRICS,
+        [
+            {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+            for m in metrics
+        ],
+    )
+
+
+def spool_tag(spool_dir: Path, key: str, value: str) -> None:
+    _append(spool_dir / SPOOL_TAGS, [{"key": key, "value": value}])
+
+
 def metric_key(name: str) -> str:
     """MLflow keys allow alphanumerics and ``_-./ ``; anything else becomes ``_``."""
     return re.sub(r"[^\w\-./ ]", "_", name)
@@ -81,10 +110,13 @@ class RunLogger:
     run belongs to the runner, which sets its final status.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, owns_run: bool) -> None:
+    def __init__(
+        self, tracking_uri: str, run_id: str, owns_run: bool, spool_dir: Path | None = None
+    ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self.owns_run = owns_run
+        self.spool_dir = spool_dir
 
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, run_name: str | None = None) -> RunLogger:
@@ -113,10 +145,23 @@ class RunLogger:
             if math.isfinite(float(v))
         ]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+            batch = items[i : i + MAX_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception:
+                if self.spool_dir is None:
+                    raise
+                # The server is unreachable: keep the metrics for `runner sync`; training goes
+                # on (the epoch's work is worth more than a live chart).
+                spool_metrics(self.spool_dir, batch)
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        try:
+            self.client.set_tag(self.run_id, key, value)
+        except Exception:
+            if self.spool_dir is None:
+                raise
+            spool_tag(self.spool_dir, key, value)
 
     def end(self, status: str) -> None:
         """End the run with ``status`` (FINISHED/FAILED/KILLED) if this logger created it."""

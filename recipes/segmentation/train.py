@@ -109,7 +109,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     )
 
     if ctx is not None:
-        logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False)
+        logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False, spool_dir=ctx.spool_dir)
     else:
         logger = RunLogger.start(
             cfg.tracking.uri, cfg.tracking.experiment, run_name=standalone_run_name()
