@@ -74,6 +74,12 @@ def test_two_cells_local_sqlite_then_nothing_to_resubmit(
     assert "nothing new to submit" in out and "2 done" in out
     assert all(s.attempts == 1 for s in make_plan(path).states().values())
 
+    # After an edit of the matrix, only the new cells are pending: identity is the config.
+    path.write_text(path.read_text().replace("[unet, segresnet]", "[unet, segresnet, basic_unet]"))
+    edited = make_plan(path).states()
+    assert sorted(s.state for s in edited.values()) == ["done", "done", "pending"]
+    path.write_text(path.read_text().replace("[unet, segresnet, basic_unet]", "[unet, segresnet]"))
+
     assert main(["status", str(path)]) == 0
     status = capsys.readouterr().out
     for cell in plan.cells:
