@@ -68,13 +68,26 @@ def setup(
     # A schedule long enough never to run out, stepped per step as configured.
     schedule = build_scheduler(wb.cfg.scheduler, r_opt, len(batches), 100_000)
     progress = Progress()
+    # The recipe's own scaler: a no-op unless training.amp is fp16.
+    scaler = torch.amp.GradScaler(wb.device.type, enabled=wb.cfg.training.amp == "fp16")
     b_model, b_loss, b_opt = parts()
     b_model.load_state_dict(copy.deepcopy(r_model.state_dict()))  # same starting weights
     plain = [(b["image"].as_tensor(), b["label"].as_tensor()) for b in batches]
     bf16 = wb.amp == "bf16"
 
     def recipe() -> None:
-        train_one_epoch(r_model, batches, r_loss, r_opt, schedule, wb.device, wb.amp, 1, progress)
+        train_one_epoch(
+            r_model,
+            batches,
+            r_loss,
+            r_opt,
+            schedule,
+            wb.device,
+            wb.cfg.training,
+            1,
+            progress,
+            scaler,
+        )
 
     def bare() -> None:
         bare_steps(b_model, b_loss, b_opt, plain, wb.device, bf16)
