@@ -186,7 +186,7 @@ def assert_contract(o: Outcome, text: str | None = None) -> None:
         if m is None:
             assert any(ok in p for ok in NO_LINE_OK), f"no line number in {p!r}\n{shown}"
         elif n_lines is not None:
-            assert 1 <= int(m.group(1)) <= n_lines, f"line out of range: {p!r}\n{shown}"
+            assert int(m.group(1)) in range(1, n_lines + 1), f"line out of range: {p!r}\n{shown}"
 
 
 def dump(doc: Any, flow: bool | None = False) -> str:
