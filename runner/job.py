@@ -121,6 +121,10 @@ class CellJob:
                 result = recipe.train_fn()(cfg, ctx)
             except BaseException as exc:
                 reason = _reason(exc)
+                if attempt.read("cancel"):
+                    # `runner cancel` asked for this: whatever the interrupt surfaced as
+                    # (C++ code turns it into RuntimeErrors), the cell was cancelled.
+                    reason = "cancelled"
                 state = "cancelled" if reason == "cancelled" else "failed"
                 attempt.write(
                     "status",
