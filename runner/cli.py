@@ -74,6 +74,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print(f"{len(plan.cells)} cells: {summary(states)}")
     if spec.executor.kind == "slurm":
         _slurm_summary(states)
+    from runner.background import running_scheduler
+
+    if sched := running_scheduler(plan):
+        console.print(f"background scheduler: pid {sched['pid']}, log {sched['log']}")
     return 0
 
 
@@ -113,6 +117,14 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
                 "failed cells are retried by `runner resume` (not by sweep), so that a "
                 "sweep never repeats work by accident."
             )
+    elif outcome.scheduler:
+        console.print(
+            f"handed {len(outcome.submitted)} cells to a background scheduler "
+            f"(pid {outcome.scheduler['pid']}), which keeps the executor's slots busy"
+            + (f"; left {sum(outcome.skipped.values())} alone ({skipped})" if skipped else "")
+        )
+        console.print(f"  its log: {outcome.scheduler['log']}")
+        console.print("follow the cells with `runner status`; stop them with `runner cancel`")
     else:
         console.print(
             f"submitted {len(outcome.submitted)} cells"

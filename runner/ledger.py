@@ -60,7 +60,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -234,7 +234,7 @@ class CellRecord:
 def _dead_here(owner: dict[str, Any]) -> bool:
     """True when ``owner`` (a claim or status) names a process on this host that is gone."""
     pid = owner.get("pid")
-    return owner.get("host") == socket.gethostname() and bool(pid) and not _pid_alive(int(pid))
+    return owner.get("host") == socket.gethostname() and bool(pid) and not pid_alive(int(pid))
 
 
 class Ledger:

@@ -72,6 +72,8 @@ class SweepOutcome:
     job_ids: dict[str, str] = field(default_factory=dict)
     experiment_id: str | None = None
     followed: bool = True  # False when the sweep returned once the cells were submitted
+    # Set when a background scheduler took the queue: its pid and log file.
+    scheduler: dict[str, Any] | None = None
 
 
 Observer = Callable[[dict[str, CellState]], None]
@@ -84,7 +86,11 @@ def submit(
     choose: Callable[[list[Cell], dict[str, CellState]], list[Cell]] | None = None,
 ) -> SweepOutcome:
     """Submit the chosen cells (default: those never submitted) once each; follow them to
-    the end when the backend waits. ``choose`` picks cells from the current states."""
+    the end when the backend waits. ``choose`` picks cells from the current states.
+
+    A backend whose queue lives in the runner (local processes, Docker GPUs) can't be left
+    alone with more cells than slots, so when not following, the queue is handed to a
+    background scheduler process (:mod:`runner.background`) and this returns at once."""
     from runner.executors import make_backend
 
     spec = plan.matrix.spec
@@ -101,22 +107,42 @@ def submit(
     # Everything that can refuse comes before anything is written (logs, claims, runs).
     uri = plan.tracking_uri
     track.check_reachable(uri)
-    artifact_root = plan.workdir / "mlartifacts"
-    experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
     follow = backend.waits if wait is None else wait
-    if not follow and backend.slots is not None and len(pending) > backend.slots:
+    detach = not follow and backend.slots is not None
+    if detach and not backend.detachable:
         raise RunnerError(
-            f"executor '{spec.executor.kind}' keeps its queue inside `runner sweep`, so it "
-            f"must follow the cells ({len(pending)} cells, {backend.slots} slots): drop "
-            "--no-wait"
+            f"executor '{spec.executor.kind}' runs the cells inside `runner sweep` itself: "
+            "drop --no-wait"
         )
+    artifact_root = plan.workdir / "mlartifacts"
+    experiment_id = track.ensure_experiment(uri, spec.name, artifact_root)
     outcome.experiment_id = experiment_id
+    outcome.followed = follow
+    if detach:
+        from runner.background import hand_off
+
+        hand_off(plan, {c.id: states[c.id].attempts for c in pending}, outcome)
+        return outcome
+    jobs = claim_jobs(plan, pending, states, experiment_id, outcome)
+    run_queue(plan, backend, jobs, outcome, follow, observe)
+    return outcome
+
+
+def claim_jobs(
+    plan: Plan,
+    cells: list[Cell],
+    states: dict[str, CellState],
+    experiment_id: str,
+    outcome: SweepOutcome,
+) -> list[CellJob]:
+    """Claim each cell's next attempt in the ledger (losers of a race go to
+    ``outcome.lost_race``) and build the job payloads of those won."""
+    spec = plan.matrix.spec
     # The code that trains is the recipe's: record the commit of the tree that holds it.
     commit = track.git_commit(plan.recipe.config_dir)
-
     claimed: list[tuple[Cell, int]] = []
-    for cell in pending:
+    for cell in cells:
         record = plan.ledger.cell(cell.id)
         record.write_cell(cell, spec.recipe, spec.base)
         attempt = record.claim(spec.executor.kind, states[cell.id].attempts)
@@ -124,7 +150,7 @@ def submit(
             outcome.lost_race.append(cell.id)
         else:
             claimed.append((cell, attempt.number))
-    jobs = [
+    return [
         CellJob(
             matrix=spec.name,
             recipe=spec.recipe,
@@ -134,7 +160,7 @@ def submit(
             overrides=[*spec.base, *c.overrides],
             cells_dir=str(plan.ledger.cells_dir),
             attempt=n,
-            tracking_uri=uri,
+            tracking_uri=plan.tracking_uri,
             experiment_id=experiment_id,
             executor=spec.executor.kind,
             workdir=str(plan.workdir),
@@ -142,9 +168,6 @@ def submit(
         )
         for c, n in claimed
     ]
-    outcome.followed = follow
-    _run_queue(plan, backend, jobs, outcome, follow, observe)
-    return outcome
 
 
 def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
@@ -154,7 +177,7 @@ def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome)
     outcome.job_ids[job.cell_id] = str(sj.job_id)
 
 
-def _run_queue(
+def run_queue(
     plan: Plan,
     backend: Any,
     jobs: list[CellJob],

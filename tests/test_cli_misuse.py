@@ -177,6 +177,14 @@ def test_sweep_with_unreachable_tracking_server_writes_nothing(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
 
 
+def test_debug_executor_refuses_no_wait_and_writes_nothing(tmp_path: Path) -> None:
+    """`debug` runs cells in the sweep's own process: there is nothing to leave running."""
+    (tmp_path / "m.yaml").write_text(GOOD + "executor: {kind: debug}\n")
+    proc = runner("sweep", "--no-wait", "m.yaml", cwd=tmp_path, timeout=60)
+    assert_one_error_line(proc, "executor 'debug'", "drop --no-wait")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
+
+
 # Regression (found by fuzzing, fixed): BUG-14: a malformed http(s) tracking.uri escapes
 # track.check_reachable, which catches only URLError/OSError: http.client.InvalidURL
 # ('nonnumeric port') or ValueError ('Invalid IPv6 URL') ends `runner sweep` with a traceback

@@ -22,6 +22,9 @@ class Backend(ABC):
     #: Whether ``sweep`` follows the cells to their end by default (local runs live in the
     #: sweep's session; a cluster's do not need it).
     waits: ClassVar[bool] = True
+    #: Whether a background scheduler process may keep this backend's queue when the sweep
+    #: does not follow (False for backends that run cells in the sweep's own process).
+    detachable: ClassVar[bool] = True
 
     def __init__(self, options: Any, folder: Path) -> None:
         self.options = options

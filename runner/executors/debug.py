@@ -16,6 +16,7 @@ from runner.job import CellJob
 
 class DebugBackend(Backend):
     kind = "debug"
+    detachable = False  # cells run in this very process, under its debugger
 
     @property
     def slots(self) -> int:

@@ -1,0 +1,146 @@
+"""`runner sweep --no-wait` on an executor whose queue lives in the runner (local slots,
+Docker GPUs): a real detached scheduler process keeps the slots busy after the sweep returns;
+killing it loses nothing and submits nothing twice; `runner cancel` empties its queue."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from runner.cli import main
+from runner.ledger import pid_alive
+from runner.schedule import Plan, make_plan
+from tests.e2e import make_tiny_dataset, matrix_text
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "demo")
+
+
+def _matrix(project: Path, data: Path, name: str, epochs: int) -> Path:
+    path = project / f"{name}.yaml"
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    path.write_text(
+        matrix_text(
+            name,
+            data,
+            "  model: [unet]\n  seed: [0, 1, 2]",
+            "{kind: local, slots: 1}",
+            uri,
+            [f"training.max_epochs={epochs}"],
+        )
+    )
+    return path
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _hand_off(path: Path, capsys: pytest.CaptureFixture[str]) -> int:
+    """Run `runner sweep --no-wait`; return the background scheduler's pid."""
+    start = time.monotonic()
+    assert main(["sweep", "--no-wait", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "handed 3 cells to a background scheduler" in out, out
+    # It returns once the cells are claimed, long before three of them could train.
+    assert time.monotonic() - start < 60
+    match = re.search(r"\(pid (\d+)\)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def _states(plan: Plan) -> list[str]:
+    return [s.state for s in plan.states().values()]
+
+
+def test_sweep_returns_and_the_scheduler_runs_every_cell_one_slot_at_a_time(
+    project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _matrix(project, tiny_data, "bg", epochs=2)
+    plan = make_plan(path)
+    pid = _hand_off(path, capsys)
+    assert sum(s != "done" for s in _states(plan)) >= 2  # still queued when sweep returned
+
+    # A second sweep finds every cell taken: nothing is submitted twice.
+    assert main(["sweep", "--no-wait", str(path)]) == 0
+    assert "nothing new to submit" in capsys.readouterr().out
+    assert main(["status", str(path)]) == 0
+    assert f"background scheduler: pid {pid}" in capsys.readouterr().out
+
+    in_flight_seen = 0
+    deadline = time.monotonic() + 300
+    while (states := _states(plan)) != ["done"] * 3:
+        in_flight = sum(s in ("submitted", "running") for s in states)
+        assert in_flight <= 1, states  # never more cells than slots
+        in_flight_seen = max(in_flight_seen, in_flight)
+        assert not {"failed", "pending"} & set(states), states
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+    assert in_flight_seen == 1
+    _wait_for(lambda: not pid_alive(pid), 30, "the scheduler to exit")
+    log = next((plan.ledger.root / "scheduler").glob("*.log")).read_text()
+    assert "queue empty, every job ended; submitted 3 cells" in log
+    assert all(plan.ledger.cell(c.id).state().attempts == 1 for c in plan.cells)
+    runs = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").search_runs(
+        [_experiment(project, "bg")]
+    )
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def _experiment(project: Path, name: str) -> str:
+    exp = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").get_experiment_by_name(name)
+    assert exp is not None
+    return exp.experiment_id
+
+
+def test_a_killed_scheduler_leaves_its_queue_pending_and_nothing_runs_twice(
+    project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _matrix(project, tiny_data, "bgkill", epochs=3)
+    plan = make_plan(path)
+    pid = _hand_off(path, capsys)
+    _wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
+    os.kill(pid, signal.SIGKILL)
+    # The queued cells were claimed by a process that is gone: they are pending again,
+    # while the cell already running carries on in its own process.
+    _wait_for(lambda: _states(plan).count("pending") == 2, 30, "the queue to read pending")
+    assert main(["sweep", "--wait", str(path)]) == 0
+    assert "submitted 2 cells" in capsys.readouterr().out
+    _wait_for(lambda: _states(plan) == ["done"] * 3, 120, "every cell to finish")
+    for c in plan.cells:  # each cell was started once (a dead claim is not a start)
+        record = plan.ledger.cell(c.id)
+        assert sum(a.read("job") is not None for a in record.attempts()) == 1
+    runs = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").search_runs(
+        [_experiment(project, "bgkill")]
+    )
+    assert len(runs) == 3
+
+
+def test_cancel_empties_the_background_queue(
+    project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _matrix(project, tiny_data, "bgcancel", epochs=200)
+    plan = make_plan(path)
+    pid = _hand_off(path, capsys)
+    _wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
+    assert main(["cancel", str(path)]) == 0
+    assert "cancelled 3 cells (1 running jobs signalled)" in capsys.readouterr().out
+    _wait_for(lambda: not pid_alive(pid), 60, "the scheduler to exit")
+    assert _states(plan) == ["cancelled"] * 3
+    started = [c.id for c in plan.cells if plan.ledger.cell(c.id).attempt(1).read("job")]
+    assert len(started) == 1  # the queued two were never started
