@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from mlflow import MlflowClient
 from runner.cli import main
 from runner.ledger import pid_alive
 from runner.schedule import Plan, make_plan
-from tests.e2e import make_tiny_dataset, matrix_text
+from tests.e2e import make_tiny_dataset, matrix_text, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +40,6 @@ def _matrix(project: Path, data: Path, name: str, epochs: int) -> Path:
         )
     )
     return path
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _hand_off(path: Path, capsys: pytest.CaptureFixture[str]) -> int:
@@ -92,7 +83,7 @@ def test_sweep_returns_and_the_scheduler_runs_every_cell_one_slot_at_a_time(
         assert time.monotonic() < deadline, states
         time.sleep(0.2)
     assert in_flight_seen == 1
-    _wait_for(lambda: not pid_alive(pid), 30, "the scheduler to exit")
+    wait_for(lambda: not pid_alive(pid), 30, "the scheduler to exit")
     log = next((plan.ledger.root / "scheduler").glob("*.log")).read_text()
     assert "queue empty, every job ended; submitted 3 cells" in log
     assert all(plan.ledger.cell(c.id).state().attempts == 1 for c in plan.cells)
@@ -114,14 +105,14 @@ def test_a_killed_scheduler_leaves_its_queue_pending_and_nothing_runs_twice(
     path = _matrix(project, tiny_data, "bgkill", epochs=3)
     plan = make_plan(path)
     pid = _hand_off(path, capsys)
-    _wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
+    wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
     os.kill(pid, signal.SIGKILL)
     # The queued cells were claimed by a process that is gone: they are pending again,
     # while the cell already running carries on in its own process.
-    _wait_for(lambda: _states(plan).count("pending") == 2, 30, "the queue to read pending")
+    wait_for(lambda: _states(plan).count("pending") == 2, 30, "the queue to read pending")
     assert main(["sweep", "--wait", str(path)]) == 0
     assert "submitted 2 cells" in capsys.readouterr().out
-    _wait_for(lambda: _states(plan) == ["done"] * 3, 120, "every cell to finish")
+    wait_for(lambda: _states(plan) == ["done"] * 3, 120, "every cell to finish")
     for c in plan.cells:  # each cell was started once (a dead claim is not a start)
         record = plan.ledger.cell(c.id)
         assert sum(a.read("job") is not None for a in record.attempts()) == 1
@@ -137,10 +128,10 @@ def test_cancel_empties_the_background_queue(
     path = _matrix(project, tiny_data, "bgcancel", epochs=200)
     plan = make_plan(path)
     pid = _hand_off(path, capsys)
-    _wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
+    wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
     assert main(["cancel", str(path)]) == 0
     assert "cancelled 3 cells (1 running jobs signalled)" in capsys.readouterr().out
-    _wait_for(lambda: not pid_alive(pid), 60, "the scheduler to exit")
+    wait_for(lambda: not pid_alive(pid), 60, "the scheduler to exit")
     assert _states(plan) == ["cancelled"] * 3
     started = [c.id for c in plan.cells if plan.ledger.cell(c.id).attempt(1).read("job")]
     assert len(started) == 1  # the queued two were never started

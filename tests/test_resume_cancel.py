@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from mlflow import MlflowClient
 from runner.cli import main
 from runner.schedule import make_plan
 from tests.conftest import ROOT
-from tests.e2e import make_tiny_dataset, matrix_text
+from tests.e2e import make_tiny_dataset, matrix_text, wait_for
 
 pytestmark = pytest.mark.slow
 # ~150 steps an epoch: slow enough to be killed in the middle of one.
@@ -47,14 +45,6 @@ def _runner(cwd: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,
     )
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _final_metrics(uri: str, run_id: str) -> dict[str, list[float]]:
@@ -97,12 +87,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
         beat = attempts[-1].read("heartbeat") if attempts else None
         return bool(beat) and beat.get("epoch") == 2  # epoch 2 logged: epoch 3 is running
 
-    _wait_for(in_epoch_3, 120, "epoch 3 to start")
+    wait_for(in_epoch_3, 120, "epoch 3 to start")
     status = record.attempt(1).read("status") or {}
     os.kill(int(status["pid"]), signal.SIGKILL)  # the training process itself, mid-epoch
     os.killpg(sweep.pid, signal.SIGKILL)  # and the sweep following it
     sweep.wait()
-    _wait_for(lambda: record.state().state == "failed", 30, "the cell to be seen as lost")
+    wait_for(lambda: record.state().state == "failed", 30, "the cell to be seen as lost")
     lost = record.state()
     assert lost.reason.startswith("lost")
     run_id = lost.run_id
@@ -168,7 +158,7 @@ def test_cancel_a_running_cell(project: Path, tiny_data: Path, capsys) -> None:
     plan = make_plan(path)
     record = plan.ledger.cell(plan.cells[0].id)
     sweep = _runner(project, "sweep", str(path))
-    _wait_for(
+    wait_for(
         lambda: record.state().state == "running" and record.state().progress.get("epoch"),
         120,
         "the cell to run",
