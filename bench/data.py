@@ -16,15 +16,13 @@ from bench.workbench import loader_batches, workbench
 
 
 def run(opts: Options) -> Outcome:
-    from recipes.components.data import seed_for_epoch
-
     wb = workbench(opts.quick)
     loader = wb.data.train_loader
     epoch = [0]
 
     def load_epoch() -> None:
-        epoch[0] += 1  # re-seeded per epoch as train() does
-        wb.data.train_transform.set_random_state(seed=seed_for_epoch(wb.cfg.seed, epoch[0]))
+        epoch[0] += 1  # a new shuffle and augmentation per epoch, as train() does
+        wb.data.set_epoch(epoch[0])
         for _batch in loader:
             pass
 

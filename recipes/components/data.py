@@ -1,28 +1,20 @@
-"""Read an MSD or nnU-Net v2 raw dataset into MONAI data loaders.
+"""Build the recipe's train/val data loaders from ``cfg.data`` and ``cfg.training``.
 
-Both layouts keep ``dataset.json`` + ``imagesTr/`` + ``labelsTr/``; they differ in how a case
-lists its channels:
-
-- nnU-Net v2: one file per channel, ``imagesTr/{case}_{XXXX}{file_ending}``, channel names in
-  ``channel_names``, labels as ``{name: value}``;
-- MSD: a ``training`` list of ``{"image", "label"}`` whose image is one 4D file, channel names
-  in ``modality``, labels as ``{value: name}``.
-
-Either way a case becomes ``{"image": path or [paths], "label": path}``; MONAI's LoadImaged
-stacks a list of per-channel files as channels and EnsureChannelFirstd moves a 4D file's
-channel axis first, so everything after loading is shared.
+Reading a dataset's layout is in :mod:`recipes.components.layouts`, choosing the split in
+:mod:`recipes.components.splits`, 2D slicing in :mod:`recipes.components.slices` and the
+per-item seeding that keeps resume exact in :mod:`recipes.components.seeding`. This module
+puts them together: pick channels, load and normalise (cached), sample patches, augment,
+and hand MONAI DataLoaders to the trainer.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, load_decathlon_datalist
-from monai.data.utils import partition_dataset
+from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -38,101 +30,79 @@ from omegaconf import DictConfig
 
 from recipes.components.augmentation import augment_transforms
 from recipes.components.demo_data import ensure_demo_dataset
+from recipes.components.layouts import DatasetInfo, read_dataset, select_channels
+from recipes.components.seeding import EpochSampler, EpochSeeded, seed_for_epoch
+from recipes.components.slices import slice_patch_size, squeeze_slice
+from recipes.components.splits import choose_split, split_cases
+
+__all__ = [
+    "DataBundle",
+    "DatasetInfo",
+    "build_data",
+    "loader_kwargs",
+    "read_dataset",
+    "seed_for_epoch",
+    "split_cases",
+]
 
 KEYS = ("image", "label")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs to know about a dataset besides its loaders."""
-
-    root: Path
-    layout: str  # "nnunet" | "msd"
-    channel_names: tuple[str, ...]
-    class_names: tuple[str, ...]  # index = label value
-    train_cases: tuple[str, ...]
-    val_cases: tuple[str, ...]
 
 
 @dataclass
 class DataBundle:
     train_loader: DataLoader
     val_loader: DataLoader
-    train_transform: Compose  # re-seeded every epoch so that a resumed run samples alike
+    train_transform: Compose
     info: DatasetInfo
+    train_dataset: EpochSeeded
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each training epoch: its shuffle and augmentation follow (seed, epoch)."""
+        self.train_dataset.set_epoch(epoch)
 
 
-def _case_id(path: str | Path, ending: str) -> str:
-    name = Path(path).name
-    return name[: -len(ending)] if name.endswith(ending) else name.split(".")[0]
+class SelectChannelsd(MapTransform):
+    """Check that an image has the dataset's channels, then keep ``indices`` of them.
+
+    For layouts that store all channels in one 4D file (MSD, some datalists); per-channel
+    files are picked before loading instead, so unused channels are never read.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable] | Hashable,
+        indices: Sequence[int] | None,
+        names: Sequence[str],
+    ) -> None:
+        super().__init__(keys)
+        self.indices = list(indices) if indices is not None else None
+        self.names = list(names)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            image = out[key]
+            if image.shape[0] != len(self.names):
+                source = getattr(image, "meta", {}).get("filename_or_obj", key)
+                raise ValueError(
+                    f"{source}: {image.shape[0]} channels, but the dataset names "
+                    f"{len(self.names)}: {self.names}"
+                )
+            if self.indices is not None:
+                out[key] = image[self.indices]
+        return out
 
 
-def _ordered_names(by_value: dict[int, str], what: str) -> tuple[str, ...]:
-    if sorted(by_value) != list(range(len(by_value))):
-        raise ValueError(f"{what} values must be 0..N-1, got {sorted(by_value)}")
-    return tuple(by_value[i] for i in range(len(by_value)))
-
-
-def read_dataset(root: Path, layout: str = "auto") -> tuple[list[dict[str, Any]], DatasetInfo]:
-    """List the training cases of ``root``; ``layout`` is auto, nnunet or msd."""
-    meta = json.loads((root / "dataset.json").read_text())
-    if layout == "auto":
-        layout = "msd" if isinstance(meta.get("training"), list) else "nnunet"
-    if layout == "msd":
-        items = load_decathlon_datalist(root / "dataset.json", True, "training", base_dir=root)
-        channels = {int(k): v for k, v in meta["modality"].items()}
-        classes = {int(k): v for k, v in meta["labels"].items()}
-        for item in items:
-            item["case"] = _case_id(item["label"], ".nii.gz")
-    elif layout == "nnunet":
-        ending = meta["file_ending"]
-        channels = {int(k): v for k, v in meta["channel_names"].items()}
-        if any(not isinstance(v, int) for v in meta["labels"].values()):
-            raise ValueError("region-based nnU-Net labels (lists of values) are not supported")
-        classes = {v: k for k, v in meta["labels"].items()}
-        cases = sorted(_case_id(p, ending) for p in (root / "labelsTr").glob(f"*{ending}"))
-        items = [
-            {
-                "case": case,
-                "image": [str(root / "imagesTr" / f"{case}_{c:04d}{ending}") for c in channels],
-                "label": str(root / "labelsTr" / f"{case}{ending}"),
-            }
-            for case in cases
-        ]
-    else:
-        raise ValueError(f"unknown dataset layout {layout!r}; choose auto, nnunet or msd")
-    if not items:
-        raise FileNotFoundError(f"no training cases under {root}")
-    info = DatasetInfo(
-        root=root,
-        layout=layout,
-        channel_names=_ordered_names(channels, "channel"),
-        class_names=_ordered_names(classes, "label"),
-        train_cases=(),
-        val_cases=(),
-    )
-    return items, info
-
-
-def split_cases(
-    items: list[dict[str, Any]], val_fraction: float, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Deterministic shuffled split; at least one case on each side when there are two."""
-    n_val = min(max(1, round(val_fraction * len(items))), len(items) - 1) if len(items) > 1 else 0
-    train, val = partition_dataset(
-        items, ratios=[len(items) - n_val, n_val], shuffle=True, seed=seed
-    )
-    return train, val or train  # a single case validates on itself
-
-
-def load_transforms(data_cfg: DictConfig) -> list[MapTransform]:
-    """Deterministic part: load, channel-first, RAS, optional resampling, z-score per channel."""
+def load_transforms(
+    data_cfg: DictConfig, select: SelectChannelsd | None = None
+) -> list[MapTransform]:
+    """Deterministic part: load, channel-first, pick channels, RAS, optional resampling,
+    z-score per channel."""
     keys = list(KEYS)
-    transforms: list[MapTransform] = [
-        LoadImaged(keys, image_only=True),
-        EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS", labels=None),  # labels from the image's space
-    ]
+    transforms: list[MapTransform] = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
+    if select is not None:
+        transforms.append(select)
+    transforms.append(Orientationd(keys, axcodes="RAS", labels=None))  # the image's own space
     if data_cfg.get("spacing") is not None:
         transforms.append(
             Spacingd(keys, pixdim=list(data_cfg.spacing), mode=("bilinear", "nearest"))
@@ -144,18 +114,23 @@ def load_transforms(data_cfg: DictConfig) -> list[MapTransform]:
 
 
 def train_transforms(
-    data_cfg: DictConfig, train_cfg: DictConfig, aug_cfg: DictConfig | None = None
+    data_cfg: DictConfig,
+    train_cfg: DictConfig,
+    aug_cfg: DictConfig | None = None,
+    slice_axis: int | None = None,
+    select: SelectChannelsd | None = None,
 ) -> Compose:
     """Load, then sample patches with a fixed share centred on foreground, then augment.
 
+    ``slice_axis`` (2D): patches are one slice thick along that axis and squeezed to 2D.
     ``aug_cfg``: an augmentation preset (None: the original flips + intensity set);
     ``training.augment: false`` still switches augmentation off altogether.
     """
     keys = list(KEYS)
-    patch = list(train_cfg.patch_size)
+    patch = slice_patch_size(list(train_cfg.patch_size), slice_axis)
     pos = float(train_cfg.pos_fraction)
     transforms = [
-        *load_transforms(data_cfg),
+        *load_transforms(data_cfg, select),
         SpatialPadd(keys, spatial_size=patch),  # volumes smaller than a patch
         RandCropByPosNegLabeld(
             keys,
@@ -165,61 +140,142 @@ def train_transforms(
             neg=1.0 - pos,
             num_samples=train_cfg.samples_per_volume,
         ),
+        *squeeze_slice(keys, slice_axis),
     ]
     if train_cfg.augment:
-        transforms += augment_transforms(aug_cfg)
+        transforms += augment_transforms(aug_cfg, spatial_dims=3 if slice_axis is None else 2)
     return Compose(transforms)
 
 
-def _dataset(items: list[dict[str, Any]], transform: Compose, cache: bool) -> Dataset:
-    if cache:
+def cache_rate(data_cfg: DictConfig) -> float:
+    """``data.cache_rate`` in [0, 1]; the older boolean ``data.cache`` still means 1 or 0."""
+    rate, legacy = data_cfg.get("cache_rate"), data_cfg.get("cache")
+    if rate is not None and legacy is not None:
+        raise ValueError("set data.cache_rate (0..1) or the older data.cache (bool), not both")
+    if rate is None:
+        return 1.0 if legacy is None or legacy else 0.0
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"data.cache_rate must be a number in [0, 1], got {rate!r}")
+    return float(rate)
+
+
+def loader_kwargs(train_cfg: DictConfig) -> dict[str, Any]:
+    """DataLoader arguments from ``training``; worker-only ones only when there are workers,
+    so that e.g. an axis over num_workers may include 0 with persistent_workers in base."""
+    workers = train_cfg.get("num_workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"training.num_workers must be an integer >= 0, got {workers!r}")
+    flags = {}
+    for key in ("persistent_workers", "pin_memory"):
+        value = train_cfg.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"training.{key} must be true or false, got {value!r}")
+        flags[key] = value
+    prefetch = train_cfg.get("prefetch_factor")
+    if prefetch is not None and (
+        isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
+    ):
+        raise ValueError(
+            f"training.prefetch_factor must be an integer >= 1 or null, got {prefetch!r}"
+        )
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": flags["pin_memory"]}
+    if workers > 0:
+        kwargs["persistent_workers"] = flags["persistent_workers"]
+        if prefetch is not None:
+            kwargs["prefetch_factor"] = prefetch
+    return kwargs
+
+
+def _dataset(items: list[dict[str, Any]], transform: Compose, rate: float) -> Dataset:
+    if rate > 0:
         # Caches everything up to the first random transform, i.e. loaded, normalised volumes.
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=1, progress=False)
+        return CacheDataset(items, transform, cache_rate=rate, num_workers=1, progress=False)
     return Dataset(items, transform)
 
 
-def build_data(
-    data_cfg: DictConfig, train_cfg: DictConfig, seed: int, aug_cfg: DictConfig | None = None
-) -> DataBundle:
-    """Loaders for the train/val split of ``data_cfg.root`` (generated first if synthetic)."""
-    root = Path(data_cfg.root)
-    if data_cfg.get("synthetic") and not (root / "dataset.json").exists():
+def _read(data_cfg: DictConfig) -> tuple[list[dict[str, Any]], DatasetInfo]:
+    root = Path(data_cfg.root) if data_cfg.get("root") else None
+    fmt = data_cfg.get("format", "auto")
+    if data_cfg.get("synthetic") and root is not None and not (root / "dataset.json").exists():
         ensure_demo_dataset(root)
-    items, info = read_dataset(root, data_cfg.get("format", "auto"))
-    if len(info.channel_names) != data_cfg.in_channels:
+    if root is None and fmt != "datalist":
+        raise ValueError(f"data.root is not set (data.format={fmt})")
+    return read_dataset(
+        root,  # type: ignore[arg-type]  # None only for datalists, which resolve their own
+        fmt,
+        datalist=data_cfg.get("datalist"),
+        channel_names=data_cfg.get("channel_names"),
+        class_names=data_cfg.get("class_names"),
+    )
+
+
+def build_data(
+    data_cfg: DictConfig,
+    train_cfg: DictConfig,
+    seed: int,
+    aug_cfg: DictConfig | None = None,
+    slice_axis: int | None = None,
+) -> DataBundle:
+    """Loaders for the train/val split of ``data_cfg`` (generated first if synthetic).
+
+    ``slice_axis``: train on 2D slices across this axis (validation stays on volumes).
+    """
+    items, info = _read(data_cfg)
+    wanted = data_cfg.get("channels")
+    if isinstance(wanted, str):  # `data.channels=tmax`: one channel by name
+        wanted = [wanted]
+    indices, names = select_channels(info, list(wanted) if wanted is not None else None)
+    if len(names) != data_cfg.in_channels:
         raise ValueError(
-            f"{root} has channels {info.channel_names}, data.in_channels={data_cfg.in_channels}"
+            f"data.in_channels={data_cfg.in_channels}, but {len(names)} channels are fed: "
+            f"{list(names)} (data.channels picks them by name from: "
+            f"{', '.join(info.channel_names)}); set data.in_channels={len(names)}"
         )
     if len(info.class_names) != data_cfg.num_classes:
         raise ValueError(
-            f"{root} has labels {info.class_names}, data.num_classes={data_cfg.num_classes}"
+            f"{info.root} has labels {info.class_names}, data.num_classes={data_cfg.num_classes}"
         )
-    train_items, val_items = split_cases(items, data_cfg.val_fraction, data_cfg.split_seed)
-    info = DatasetInfo(
-        **{
-            **info.__dict__,
-            "train_cases": tuple(i["case"] for i in train_items),
-            "val_cases": tuple(i["case"] for i in val_items),
-        }
+    select = None
+    if all(isinstance(item["image"], list) for item in items):
+        if indices is not None:  # one file per channel: never read the unused ones
+            items = [{**item, "image": [item["image"][i] for i in indices]} for item in items]
+    else:
+        select = SelectChannelsd("image", indices, info.channel_names)
+
+    train_items, val_items, method = choose_split(items, data_cfg)
+    kfold = method in ("kfold", "datalist-folds")
+    info = replace(
+        info,
+        channel_names=names,
+        train_cases=tuple(i["case"] for i in train_items),
+        val_cases=tuple(i["case"] for i in val_items),
+        split=method,
+        fold=int(data_cfg.fold) if kfold else None,
+        num_folds=int(data_cfg.num_folds) if kfold else None,
     )
 
-    train_tf = train_transforms(data_cfg, train_cfg, aug_cfg)
-    train_tf.set_random_state(seed=seed)
-    val_tf = Compose(load_transforms(data_cfg))
-    workers = int(train_cfg.num_workers)
+    rate = cache_rate(data_cfg)
+    kwargs = loader_kwargs(train_cfg)
+    train_tf = train_transforms(data_cfg, train_cfg, aug_cfg, slice_axis, select)
+    train_ds = EpochSeeded(_dataset(train_items, train_tf, rate), train_tf, seed)
     train_loader = DataLoader(
-        _dataset(train_items, train_tf, data_cfg.cache),
-        batch_size=train_cfg.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        persistent_workers=False,  # workers must see the per-epoch re-seeded transforms
+        train_ds, batch_size=train_cfg.batch_size, sampler=EpochSampler(train_ds), **kwargs
     )
-    val_loader = DataLoader(
-        _dataset(val_items, val_tf, data_cfg.cache), batch_size=1, num_workers=workers
-    )
-    return DataBundle(train_loader, val_loader, train_tf, info)
+    val_tf = Compose(load_transforms(data_cfg, select))
+    val_loader = DataLoader(_dataset(val_items, val_tf, rate), batch_size=1, **kwargs)
+    return DataBundle(train_loader, val_loader, train_tf, info, train_ds)
 
 
-def seed_for_epoch(seed: int, epoch: int) -> int:
-    """Seed of the data transforms in ``epoch``: independent of how the run got there."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def split_record(info: DatasetInfo) -> dict[str, Any]:
+    """The split as logged to MLflow (``split.json``): enough to rebuild it or to check it."""
+    return {
+        "layout": info.layout,
+        "root": str(info.root),
+        "method": info.split,
+        "fold": info.fold,
+        "num_folds": info.num_folds,
+        "channels": list(info.channel_names),
+        "classes": list(info.class_names),
+        "train": list(info.train_cases),
+        "val": list(info.val_cases),
+    }

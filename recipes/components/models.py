@@ -6,6 +6,9 @@ Two additions, both explicit: ``mednext`` takes MONAI's ``variant`` (S/B/M/L) an
 through ``create_mednext``; any model may set ``pad_multiple`` to be wrapped in
 :class:`PadToMultiple` (SwinUNETR needs sides divisible by 32; MedNeXt's per-channel norms
 need more than one voxel at the bottom).
+
+Every model config passes ``spatial_dims: ${dims.spatial_dims}``, so ``dims=2d`` builds the
+2D version of each network that has one; RSUNet is 3D only (its point is anisotropic 3D).
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ MODELS: dict[str, Any] = {
     "rsunet": RSUNet,
 }
 
+# Models that exist in 3D only: their builders take no spatial_dims.
+THREE_D_ONLY = frozenset({"rsunet"})
+TWO_D_CAPABLE = tuple(sorted(set(MODELS) - THREE_D_ONLY))
+
 # The single-input blocks of every network. Their activations dominate memory, and each
 # takes one tensor, which is what MONAI's checkpoint wrapper accepts. Two-input blocks
 # (BasicUNet's UpCat, DynUNet's UnetUpBlock, AttentionUnet's AttentionBlock, SwinUNETR's
@@ -154,6 +161,13 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     pad = kwargs.pop("pad_multiple", None)
+    if name in THREE_D_ONLY:
+        dims = kwargs.pop("spatial_dims", 3)
+        if dims != 3:
+            raise ValueError(
+                f"model {name!r} is 3D only (spatial_dims={dims}); 2D-capable models: "
+                f"{', '.join(TWO_D_CAPABLE)}"
+            )
     net = MODELS[name](**kwargs)
     return PadToMultiple(net, int(pad)) if pad else net
 

@@ -1,4 +1,4 @@
-"""3D (and later 2D) semantic segmentation with MONAI networks, losses and metrics."""
+"""3D and 2D (``dims=2d``) semantic segmentation with MONAI networks, losses and metrics."""
 
 from pathlib import Path
 

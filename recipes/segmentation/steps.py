@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
+from monai.inferers import Inferer
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from recipes.components.checkpoint import Progress
 from recipes.components.metrics import SegMetrics, voxel_spacing
 from recipes.components.optim import Schedule
+from recipes.components.slices import build_inferer, slice_axis_of
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -107,20 +108,21 @@ def validate(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     cfg: DictConfig,
+    inferer: Inferer | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-foreground-class Dice over whole validation volumes (sliding window), plus
-    ``val_hd95`` / ``val_surface_dice`` when ``training.metrics`` asks for them."""
+    """Per-foreground-class Dice over whole validation volumes, plus ``val_hd95`` /
+    ``val_surface_dice`` when ``training.metrics`` asks for them.
+
+    ``inferer``: a 3D sliding window, or slice by slice for 2D models (``slices.py``); by
+    default the one the config asks for.
+    """
     model.eval()
+    if inferer is None:
+        inferer = build_inferer(cfg.training, slice_axis_of(cfg))
     metrics = SegMetrics(cfg.data.num_classes, cfg.training.get("metrics"))
     for batch in loader:
         image, label = _plain(batch["image"], device), _plain(batch["label"], device)
         with autocast(device, cfg.training.amp):
-            logits = sliding_window_inference(
-                image,
-                roi_size=list(cfg.training.patch_size),
-                sw_batch_size=cfg.training.sw_batch_size,
-                predictor=model,
-                overlap=cfg.training.sw_overlap,
-            )
+            logits = inferer(image, model)
         metrics(logits, label, voxel_spacing(batch["image"]))
     return metrics.aggregate()

@@ -2,8 +2,9 @@
 
 ``train(cfg, ctx)`` seeds, builds data/model/loss/optimizer/schedule from the Hydra config,
 resumes from ``last.pt`` when present, then runs epochs of patch-based training with
-sliding-window validation (mean foreground Dice), checkpointing and MLflow logging. A NaN or
-infinite loss stops the run at once with status "diverged". Optional, all from
+sliding-window validation over whole volumes (mean foreground Dice; slice by slice for the
+2D variant, ``dims=2d``), checkpointing and MLflow logging. A NaN or infinite loss stops the
+run at once with status "diverged". Optional, all from
 ``cfg.training``: an LR range test first (``find_lr``), fp16 with a GradScaler, gradient
 clipping and accumulation, early stopping, HD95 / surface Dice (see ``steps.py``).
 
@@ -26,12 +27,13 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig
 
 from recipes.components.checkpoint import BEST, LAST, Progress, load_checkpoint, save_checkpoint
-from recipes.components.data import build_data, seed_for_epoch
+from recipes.components.data import DataBundle, build_data, split_record
 from recipes.components.losses import build_loss
 from recipes.components.lr_finder import find_lr
 from recipes.components.mlflow_logging import RunLogger, flatten_config
 from recipes.components.models import apply_grad_checkpointing, build_model
 from recipes.components.optim import build_optimizer, build_scheduler
+from recipes.components.slices import build_inferer, slice_axis_of
 from recipes.contract import RunContext, TrainResult
 from recipes.segmentation.steps import (
     Diverged,
@@ -96,11 +98,14 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     device = resolve_device(tcfg.device)
 
     # --- build everything from the config --------------------------------------------------
-    data = build_data(cfg.data, tcfg, cfg.seed, cfg.get("augmentation"))
-    class_names = data.info.class_names
+    slice_axis = slice_axis_of(cfg)  # None: 3D; else 2D slices across this axis
+    # The model before the data: a model that can't be built fails before minutes of caching.
     model = build_model(cfg.model).to(device)
     if tcfg.grad_checkpointing:
         apply_grad_checkpointing(model)
+    data = build_data(cfg.data, tcfg, cfg.seed, cfg.get("augmentation"), slice_axis)
+    inferer = build_inferer(tcfg, slice_axis)
+    class_names = data.info.class_names
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
@@ -133,6 +138,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
             # Params are write-once in MLflow: a resumed run (e.g. max_epochs raised) must not
             # log them again into the same run.
             logger.log_params(flatten_config(cfg))
+            _log_split(logger, data)
             logger.log_config(cfg)
         else:
             logger.log_config(cfg, f"config_resumed_epoch{resumed_from}.yaml")
@@ -142,7 +148,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         stop_reason: str | None = None
         for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
             start = time.perf_counter()
-            data.train_transform.set_random_state(seed=seed_for_epoch(cfg.seed, epoch))
+            data.set_epoch(epoch)  # shuffle + augmentation follow (seed, epoch, case) only
             try:
                 train_loss, patches, lr = train_one_epoch(
                     model,
@@ -176,7 +182,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
 
             progress.epoch = epoch
             if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
-                dice, extra = validate(model, data.val_loader, device, cfg)
+                dice, extra = validate(model, data.val_loader, device, cfg, inferer)
                 metrics["val_dice"] = float(torch.nanmean(dice))
                 for name, value in zip(class_names[1:], dice.tolist(), strict=True):
                     metrics[f"val_dice_{name}"] = value
@@ -220,6 +226,20 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         reason=stop_reason,
         metrics=metrics,
     )
+
+
+def _log_split(logger: RunLogger, data: DataBundle) -> None:
+    """The cases each side of the split: counts and method as params, ids as split.json."""
+    info = data.info
+    logger.log_params(
+        {
+            "split.method": info.split,
+            "split.n_train": str(len(info.train_cases)),
+            "split.n_val": str(len(info.val_cases)),
+            "split.channels": ",".join(info.channel_names),
+        }
+    )
+    logger.client.log_dict(logger.run_id, split_record(info), "split.json")
 
 
 def _find_lr(

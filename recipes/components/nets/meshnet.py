@@ -4,6 +4,7 @@ No down-sampling at all: the receptive field grows through the dilation schedule
 (1,2,4,8,16,8,4,2,1 covers ~ 2*sum(d)+1 = 93 voxels), so the output keeps full resolution and
 any patch size works. ``width`` channels throughout (``meshnet26`` = width 26): tiny models
 (~100k parameters) that still segment whole brains, which is what the BrainChop line uses.
+``spatial_dims=2`` builds the same net of 3x3 convolutions for slices.
 """
 
 from __future__ import annotations
@@ -16,17 +17,26 @@ from torch import nn
 DEFAULT_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 16, 8, 4, 2, 1)
 
 
-class MeshBlock(nn.Sequential):
-    """Dilated 3x3x3 conv -> BatchNorm -> ReLU (-> dropout); padding keeps the size."""
+_LAYERS: dict[int, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.Dropout2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.Dropout3d),
+}
 
-    def __init__(self, in_ch: int, out_ch: int, dilation: int, dropout: float) -> None:
+
+class MeshBlock(nn.Sequential):
+    """Dilated 3x3(x3) conv -> BatchNorm -> ReLU (-> dropout); padding keeps the size."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, dilation: int, dropout: float, spatial_dims: int = 3
+    ) -> None:
+        conv, norm, drop = _LAYERS[spatial_dims]
         layers: list[nn.Module] = [
-            nn.Conv3d(in_ch, out_ch, 3, padding=dilation, dilation=dilation),
-            nn.BatchNorm3d(out_ch),
+            conv(in_ch, out_ch, 3, padding=dilation, dilation=dilation),
+            norm(out_ch),
             nn.ReLU(inplace=True),
         ]
         if dropout > 0:
-            layers.append(nn.Dropout3d(dropout))
+            layers.append(drop(dropout))
         super().__init__(*layers)
 
 
@@ -40,13 +50,19 @@ class MeshNet(nn.Module):
         width: int = 26,
         dilations: Sequence[int] = DEFAULT_DILATIONS,
         dropout: float = 0.0,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
+        if spatial_dims not in _LAYERS:
+            raise ValueError(f"MeshNet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         chans = [in_channels] + [width] * len(dilations)
         self.blocks = nn.Sequential(
-            *(MeshBlock(chans[i], chans[i + 1], d, dropout) for i, d in enumerate(dilations))
+            *(
+                MeshBlock(chans[i], chans[i + 1], d, dropout, spatial_dims)
+                for i, d in enumerate(dilations)
+            )
         )
-        self.head = nn.Conv3d(width, out_channels, 1)
+        self.head = _LAYERS[spatial_dims][0](width, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x))
