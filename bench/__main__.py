@@ -25,6 +25,7 @@ NAMES = (
     "slurm",
     "docker_start",
     "makespan",
+    "docker_makespan",
 )
 
 
@@ -32,6 +33,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
     from bench import (
         checkpointing,
         data,
+        docker_makespan,
         docker_start,
         makespan,
         plan,
@@ -51,6 +53,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "slurm": slurm.run,
         "docker_start": docker_start.run,
         "makespan": makespan.run,
+        "docker_makespan": docker_makespan.run,
     }
 
 

@@ -2,17 +2,17 @@
 until its payload runs, through the docker executor (create + start a container, Python
 start, pickle load) against the same job as a local process (submitit's LocalExecutor).
 
-Needs a Docker Engine with the local base image (``tests/infra/docker_engine.sh start`` and
-``base-image``; DOCKER_HOST set); without one it says so and measures nothing. The container
-runs this checkout's virtualenv bind-mounted read-only, as the tests do.
+Needs a Docker Engine with the local base image: the one ``DOCKER_HOST`` names, else the
+test suite's own, started and stopped here (:mod:`bench.docker_common`); without one it says
+so and measures nothing. The container runs this checkout's virtualenv bind-mounted
+read-only, as the tests do.
 
-Run: ``DOCKER_HOST=unix:///run/runner-docker.sock .venv/bin/python -m bench.docker_start``.
+Run: ``.venv/bin/python -m bench --only docker_start`` (or ``python -m bench.docker_start``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -22,9 +22,7 @@ from pathlib import Path
 import submitit
 
 from bench.common import Options, Outcome, Row
-
-ROOT = Path(__file__).resolve().parents[1]
-BASE_IMAGE = os.environ.get("RUNNER_DOCKER_BASE", "runner-base:bookworm")
+from bench.docker_common import BASE_IMAGE, ROOT, docker_engine, venv_mounts
 
 
 def _noop() -> float:
@@ -37,8 +35,7 @@ def _docker_seconds(folder: Path, n: int) -> list[float]:
     from runner.executors.docker import DockerExecutor, client
 
     executor = DockerExecutor(folder, sys.executable)
-    mounts = dict.fromkeys([str(ROOT), sys.prefix, sys.base_prefix])
-    volumes = {m: {"bind": m, "mode": "ro"} for m in mounts}
+    volumes = {m: {"bind": m, "mode": "ro"} for m in venv_mounts()}
     volumes[str(folder)] = {"bind": str(folder), "mode": "rw"}
     executor.container = {
         "image": BASE_IMAGE,
@@ -69,21 +66,15 @@ def _local_seconds(folder: Path, n: int) -> list[float]:
     return out
 
 
-def _engine_ready() -> str | None:
-    try:
-        import docker
-
-        docker.from_env().images.get(BASE_IMAGE)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def run(opts: Options) -> Outcome:
-    problem = _engine_ready()
-    if problem:
-        row = Row("docker start overhead", "not measured", "-", "-", "-", None, note=problem)
-        return Outcome([row], details={"skipped": problem})
+    with docker_engine() as problem:
+        if problem:
+            row = Row("docker start overhead", "not measured", "-", "-", "-", None, note=problem)
+            return Outcome([row], details={"skipped": problem})
+        return _measure(opts)
+
+
+def _measure(opts: Options) -> Outcome:
     n = 3 if opts.quick else 8
     with tempfile.TemporaryDirectory() as tmp:
         local = _local_seconds(Path(tmp) / "local", n)

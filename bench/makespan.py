@@ -14,6 +14,23 @@ from pathlib import Path
 from bench.common import Options, Outcome, Row
 
 
+def mixed_cells(n: int, data: Path) -> tuple[str, list[str]]:
+    """The ``include`` list and ``base`` of ``n`` tiny cells of mixed lengths on ``data``."""
+    # Mixed lengths: 1 to 4 epochs, in an order that a naive scheduler would pack badly.
+    include = ", ".join(f"{{seed: {i}, training.max_epochs: {1 + (i * 5) % 4}}}" for i in range(n))
+    base = [
+        "data=demo",
+        f"data.root={data}",
+        "training.val_interval=1",
+        "training.batch_size=1",
+        "training.samples_per_volume=4",
+        "training.patch_size=[16,16,16]",
+        "training.num_threads=1",
+        "model=unet",
+    ]
+    return include, base
+
+
 def run(opts: Options) -> Outcome:
     from recipes.components.demo_data import ensure_demo_dataset
     from runner.schedule import make_plan, submit
@@ -22,20 +39,7 @@ def run(opts: Options) -> Outcome:
         root = Path(tmp)
         data = ensure_demo_dataset(root / "demo", cases=6, size=24, seed=0)
         n = 6 if opts.quick else 12
-        # Mixed lengths: 1 to 4 epochs, in an order that a naive scheduler would pack badly.
-        include = ", ".join(
-            f"{{seed: {i}, training.max_epochs: {1 + (i * 5) % 4}}}" for i in range(n)
-        )
-        base = [
-            "data=demo",
-            f"data.root={data}",
-            "training.val_interval=1",
-            "training.batch_size=1",
-            "training.samples_per_volume=4",
-            "training.patch_size=[16,16,16]",
-            "training.num_threads=1",
-            "model=unet",
-        ]
+        include, base = mixed_cells(n, data)
         path = root / "m.yaml"
         path.write_text(
             f"name: makespan\nrecipe: segmentation\nbase: {base!r}\n"

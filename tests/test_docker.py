@@ -13,18 +13,22 @@ Run: ``.venv/bin/python -m pytest tests/test_docker.py -m docker``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e import make_tiny_dataset, matrix_text, mlflow_server
+from runner.ledger import pid_alive
+from runner.schedule import make_plan
+from tests.e2e import make_tiny_dataset, matrix_text, mlflow_server, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -33,7 +37,7 @@ SCRIPT = ROOT / "tests" / "infra" / "docker_engine.sh"
 BASE_IMAGE = os.environ.get("RUNNER_DOCKER_BASE", "runner-base:bookworm")
 
 
-def _engine(action: str) -> str:
+def _engine(action: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
         [str(SCRIPT), action],
         capture_output=True,
@@ -43,7 +47,7 @@ def _engine(action: str) -> str:
     )
     if out.returncode != 0:
         raise RuntimeError(f"docker_engine.sh {action} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +58,10 @@ def engine() -> Iterator[Any]:
         pytest.skip("no dockerd and no apt-get to install docker.io")
     started = time.time()
     old = os.environ.get("DOCKER_HOST")
-    for line in _engine("start").splitlines():  # "export DOCKER_HOST=unix://..."
+    out = _engine("start")
+    # One that was running already (a benchmark's, another session's) is not ours to stop.
+    ours = "already running" not in out.stderr
+    for line in out.stdout.splitlines():  # "export DOCKER_HOST=unix://..."
         if line.startswith("export DOCKER_HOST="):
             os.environ["DOCKER_HOST"] = line.split("=", 1)[1]
     try:
@@ -65,7 +72,8 @@ def engine() -> Iterator[Any]:
         print(f"Docker Engine and base image ready in {time.time() - started:.1f}s")
         yield client
     finally:
-        _engine("stop")
+        if ours:
+            _engine("stop")
         if old is None:
             os.environ.pop("DOCKER_HOST", None)
         else:
@@ -81,15 +89,16 @@ def _ours(client: Any) -> list[Any]:
     return client.containers.list(all=True, filters={"label": "runner.backend=docker"})
 
 
-def _executor(data: Path, network: str = "auto", slots: int = 2) -> str:
+def _executor(data: Path, network: str = "auto", slots: int = 2, extra: str = "") -> str:
     """Flow-style YAML for the executor block: the checkout, the venv, its interpreter and
-    the data, all read-only at their own paths (PYTHONPATH goes in when set)."""
+    the data, all read-only at their own paths (PYTHONPATH goes in when set); ``extra``:
+    more options, e.g. ``engine_wait_s: 3``."""
     mounts = dict.fromkeys([ROOT, Path(sys.prefix), Path(sys.base_prefix), data.parent])
     shown = ", ".join(f"{{source: '{m}'}}" for m in mounts)
     return (
         f"{{kind: docker, image: '{BASE_IMAGE}', gpus: [], cpu_slots: {slots}, "
         f"python: '{sys.executable}', network: {network}, env: [PYTHONPATH], "
-        f"mounts: [{shown}]}}"
+        f"mounts: [{shown}]{', ' + extra if extra else ''}}}"
     )
 
 
@@ -109,8 +118,9 @@ def _check_done(path: Path, uri: str, client: Any) -> None:
     for run in runs:
         tags = run.data.tags
         assert run.info.status == "FINISHED" and tags["runner.executor"] == "docker"
+        # The tag and the image's content digest (its id): the tag may move, the id not.
         assert tags["runner.docker_image"] == BASE_IMAGE
-        assert tags["runner.docker_image_id"] == image_id
+        assert tags["runner.docker_image_id"] == image_id and image_id.startswith("sha256:")
         assert len(MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_dice"))
     for cell in plan.cells:
         record = plan.ledger.cell(cell.id)
@@ -136,9 +146,15 @@ def test_three_cells_in_containers_sqlite_store(
     axes = "  model: [unet]\n  seed: [0, 1, 2]"
     path.write_text(matrix_text("docker_sqlite", tiny_data, axes, _executor(tiny_data), uri))
     t0 = time.time()
+    # The default: the sweep hands the queue to a background scheduler and returns.
     assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "handed 3 cells to a background scheduler" in out, out
+    pid = int(re.search(r"\(pid (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    plan = make_plan(path)
+    assert {s.state for s in plan.states().values()} != {"done"}  # returned before the end
+    wait_for(lambda: not pid_alive(pid), 300, "the background scheduler to finish")
     print(f"3 cells in containers: {time.time() - t0:.1f}s", file=sys.stderr)
-    assert "3 done" in capsys.readouterr().out
     _check_done(path, uri, engine)
 
 
@@ -151,19 +167,29 @@ def test_against_an_mlflow_server_on_the_host(engine: Any, project: Path, tiny_d
         # The server listens on 127.0.0.1: only the host's network reaches it.
         executor = _executor(tiny_data, network="host")
         path.write_text(matrix_text("docker_server", tiny_data, axes, executor, uri))
-        assert main(["sweep", str(path)]) == 0
+        assert main(["sweep", str(path), "--wait"]) == 0
         _check_done(path, uri, engine)
 
 
+@dataclass
+class _Sweep:
+    """A ``runner sweep --wait`` in its own process, once its cell has trained an epoch."""
+
+    proc: subprocess.Popen[str]
+    attempt: Any  # attempt 1 of the only cell
+    container_id: str
+    output: str = ""  # stdout and stderr, once it ended
+
+
 @contextmanager
-def _sweep_until_an_epoch(path: Path, project: Path) -> Iterator[tuple[Any, str, Any]]:
+def _sweep_until_an_epoch(path: Path, project: Path) -> Iterator[_Sweep]:
     """Run ``runner sweep`` in its own process (so that this one can kill or cancel the
-    container meanwhile) until the only cell has trained an epoch, so that a resume has a
-    checkpoint; yield (attempt 1, its container id, the sweep process)."""
+    container, or restart the engine, meanwhile) until the only cell has trained an epoch,
+    so that a resume has a checkpoint; the sweep's output is read when the block ends."""
     from runner.schedule import make_plan
 
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "runner", "sweep", str(path)],
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "sweep", str(path), "--wait"],
         cwd=project,
         env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT)},
         stdout=subprocess.PIPE,
@@ -175,23 +201,25 @@ def _sweep_until_an_epoch(path: Path, project: Path) -> Iterator[tuple[Any, str,
         attempt = make_plan(path, project).ledger.cell(cell.id).attempt(1)
         deadline = time.time() + 120
         while (attempt.read("heartbeat") or {}).get("epoch") is None:
-            if sweep.poll() is not None:
-                pytest.fail(f"the sweep ended too early:\n{sweep.communicate()[0]}")
+            if proc.poll() is not None:
+                pytest.fail(f"the sweep ended too early:\n{proc.communicate()[0]}")
             assert time.time() < deadline, "no epoch reported within 120 s"
             time.sleep(0.5)
-        yield attempt, attempt.read("docker")["container_id"], sweep
-        out, _ = sweep.communicate(timeout=120)
-        print(out)
+        sweep = _Sweep(proc, attempt, attempt.read("docker")["container_id"])
+        yield sweep
+        sweep.output = proc.communicate(timeout=120)[0]
+        print(sweep.output)
     finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
-def _long_matrix(name: str, project: Path, tiny_data: Path) -> Path:
+def _long_matrix(name: str, project: Path, tiny_data: Path, extra: str = "") -> Path:
     uri = f"sqlite:///{project / 'mlruns.db'}"
     path = project / "m.yaml"
-    text = matrix_text(name, tiny_data, "  model: [unet]", _executor(tiny_data), uri)
+    executor = _executor(tiny_data, extra=extra)
+    text = matrix_text(name, tiny_data, "  model: [unet]", executor, uri)
     path.write_text(text.replace("training.max_epochs=2", "training.max_epochs=6"))
     return path
 
@@ -201,7 +229,8 @@ def test_killed_container_is_lost_then_resumes(engine: Any, project: Path, tiny_
     from runner.schedule import make_plan
 
     path = _long_matrix("docker_kill", project, tiny_data)
-    with _sweep_until_an_epoch(path, project) as (_, container_id, _):
+    with _sweep_until_an_epoch(path, project) as sweep:
+        container_id = sweep.container_id
         engine.containers.get(container_id).kill()  # SIGKILL, exit 137
     (cell,) = make_plan(path, project).cells
     state = make_plan(path, project).states()[cell.id]
@@ -209,12 +238,135 @@ def test_killed_container_is_lost_then_resumes(engine: Any, project: Path, tiny_
     assert container_id in state.reason and "137" in state.reason
     assert _ours(engine) == []
 
-    assert main(["resume", str(path)]) == 0  # `project` is the working directory
+    assert main(["resume", str(path), "--wait"]) == 0  # `project` is the working directory
     final = make_plan(path, project).states()[cell.id]
     assert final.state == "done" and final.attempts == 2, final
     status = make_plan(path, project).ledger.cell(cell.id).attempt(2).read("status")
     assert status["resumed_from_epoch"], status
     assert _ours(engine) == []
+
+
+@contextmanager
+def _engine_down() -> Iterator[None]:
+    """The suite's dockerd stopped by its pid file, as an admin's ``systemctl stop docker``
+    would (SIGTERM: it closes its API, then stops its containers with their stop signal;
+    live-restore is off, Docker's default), and started again when the block ends."""
+    _engine("stop")
+    try:
+        yield
+    finally:
+        _engine("start")
+
+
+def _resumes_into_the_same_run(path: Path, project: Path, engine: Any, name: str) -> None:
+    """`runner resume --wait` completes the cell from its checkpoint, in the same MLflow run."""
+    from mlflow import MlflowClient
+
+    from runner.cli import main
+    from runner.schedule import make_plan
+
+    (cell,) = make_plan(path, project).cells
+    record = make_plan(path, project).ledger.cell(cell.id)
+    first = record.attempt(1).read("status") or {}
+    assert main(["resume", str(path), "--wait"]) == 0
+    final = make_plan(path, project).states()[cell.id]
+    assert final.state == "done" and final.attempts == 2, final
+    second = record.attempt(2).read("status") or {}
+    assert second["resumed_from_epoch"] >= 1, second  # from the checkpoint, not from scratch
+    assert first["run_id"] == second["run_id"] == record.run_id
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    mlflow = MlflowClient(tracking_uri=uri)
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name(name).experiment_id])
+    assert run.info.run_id == record.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["runner.docker_image_id"] == engine.images.get(BASE_IMAGE).id
+    assert _ours(engine) == []
+
+
+def test_dockerd_restart_fails_the_cell_then_resumes(
+    engine: Any, project: Path, tiny_data: Path
+) -> None:
+    """A dockerd restart mid-cell: the container dies with the daemon (SIGTERM: the cell
+    records itself lost); the sweep waits for the engine instead of crashing, removes the
+    container once the engine is back, and ends; resume continues the same MLflow run."""
+    from mlflow import MlflowClient
+
+    from runner.schedule import make_plan
+
+    path = _long_matrix("docker_restart", project, tiny_data)
+    with _sweep_until_an_epoch(path, project) as sweep, _engine_down():
+        time.sleep(3)  # down for a while: more than a poll or two of the sweep
+        assert sweep.proc.poll() is None, "the sweep ended while the engine was down"
+    assert sweep.proc.returncode == 1, sweep.output  # 1: a cell failed; no crash
+    assert "Traceback" not in sweep.output
+    assert "the Docker engine does not answer" in sweep.output
+    assert "the Docker engine answers again" in sweep.output
+    (state,) = make_plan(path, project).states().values()
+    assert state.state == "failed" and state.reason.startswith("lost:"), state
+    assert "Docker daemon" in state.reason
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    mlflow = MlflowClient(tracking_uri=uri)
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("docker_restart").experiment_id])
+    assert run.info.status == "FAILED"  # closed by the cell itself, not left RUNNING
+    assert _ours(engine) == []
+    _resumes_into_the_same_run(path, project, engine, "docker_restart")
+
+
+def test_engine_down_past_engine_wait_s_ends_the_sweep(
+    engine: Any, project: Path, tiny_data: Path
+) -> None:
+    """The engine stays down: the sweep gives the cell up once engine and heartbeat have
+    been silent for engine_wait_s and ends (no hang); the container it could not remove
+    is removed by the matrix's next submission (a resume; here a created-only container,
+    the resume itself is the test above)."""
+    from runner.executors.docker import DockerBackend, DockerExecutorOptions
+    from runner.schedule import make_plan
+
+    path = _long_matrix("docker_down", project, tiny_data, extra="engine_wait_s: 3")
+    with _sweep_until_an_epoch(path, project) as sweep, _engine_down():
+        try:
+            sweep.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the sweep still waits for the engine after 60 s")
+    assert sweep.proc.returncode == 1 and "Traceback" not in sweep.output, sweep.output
+    assert "the Docker engine does not answer" in sweep.output
+    assert f"gave up on container {sweep.container_id}" in sweep.output
+    (state,) = make_plan(path, project).states().values()
+    assert state.state == "failed" and state.reason.startswith("lost:"), state
+    # Left behind while the engine was down (exited now): the next sweep's to remove.
+    left = _ours(engine)
+    assert [c.short_id for c in left] == [sweep.container_id], left
+    options = DockerExecutorOptions(kind="docker", image=BASE_IMAGE, gpus=[], python="python")
+    backend = DockerBackend(options, project / "logs", start=False)
+    (sj,) = backend.submit([_job(project, 9, "docker_down")])
+    assert [c.short_id for c in _ours(engine)] == [sj.job_id]
+    backend.release(sj)
+    assert _ours(engine) == []
+
+
+def test_release_removes_anonymous_volumes(engine: Any, tmp_path: Path) -> None:
+    """An image that declares a VOLUME gives each container an anonymous volume; removing
+    the ended container removes it too (nothing piles up over a sweep's cells)."""
+    import io
+
+    from runner.executors.docker import DockerBackend, DockerExecutorOptions
+
+    tag = "runner-test-volume:latest"
+    dockerfile = f"FROM {BASE_IMAGE}\nVOLUME /scratch\n".encode()
+    engine.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    before = {v.name for v in engine.volumes.list()}
+    try:
+        options = DockerExecutorOptions(kind="docker", image=tag, gpus=[], python="python")
+        backend = DockerBackend(options, tmp_path / "logs", start=False)
+        (sj,) = backend.submit([_job(tmp_path, 0, "volume")])
+        new = {v.name for v in engine.volumes.list()} - before
+        assert len(new) == 1, new  # the image's /scratch
+        backend.release(sj)
+        assert _ours(engine) == []
+        assert {v.name for v in engine.volumes.list()} == before
+    finally:
+        for c in _ours(engine):
+            c.remove(force=True, v=True)
+        engine.images.remove(tag, force=True)
 
 
 def test_runner_cancel_interrupts_the_container(
@@ -228,7 +380,8 @@ def test_runner_cancel_interrupts_the_container(
     from runner.schedule import make_plan
 
     path = _long_matrix("docker_cancel", project, tiny_data)
-    with _sweep_until_an_epoch(path, project) as (attempt, container_id, _):
+    with _sweep_until_an_epoch(path, project) as sweep:
+        attempt, container_id = sweep.attempt, sweep.container_id
         assert main(["cancel", str(path)]) == 0
     status = attempt.read("status") or {}
     assert status.get("state") == "cancelled" and status["job_id"] == container_id, status
@@ -256,20 +409,7 @@ def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Pat
     assert backend.slots == 2
 
     def job(i: int) -> CellJob:
-        return CellJob(
-            matrix="gpu",
-            recipe="segmentation",
-            cell_id=f"c{i}",
-            run_name=f"c{i}",
-            values={},
-            overrides=[],
-            cells_dir=str(tmp_path / "cells"),
-            attempt=1,
-            tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-            experiment_id="0",
-            executor="docker",
-            workdir=str(tmp_path),
-        )
+        return _job(tmp_path, i, "gpu")
 
     try:
         try:
@@ -299,6 +439,25 @@ def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Pat
     finally:
         for c in _ours(engine):
             c.remove(force=True)
+
+
+def _job(tmp_path: Path, i: int, matrix: str) -> Any:
+    from runner.job import CellJob
+
+    return CellJob(
+        matrix=matrix,
+        recipe="segmentation",
+        cell_id=f"c{i}",
+        run_name=f"c{i}",
+        values={},
+        overrides=[],
+        cells_dir=str(tmp_path / "cells"),
+        attempt=1,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+        experiment_id="0",
+        executor="docker",
+        workdir=str(tmp_path),
+    )
 
 
 def test_gpu_pool_spreads_then_shares() -> None:

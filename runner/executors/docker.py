@@ -1,16 +1,17 @@
 """Cells in Docker containers on this machine, one GPU (or CPU slot) each, through submitit.
 
-* :class:`DockerExecutor` is a submitit ``PicklingExecutor``: the payload is pickled into the
-  submitit folder as for SLURM, and ``_submit_command`` creates a container that runs
-  ``python -u -m submitit.core._submit <folder>`` on it. The job id is the container's short
-  id, so logs (``<id>_0_log.out/err``), results and states read as for any submitit job.
-* :class:`DockerJob` takes its state from the container (:class:`DockerInfoWatcher`).
-* :class:`DockerBackend` keeps ``slots`` = GPUs × cells_per_gpu (or ``cpu_slots``) cells in
-  flight and gives each new container one free GPU through a ``DeviceRequest``.
+* :class:`DockerBackend` keeps ``slots`` = GPUs x cells_per_gpu (or ``cpu_slots``) cells in
+  flight and gives each new container one free GPU through a ``DeviceRequest``. The
+  containers themselves are submitit jobs (:mod:`runner.executors.docker_jobs`).
 * Paths keep their meaning: the sweep dir, the working directory and a file/sqlite MLflow
   store are mounted read-write at their own host paths, data (``mounts``) read-only.
 * The image tag and id go into ``attempts/NNNN/docker.json`` (written by the submitter) and
-  onto the MLflow run as ``runner.docker_image`` / ``runner.docker_image_id`` (by the job).
+  onto the MLflow run as ``runner.docker_image`` / ``runner.docker_image_id`` (by the job,
+  :mod:`runner.executors.docker_cell`).
+* The engine may go away (a dockerd restart): the sweep waits for it, up to
+  ``engine_wait_s`` past the cells' last heartbeats, then decides; a cell whose container
+  died with the daemon ends failed (lost) and resumable, never silently (see
+  :class:`EngineWatch`).
 """
 
 from __future__ import annotations
@@ -19,166 +20,88 @@ import contextlib
 import dataclasses
 import getpass
 import os
-import shlex
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import docker
 import docker.errors
 import submitit
 from docker.types import DeviceRequest
-from submitit.core import core
 
+from runner.errors import RunnerError
 from runner.executors.base import Backend
+from runner.executors.docker_cell import DockerCellJob
 from runner.executors.docker_gpus import GpuPool
+from runner.executors.docker_jobs import INCOMPLETE, LABEL, UNREACHABLE, DockerExecutor, client
 from runner.executors.docker_options import DockerExecutorOptions
 from runner.job import CellJob
-from runner.ledger import CellRecord
+from runner.ledger import Attempt, CellRecord
 
-__all__ = ["DockerBackend", "DockerCellJob", "DockerExecutorOptions", "DockerJob"]
+__all__ = ["DockerBackend", "DockerCellJob", "DockerExecutor", "DockerExecutorOptions", "client"]
 
-LABEL = "runner.backend"  # every container this backend starts carries LABEL=docker
 DOCKER_FILE = "docker"  # attempts/NNNN/docker.json, written only by the submitter
-INCOMPLETE = ("PENDING", "RUNNING", "COMPLETING", "UNKNOWN")
-
-# Reads the job id (written after `create`, before `start`: a container cannot know its own
-# id in its environment) and sends the job's output where submitit's Job looks for it.
-# $0 = submitit folder, $1 = id file, then the Python command.
-_ENTRY = (
-    'id=$(cat "$1") && export SUBMITIT_LOCAL_JOB_ID="$id" && shift && '
-    'exec "$@" >>"$0/${id}_0_log.out" 2>>"$0/${id}_0_log.err"'
-)
 
 
-def client() -> docker.DockerClient:
-    # DOCKER_HOST selects the engine; the API version is negotiated (1.41 on Debian 12).
-    return docker.from_env()
+class EngineWatch:
+    """Whether the engine answers, and since when it has not.
 
-
-def _state_of(attrs: dict[str, Any]) -> dict[str, str]:
-    """A container's state in SLURM's words, which submitit's ``is_done`` understands."""
-    st = attrs.get("State", {})
-    status, code = st.get("Status", ""), int(st.get("ExitCode") or 0)
-    if status == "created":
-        state = "PENDING"
-    elif status in ("running", "restarting", "paused"):
-        state = "RUNNING"
-    elif status == "removing":
-        state = "COMPLETING"
-    elif st.get("OOMKilled"):
-        state = "OUT_OF_MEMORY"
-    elif code == 0:
-        state = "COMPLETED"
-    elif code in (137, 143):  # SIGKILL/SIGTERM from outside (docker kill/stop, the kernel)
-        state = "KILLED"
-    else:
-        state = "FAILED"
-    return {"State": state, "ExitCode": str(code), "Error": st.get("Error") or ""}
-
-
-class DockerInfoWatcher(core.InfoWatcher):
-    """Asks the engine about every registered, unfinished container (one inspect each)."""
-
-    def _make_command(self) -> list[str] | None:
-        return None  # the SDK is asked instead of a command line (see update)
-
-    def update(self) -> None:
-        self._num_calls += 1
-        api = client().api
-        for job_id in self._registered - self._finished:
-            try:
-                self._info_dict[job_id] = _state_of(api.inspect_container(job_id))
-            except docker.errors.NotFound:  # removed: it ended, and we saw nothing of it
-                self._info_dict[job_id] = {"State": "NOT_FOUND", "ExitCode": "", "Error": ""}
-            except docker.errors.DockerException:
-                continue  # engine busy or down: keep the last known state
-            if self.is_done(job_id, mode="cache"):
-                self._finished.add(job_id)
-        self._last_status_check = time.time()
-
-    def get_state(self, job_id: str, mode: str = "standard") -> str:
-        return self.get_info(job_id, mode=mode).get("State") or "UNKNOWN"
-
-
-class DockerJob(core.Job[core.R]):
-    watcher = DockerInfoWatcher(delay_s=5)
-
-    def cancel(self, check: bool = True) -> None:
-        # SIGINT: the cell records itself as cancelled (KeyboardInterrupt), as in local runs.
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            client().api.kill(self.job_id, signal="SIGINT")
-
-
-class DockerExecutor(core.PicklingExecutor):
-    """Pickles the payload like any submitit executor; ``_submit_command`` runs a container.
-
-    ``container`` holds the keyword arguments of the next ``containers.create`` (image,
-    mounts, device requests, labels): the backend sets it before each ``submit``.
+    A dockerd restart makes every call fail for a few seconds (the socket is gone, or
+    refuses). The sweep must neither crash nor hang on that: it waits, and gives a cell up
+    only once the engine has been silent *and* the cell's heartbeat stale for ``wait_s``
+    (a container can outlive its daemon: the shim keeps it running, and its heartbeat says
+    so).
     """
 
-    job_class = DockerJob
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.down_since: float | None = None
+        self.seen_down: set[str] = set()  # containers in flight while the engine was down
 
-    def __init__(self, folder: Path, python: str, start: bool = True) -> None:
-        super().__init__(folder, max_num_timeout=0)
-        self.python = shlex.split(python)
-        self.start = start  # False: create only (tests that inspect the request)
-        self.container: dict[str, Any] = {}
-        self._throttling = 0.0  # the engine is local; submitit's 0.2 s pause buys nothing
+    def answers(self) -> bool:
+        try:
+            client().ping()
+        except UNREACHABLE as exc:
+            if self.down_since is None:
+                self.down_since = time.time()
+                print(
+                    f"runner: the Docker engine does not answer ({type(exc).__name__}); "
+                    f"waiting for it (engine_wait_s={self.wait_s:.0f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return False
+        if self.down_since is not None:
+            print(
+                f"runner: the Docker engine answers again after "
+                f"{time.time() - self.down_since:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.down_since = None
+        return True
 
-    def _submit_command(self, command: str) -> core.Job[Any]:
-        folder = Path(self.folder).absolute()
-        folder.mkdir(parents=True, exist_ok=True)
-        id_file = folder / f".docker_id_{uuid.uuid4().hex}"
-        argv = ["/bin/sh", "-c", _ENTRY, str(folder), str(id_file)]
-        argv += [*self.python, "-u", "-m", "submitit.core._submit", str(folder)]
-        container = client().containers.create(command=argv, detach=True, **self.container)
-        job_id = container.short_id
-        id_file.write_text(job_id)
-        job: DockerJob[Any] = DockerJob(folder=folder, job_id=job_id)
-        if self.start:
-            try:
-                container.start()
-            except docker.errors.APIError:
-                container.remove(force=True)
-                raise
-        return job
+    def silent_for(self, attempt: Attempt | None) -> float:
+        """Seconds since both the engine and this cell last gave a sign of life."""
+        last = self.down_since or time.time()
+        if attempt is not None:
+            last = max(last, float((attempt.read("heartbeat") or {}).get("time") or 0))
+        return time.time() - last
 
-    def _num_tasks(self) -> int:
-        return 1
-
-    def _make_submission_file_text(self, command: str, uid: str) -> str:
-        raise NotImplementedError("containers are created through the SDK, not a script")
-
-    def _make_submission_command(self, submission_file_path: Path) -> list[str]:
-        raise NotImplementedError("containers are created through the SDK, not a command")
-
-    @staticmethod
-    def _get_job_id_from_submission_command(string: bytes | str) -> str:
-        raise NotImplementedError("the job id is the container's id")
-
-
-class DockerCellJob(CellJob):
-    """A cell that also tags its MLflow run with the image it ran in."""
-
-    docker_image: str = ""
-    docker_image_id: str = ""
-
-    def _ensure_run(self, record: CellRecord) -> str:
-        run_id = super()._ensure_run(record)
-        try:  # best effort: docker.json in the ledger has it for sure
-            from runner import track
-
-            c = track.client(self.tracking_uri)
-            c.set_tag(run_id, "runner.docker_image", self.docker_image)
-            c.set_tag(run_id, "runner.docker_image_id", self.docker_image_id)
-        except Exception as exc:
-            print(f"could not tag the MLflow run with its image: {exc}", file=sys.stderr)
-        return run_id
+    def wait_until_up(self) -> None:
+        """Before starting containers: wait up to ``wait_s`` for the engine; then a message,
+        not a traceback (the cells not started stay pending: their claims die with this
+        process)."""
+        while not self.answers():
+            assert self.down_since is not None
+            if time.time() - self.down_since > self.wait_s:
+                raise RunnerError(
+                    f"executor 'docker': the Docker engine has not answered for "
+                    f"{time.time() - self.down_since:.0f} s; start it and run the sweep again"
+                )
+            time.sleep(1.0)
 
 
 def _store_dir(uri: str) -> str | None:
@@ -196,7 +119,9 @@ def _is_server(uri: str) -> bool:
 
 class DockerBackend(Backend):
     kind = "docker"
-    waits = True  # the runner keeps the queue: containers start as GPUs free up
+    # The runner keeps the queue (containers start as GPUs free up); a sweep hands it to a
+    # background scheduler and returns, unless asked to --wait.
+    waits = False
 
     def __init__(self, options: DockerExecutorOptions, folder: Path, start: bool = True) -> None:
         super().__init__(options, folder)
@@ -212,6 +137,10 @@ class DockerBackend(Backend):
         self.threads = options.threads_per_cell or max(1, cores // self.slots)
         self._image: tuple[str, str] | None = None
         self._started: dict[str, float] = {}
+        self._attempts: dict[str, Attempt] = {}  # job id -> its ledger attempt (heartbeat)
+        self._given_up: dict[str, float] = {}  # job id -> seconds the engine was silent
+        self.engine = EngineWatch(options.engine_wait_s)
+        self._swept = False
 
     @property
     def slots(self) -> int:
@@ -224,14 +153,31 @@ class DockerBackend(Backend):
             try:
                 img = client().images.get(name)
             except docker.errors.ImageNotFound:
-                raise RuntimeError(
+                raise RunnerError(
                     f"executor 'docker': image {name!r} is not on this Docker engine; build "
                     "it with `make image` (see containers/README.md)"
                 ) from None
-            except docker.errors.DockerException as exc:
-                raise RuntimeError(f"executor 'docker': no Docker engine answers: {exc}") from exc
+            except UNREACHABLE as exc:
+                raise RunnerError(f"executor 'docker': no Docker engine answers: {exc}") from exc
             self._image = (name, str(img.id))
         return self._image
+
+    def _remove_leftovers(self, matrix: str) -> None:
+        """Remove this matrix's ended containers that an earlier sweep could not (it ended
+        while the engine was down): nothing is left behind once the engine is back."""
+        if self._swept or self.options.keep_containers:
+            return
+        self._swept = True
+        labels = [f"{LABEL}=docker", f"runner.matrix={matrix}"]
+        # Not "created": a concurrent sweep of this matrix may be about to start that one.
+        for status in ("exited", "dead"):
+            with contextlib.suppress(*UNREACHABLE):
+                found = client().api.containers(
+                    all=True, filters={"label": labels, "status": status}
+                )
+                for c in found:
+                    with contextlib.suppress(*UNREACHABLE):
+                        client().api.remove_container(c["Id"], v=True, force=True)
 
     def _network(self, uri: str) -> str:
         if self.options.network != "auto":
@@ -262,8 +208,11 @@ class DockerBackend(Backend):
         return env
 
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
+        self.engine.wait_until_up()
         tag, image_id = self.image()
         out: list[submitit.Job[Any]] = []
+        if jobs:
+            self._remove_leftovers(jobs[0].matrix)
         for job in jobs:
             if _is_server(job.tracking_uri) and self._network(job.tracking_uri) == "none":
                 raise RuntimeError(
@@ -289,9 +238,10 @@ class DockerBackend(Backend):
                 "network_mode": self._network(job.tracking_uri),
                 "shm_size": self.options.shm_size,
                 "mem_limit": self.options.mem_limit,
-                # `docker stop` then interrupts the cell (recorded cancelled), not SIGTERM,
-                # which submitit's handler ignores until the SIGKILL 10 s later.
-                "stop_signal": "SIGINT",
+                # Docker's default, said out loud: `docker stop` and a daemon that stops its
+                # containers (shutdown, restart) send it; the cell records itself lost, not
+                # cancelled (docker_cell). `runner cancel` sends SIGINT (DockerJob.cancel).
+                "stop_signal": "SIGTERM",
                 "init": True,  # reaps DataLoader workers; forwards signals to the cell
             }
             if gpu is not None:
@@ -308,15 +258,30 @@ class DockerBackend(Backend):
             if gpu is not None:
                 self.pool.hold(sj.job_id, gpu)
             self._started[sj.job_id] = time.time()
+            record = CellRecord(Path(job.cells_dir), job.cell_id)
+            self._attempts[sj.job_id] = record.attempt(job.attempt)
             info = {"container_id": sj.job_id, "image": tag, "image_id": image_id, "gpu": gpu}
             info |= {"network": params["network_mode"], "user": params["user"]}
-            CellRecord(Path(job.cells_dir), job.cell_id).attempt(job.attempt).write(
-                DOCKER_FILE, {**info, "time": time.time()}
-            )
+            record.attempt(job.attempt).write(DOCKER_FILE, {**info, "time": time.time()})
             out.append(sj)
         return out
 
     def finished(self, job: submitit.Job[Any]) -> bool:
+        if not self.engine.answers():
+            # Unknown, not ended: wait for the engine (a restart takes seconds) unless it
+            # and the cell have both been silent for engine_wait_s.
+            self.engine.seen_down.add(job.job_id)
+            silent = self.engine.silent_for(self._attempts.get(job.job_id))
+            if silent < self.engine.wait_s:
+                return False
+            self._given_up[job.job_id] = silent
+            print(
+                f"runner: gave up on container {job.job_id}: no engine and no heartbeat for "
+                f"{silent:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            return True
         state = job.watcher.get_state(job.job_id, mode="force")
         started = self._started.get(job.job_id)
         if (
@@ -324,11 +289,17 @@ class DockerBackend(Backend):
             and started is not None
             and time.time() - started > self.options.timeout_min * 60
         ):
-            with contextlib.suppress(docker.errors.DockerException):
+            with contextlib.suppress(*UNREACHABLE):
                 client().api.kill(job.job_id)  # over its limit: ends as KILLED, recorded lost
         return state.upper() not in INCOMPLETE
 
     def end_reason(self, job: submitit.Job[Any]) -> str:
+        if job.job_id in self._given_up:
+            return (
+                f"lost: the Docker engine did not answer and the cell gave no heartbeat for "
+                f"{self._given_up[job.job_id]:.0f} s (engine_wait_s); container {job.job_id} "
+                "is presumed gone with it"
+            )
         info = job.watcher.get_info(job.job_id, mode="cache")
         state, code = info.get("State", "UNKNOWN"), info.get("ExitCode", "?")
         why = {
@@ -336,6 +307,8 @@ class DockerBackend(Backend):
             "OUT_OF_MEMORY": "was killed for memory (OOMKilled)",
             "NOT_FOUND": "is gone",
         }.get(state, "ended")
+        if job.job_id in self.engine.seen_down and state in ("KILLED", "NOT_FOUND"):
+            why = "went away with the Docker daemon (it stopped or restarted meanwhile)"
         tail = ""
         with contextlib.suppress(Exception):
             tail = (job.stderr() or "")[-800:]
@@ -346,15 +319,18 @@ class DockerBackend(Backend):
     def cancel(self, job_ids: list[str]) -> list[str]:
         """Interrupt these cells' containers (SIGINT, see DockerJob.cancel); only containers
         that this backend started (label), never another of the engine's."""
-        stopped = []
-        api = client().api
+        stopped: list[str] = []
+        try:
+            api = client().api
+        except UNREACHABLE:  # no engine: cancel.json is written; nothing to signal now
+            return stopped
         for job_id in job_ids:
             try:
                 attrs = api.inspect_container(job_id)
                 if attrs["Config"]["Labels"].get(LABEL) != "docker":
                     continue
                 api.kill(job_id, signal="SIGINT")
-            except docker.errors.DockerException:  # unknown, or not running any more
+            except UNREACHABLE:  # unknown, not running any more, or no engine
                 continue
             stopped.append(job_id)
         return stopped
@@ -364,8 +340,11 @@ class DockerBackend(Backend):
         folder already) and the id file it read."""
         self.pool.release(job.job_id)
         self._started.pop(job.job_id, None)
+        self._attempts.pop(job.job_id, None)
         if not self.options.keep_containers:
-            with contextlib.suppress(docker.errors.NotFound):
+            # v=True: anonymous volumes (an image's VOLUME) go with it. No engine (given
+            # up): the next sweep or resume of this matrix removes it (_remove_leftovers).
+            with contextlib.suppress(*UNREACHABLE):
                 client().api.remove_container(job.job_id, v=True, force=True)
         for f in Path(self.folder).glob(".docker_id_*"):
             with contextlib.suppress(OSError):

@@ -83,6 +83,11 @@ class DockerExecutorOptions(BaseModel):
     )
     mem_limit: str | None = Field(None, description="memory limit per container, e.g. '16g'")
     timeout_min: PositiveInt = Field(7 * 24 * 60, description="wall-clock limit per cell")
+    engine_wait_s: PositiveInt = Field(
+        300,
+        description="how long the sweep waits for a Docker engine that stopped answering (a "
+        "dockerd restart) before it gives up a cell that gives no heartbeat either",
+    )
     keep_containers: bool = Field(
         False, description="keep ended containers for `docker inspect` (default: removed)"
     )

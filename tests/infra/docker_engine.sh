@@ -67,7 +67,9 @@ start() {
         log "dockerd already running ($(live_pid))"
     else
         # No fd of ours but stdio on the log: an inherited pipe would keep pytest waiting.
-        # dockerd starts its own containerd under its exec-root.
+        # dockerd starts its own containerd under its exec-root. live-restore stays off
+        # (Docker's default): stopping dockerd stops its containers, which the restart test
+        # in tests/test_docker.py relies on.
         setsid /usr/sbin/dockerd --pidfile "$PIDFILE" --data-root "$DIR/data" \
             --exec-root "$DIR/exec" -H "unix://$SOCK" </dev/null >>"$LOG" 2>&1 &
         local spawned=$! i
