@@ -471,3 +471,36 @@ def test_gpu_pool_spreads_then_shares() -> None:
         pool.take()
     pool.give_back(1)
     assert pool.take() == 1
+
+
+def _no_gpu_reason(client: Any) -> str | None:
+    """Why a real GPU run in a container can't happen here, or None when it can."""
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU on this machine (nvidia-smi not found)"
+    runtimes = client.info().get("Runtimes") or {}
+    if "nvidia" not in runtimes and not shutil.which("nvidia-container-cli"):
+        return f"the Docker engine has no NVIDIA runtime (runtimes: {sorted(runtimes)})"
+    return None
+
+
+def test_a_cell_trains_on_a_real_gpu_in_a_container(
+    engine: Any, project: Path, tiny_data: Path
+) -> None:
+    """Where a GPU and the NVIDIA container runtime exist: the cell sees exactly the GPU the
+    scheduler gave it and trains on it (the run's `device` tag names it)."""
+    from mlflow import MlflowClient
+
+    from runner.cli import main
+
+    reason = _no_gpu_reason(engine)
+    if reason:
+        pytest.skip(reason)
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    path = project / "gpu.yaml"
+    executor = _executor(tiny_data, slots=1).replace("gpus: []", "gpus: [0]")
+    path.write_text(matrix_text("docker_gpu", tiny_data, "  model: [unet]", executor, uri))
+    assert main(["sweep", str(path), "--wait"]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("docker_gpu").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["device"].startswith("cuda:0 "), run.data.tags

@@ -155,6 +155,8 @@ def test_standalone_run_logs_to_mlflow(workdir: Path, tmp_path: Path) -> None:
     params = run.data.params
     assert params["model.name"] == "segresnet" and params["optimizer.lr"] == "0.003"
     assert params["training.patch_size"] == "[16, 16, 16]" and params["data.in_channels"] == "2"
+    expected = f"cuda:0 {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    assert run.data.tags["device"] == expected
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2]
     for key in ("lr", "epoch_seconds", "samples_per_s", "val_dice", "val_dice_lesion"):

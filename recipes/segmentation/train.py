@@ -48,6 +48,14 @@ __all__ = ["Diverged", "autocast", "train", "train_one_epoch", "validate"]
 log = logging.getLogger(__name__)
 
 
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or ``cuda:0 NVIDIA H100 80GB HBM3``: what the run trained on."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,6 +142,8 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
             progress = load_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, scaler)
             resumed_from = progress.epoch
             log.info("resumed from %s at epoch %d", ckpt_dir / LAST, resumed_from)
+        # A tag, not a param: an attempt resumed elsewhere may train on another device.
+        logger.set_tag("device", describe_device(device))
         if resumed_from is None or logger.owns_run:
             # Params are write-once in MLflow: a resumed run (e.g. max_epochs raised) must not
             # log them again into the same run.
