@@ -205,7 +205,14 @@ class CellRecord:
         elif monitor:
             out.state, out.reason = "failed", monitor.get("reason", "lost")
         elif out.state == "running" and status and _dead_here(status):
-            out.state, out.reason = "failed", "lost: the job's process is gone"
+            final = last.read("status") or {}
+            if final.get("state") in TERMINAL:
+                # It wrote its outcome and exited between our two looks: not lost. (Calling
+                # it lost would let `resume` run a finished cell again.)
+                out.state, out.reason = final["state"], final.get("reason")
+                out.best_val_dice = final.get("best_val_dice")
+            else:
+                out.state, out.reason = "failed", "lost: the job's process is gone"
         elif out.state == "running" and time.time() - (beat.get("time") or 0) > LOST_AFTER_S:
             out.state, out.reason = "failed", "lost: no heartbeat for over 10 minutes"
         return out

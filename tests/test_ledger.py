@@ -5,11 +5,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from runner.cells import Cell
 from runner.ledger import CellRecord, Ledger, read_json, write_json_atomic
@@ -106,6 +109,38 @@ def test_claim_of_a_dead_sweep_is_pending_again(tmp_path: Path) -> None:
     seen = rec.state()
     assert (seen.state, seen.attempts) == ("pending", 1)
     assert rec.claim("local", seen.attempts).number == 2  # type: ignore[union-attr]
+
+
+def test_a_job_that_finishes_while_its_state_is_read_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Race seen for real (tests/test_background.py under load): the state was read as
+    running, the job then wrote `done` and exited, and the pid check found it gone, so the
+    cell read as failed/lost and `resume` would have run a finished cell again. The fault is
+    injected at the exact moment between the two looks, which a real process can't hit on
+    demand."""
+    import runner.ledger as ledger_module
+
+    rec = Ledger(tmp_path, "m").cell("abc")
+    attempt = rec.claim("local", 0)
+    assert attempt is not None
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    attempt.write("job", {"job_id": "1", "time": time.time()})
+    attempt.write("status", {"state": "running", "pid": proc.pid, "host": socket.gethostname()})
+    real = ledger_module._dead_here
+
+    def finishes_then_dies(owner: dict[str, Any]) -> bool:
+        attempt.write("status", {"state": "done", "best_val_dice": 0.7, "time": time.time()})
+        return real(owner)
+
+    monkeypatch.setattr(ledger_module, "_dead_here", finishes_then_dies)
+    s = rec.state()
+    assert (s.state, s.best_val_dice) == ("done", 0.7)
+    # Without the job's outcome, a dead process is lost.
+    monkeypatch.setattr(ledger_module, "_dead_here", real)
+    attempt.write("status", {"state": "running", "pid": proc.pid, "host": socket.gethostname()})
+    assert rec.state().state == "failed" and "process is gone" in (rec.state().reason or "")
 
 
 def test_run_id_is_recorded_once(tmp_path: Path) -> None:
