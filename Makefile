@@ -78,12 +78,33 @@ slurm-up:
 slurm-down:
 	tests/infra/slurm_cluster.sh stop
 
-# The trainer image for `executor: {kind: docker}`. Offline, from the local base that
-# `make docker-up` builds: make image BASE_IMAGE=runner-base:bookworm
+# The trainer image for `executor: {kind: docker}` (containers/README.md):
+#   make image                                  online: the CUDA runtime base from a registry, deps
+#                                               from PyPI (torch==2.13.0 as its CUDA build)
+#   make image BASE_IMAGE=runner-base:bookworm  offline base (`make docker-up` builds it); deps from
+#                                               PyPI, but the wheels in WHEELS first (default: the
+#                                               dirs in $PIP_FIND_LINKS: here torch-2.13.0+cpu)
+# WHEELS= builds without a wheelhouse; CA_CERTS: extra CAs for the build's downloads only (default:
+# the host's /usr/local/share/ca-certificates/*.crt); DOCKER: the CLI. The context is sent as a tar
+# of exactly IMAGE_CONTEXT, whatever builder runs (the legacy one ignores Dockerfile.dockerignore).
 IMAGE ?= runner-trainer:latest
 BASE_IMAGE ?= nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+DOCKER ?= docker
+WHEELS ?= $(PIP_FIND_LINKS)
+CA_CERTS ?= $(wildcard /usr/local/share/ca-certificates/*.crt)
+IMAGE_CONTEXT := pyproject.toml constraints.txt README.md runner recipes \
+	containers/Dockerfile containers/wheels containers/certs
+# No DOCKER_HOST and no /var/run/docker.sock: the engine of `make docker-up`, if it runs.
+image: export DOCKER_HOST := $(or $(DOCKER_HOST),$(if $(wildcard /var/run/docker.sock),,$(if \
+	$(wildcard /run/runner-docker.sock),unix:///run/runner-docker.sock)))
 image:
-	DOCKER_BUILDKIT=1 docker build -f containers/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	@rm -f containers/wheels/*.whl containers/certs/*.crt
+	@shopt -s nullglob; for d in $(WHEELS); do d=$${d#file://}; \
+	  for w in "$$d"/*.whl; do cp -pl "$$w" containers/wheels/ 2>/dev/null || \
+	    cp -p "$$w" containers/wheels/; echo "wheelhouse: $$w"; done; done
+	@for c in $(CA_CERTS); do cp "$$c" containers/certs/; echo "build CA: $$c"; done
+	set -o pipefail; tar -c --exclude=__pycache__ --exclude='*.pyc' $(IMAGE_CONTEXT) | $(DOCKER) build \
+	  -f containers/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -
 
 # A Docker Engine of the project's own (its own socket, /run/runner-docker.sock) and the local
 # Debian base image; the test suite does the same by itself.
