@@ -1,9 +1,22 @@
-"""Gradient checkpointing on vs off, per architecture: peak memory and step time.
+"""Gradient checkpointing on vs off, per architecture: memory and step time.
 
 Each (model, checkpointing) pair runs in its own fresh process, so that peak memory is that
 configuration's alone: CPU peak RSS (``ru_maxrss``) here, ``torch.cuda.max_memory_allocated``
 on a GPU. Also BF16 against FP32 step time for the default model (on a GPU that is the
 figure that matters; on a CPU it is informational).
+
+On a CPU, peak RSS with glibc's default malloc settings says little about what
+checkpointing saves: freeing a multi-MiB tensor raises glibc's mmap threshold, so later
+tensors of that size come from the heap, which fragments and keeps its high-water mark
+(basic_unet at 64^3: ~440 MiB peak RSS for a ~140 MiB peak of live tensors, on and off
+alike; the same pair's ratio moved by 0.2 between runs). The children therefore run with
+a fixed ``MALLOC_MMAP_THRESHOLD_``: every large tensor is mmapped and returned on free, and
+RSS follows the tensors (at some cost in page faults, on both sides of each ratio). Each
+child also reports two deterministic figures from one extra step: the bytes autograd saves
+for backward (what checkpointing acts on; the target), and on a CPU the peak of bytes held
+by tensors during the step (from the profiler's allocation events; the analogue of the CUDA
+figure, conv scratch buffers included: ``slow_conv3d``'s im2col buffer, used for batch-1
+inputs with few channels, is 54 MiB for 2 channels at 64^3, with checkpointing on or off).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from runner.recipe import Recipe
+from recipes.components.grad_checkpointing import saved_tensor_bytes
 from recipes.components.models import apply_grad_checkpointing, build_model
 from recipes.components.losses import build_loss
 
@@ -47,12 +61,8 @@ loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
 x = torch.randn(1, cfg.data.in_channels, size, size, size, device=device)
 y = (torch.rand(1, 1, size, size, size, device=device) > 0.9).float()
 opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-times = []
-for step in range(steps + 1):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+
+def step():
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
         out = net(x)
     if isinstance(out, (list, tuple)):
@@ -61,16 +71,43 @@ for step in range(steps + 1):
         out = out[:, 0]
     loss = loss_fn(out.float(), y)
     opt.zero_grad(); loss.backward(); opt.step()
+
+def peak_allocated_mib():
+    # Running sum of the profiler's allocation events (torch-internal API: None if it moves).
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except Exception:
+        return None
+    now = top = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        now += e.nbytes()
+        top = max(top, now)
+    return top / 2**20
+
+base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+times = []
+for i in range(steps + 1):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    if step:  # the first step warms caches and allocators
+    t = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if i:  # the first step warms caches and allocators
         times.append(time.perf_counter() - t)
 if device.type == "cuda":
     peak = torch.cuda.max_memory_allocated() / 2**20
 else:  # what the steps added on top of the process (torch, MONAI, the model) before them
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
 step_s = sorted(times)[len(times) // 2]
-print(json.dumps({"peak_mib": peak, "base_mib": base_rss / 1024, "step_s": step_s}))
+# One more step each for the deterministic figures, after peak and times are taken.
+saved = saved_tensor_bytes(step, exclude=net) / 2**20
+alloc = peak if device.type == "cuda" else peak_allocated_mib()
+print(json.dumps({"peak_mib": peak, "base_mib": base_rss / 1024, "step_s": step_s,
+                  "saved_mib": saved, "alloc_mib": alloc}))
 """
 
 
@@ -81,7 +118,13 @@ def _measure(model: str, gc: bool, amp: str, size: int, steps: int) -> dict[str,
         capture_output=True,
         text=True,
         timeout=900,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        env={
+            "PYTHONPATH": str(REPO),
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+            # glibc's default, but fixed: no dynamic raise, so RSS tracks live tensors
+            "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+        },
     )
     if out.returncode != 0:
         raise RuntimeError(f"{model} gc={gc}: {out.stderr[-800:]}")
@@ -101,6 +144,12 @@ def run(opts: Options) -> Outcome:
         off = _measure(model, False, "fp32", size, steps)
         on = _measure(model, True, "fp32", size, steps)
         details[model] = {"off": off, "on": on}
+        alloc = ""
+        if not gpu and on["alloc_mib"] and off["alloc_mib"]:
+            alloc = (
+                f"; peak allocated {on['alloc_mib']:.0f} vs {off['alloc_mib']:.0f} MiB "
+                f"({on['alloc_mib'] / off['alloc_mib']:.2f}×)"
+            )
         rows.append(
             Row(
                 f"Grad checkpointing {model} ({size}³): memory",
@@ -110,8 +159,20 @@ def run(opts: Options) -> Outcome:
                 "< 1×",
                 on["peak_mib"] < off["peak_mib"],
                 f"{unit}; step time {on['step_s']:.2f} s vs "
-                f"{off['step_s']:.2f} s ({on['step_s'] / off['step_s']:.2f}×)",
+                f"{off['step_s']:.2f} s ({on['step_s'] / off['step_s']:.2f}×){alloc}",
                 {"off": off, "on": on},
+            )
+        )
+        rows.append(
+            Row(
+                f"Grad checkpointing {model} ({size}³): saved activations",
+                f"{on['saved_mib']:.1f} MiB",
+                f"{off['saved_mib']:.1f} MiB",
+                f"{on['saved_mib'] / off['saved_mib']:.2f}×",
+                "< 0.9×",
+                on["saved_mib"] < 0.9 * off["saved_mib"],
+                "bytes autograd keeps for backward (saved_tensors_hooks; deterministic)",
+                {"off": off["saved_mib"], "on": on["saved_mib"]},
             )
         )
     fp32 = _measure("segresnet", False, "fp32", size, steps)

@@ -180,3 +180,36 @@ def test_losses_accept_logits_and_index_labels(name: str) -> None:
     loss = loss_fn(logits, label)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss) and logits.grad is not None
+
+
+@pytest.mark.parametrize("name", [choice for group, choice in CHOICES if group == "model"])
+def test_grad_checkpointing_cuts_saved_activations_for_every_model(name: str) -> None:
+    # Bytes autograd keeps for backward, not RSS: deterministic, and at a tiny size RSS is
+    # all allocator caching and conv scratch buffers (see bench/checkpointing.py).
+    from recipes.components.grad_checkpointing import saved_tensor_bytes
+
+    side = 32 if name == "basic_unet" else 16  # BasicUNet pools 4 times
+    cfg = _compose([f"model={name}", f"training.patch_size=[{side},{side},{side}]"])
+    torch.manual_seed(0)
+    plain = build_model(cfg.model).train()
+    wrapped = copy.deepcopy(plain)
+    assert apply_grad_checkpointing(wrapped) > 0
+    x = torch.randn(1, cfg.data.in_channels, side, side, side)
+
+    # What autograd saves is known after forward. Backward (the recomputation) runs only
+    # where it could alter state: BatchNorm running statistics (MeshNet, RSUNet,
+    # AttentionUnet) must come out as after one pass, not two.
+    tracks_stats = any(getattr(m, "track_running_stats", False) for m in plain.modules())
+
+    def step(net: torch.nn.Module, backward: bool) -> None:
+        out = net(x)
+        out = out[0] if isinstance(out, (list, tuple)) else out  # MedNeXt deep supervision
+        if backward:
+            out.float().square().mean().backward()
+
+    off = saved_tensor_bytes(lambda: step(plain, backward=False), exclude=plain)
+    on = saved_tensor_bytes(lambda: step(wrapped, backward=tracks_stats), exclude=wrapped)
+    assert on < 0.9 * off, f"{name}: {on / off:.2f}x of the unwrapped network's saved bytes"
+    state = plain.state_dict()
+    for key, value in plain_state_dict(wrapped).items():
+        torch.testing.assert_close(value, state[key], msg=key)

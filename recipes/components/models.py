@@ -19,12 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, ResidualUnit, TransformerBlock
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
-from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
-from monai.networks.blocks.mednext_block import MedNeXtBlock
-from monai.networks.blocks.segresnet_block import ResBlock
-from monai.networks.blocks.unetr_block import UnetrBasicBlock
 from monai.networks.nets import (
     UNETR,
     AttentionUnet,
@@ -34,16 +29,17 @@ from monai.networks.nets import (
     SwinUNETR,
     UNet,
 )
-from monai.networks.nets.attentionunet import ConvBlock
-from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.networks.nets.mednext import MedNeXt, create_mednext
-from monai.networks.nets.swin_unetr import BasicLayer
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+# Re-exported: the trainer, bench and tests import checkpointing from here.
+from recipes.components.grad_checkpointing import (  # noqa: F401
+    CHECKPOINTED_BLOCKS,
+    TrainingCheckpoint,
+    apply_grad_checkpointing,
+)
 from recipes.components.nets import MeshNet, RSUNet
-from recipes.components.nets.meshnet import MeshBlock
-from recipes.components.nets.rsunet import ResBlock as RSResBlock
 
 
 class PadToMultiple(nn.Module):
@@ -122,28 +118,6 @@ MODELS: dict[str, Any] = {
 THREE_D_ONLY = frozenset({"rsunet"})
 TWO_D_CAPABLE = tuple(sorted(set(MODELS) - THREE_D_ONLY))
 
-# The single-input blocks of every network. Their activations dominate memory, and each
-# takes one tensor, which is what MONAI's checkpoint wrapper accepts. Two-input blocks
-# (BasicUNet's UpCat, DynUNet's UnetUpBlock, AttentionUnet's AttentionBlock, SwinUNETR's
-# UnetrUpBlock) are not wrapped themselves; the recursion reaches their single-input
-# convolution blocks instead. SwinUNETR's transformer stages are its BasicLayers.
-CHECKPOINTED_BLOCKS: tuple[type[nn.Module], ...] = (
-    ResBlock,
-    ResidualUnit,
-    Convolution,
-    TwoConv,
-    Down,
-    UnetBasicBlock,
-    UnetResBlock,
-    UnetrBasicBlock,
-    TransformerBlock,
-    BasicLayer,
-    ConvBlock,
-    MedNeXtBlock,  # and its Down/Up subclasses
-    MeshBlock,
-    RSResBlock,
-)
-
 
 def build_model(model_cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
     """Instantiate ``MODELS[cfg.name](**rest of cfg)``."""
@@ -170,37 +144,6 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
             )
     net = MODELS[name](**kwargs)
     return PadToMultiple(net, int(pad)) if pad else net
-
-
-class TrainingCheckpoint(ActivationCheckpointWrapper):
-    """MONAI's wrapper, but only recomputing when gradients are being recorded.
-
-    Under ``torch.no_grad`` (validation) there is nothing to save memory on, so the wrapped
-    block runs directly.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
-            return super().forward(x)
-        return self.module(x)
-
-
-def apply_grad_checkpointing(net: nn.Module) -> int:
-    """Wrap every outermost block of ``CHECKPOINTED_BLOCKS`` in place; return how many.
-
-    Outermost only: a wrapped block is recomputed as a whole in backward, so wrapping its
-    children too would recompute them twice.
-    """
-    count = 0
-    for name, child in list(net.named_children()):
-        if isinstance(child, ActivationCheckpointWrapper):
-            continue
-        if isinstance(child, CHECKPOINTED_BLOCKS):
-            setattr(net, name, TrainingCheckpoint(child))
-            count += 1
-        else:
-            count += apply_grad_checkpointing(child)
-    return count
 
 
 def _unwrapped_key(key: str, wrappers: list[str]) -> str:
