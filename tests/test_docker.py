@@ -220,7 +220,9 @@ def _long_matrix(name: str, project: Path, tiny_data: Path, extra: str = "") -> 
     path = project / "m.yaml"
     executor = _executor(tiny_data, extra=extra)
     text = matrix_text(name, tiny_data, "  model: [unet]", executor, uri)
-    path.write_text(text.replace("training.max_epochs=2", "training.max_epochs=6"))
+    # Long enough that the cell is still training whenever the fault lands, even on an
+    # idle machine where an epoch takes about a second.
+    path.write_text(text.replace("training.max_epochs=2", "training.max_epochs=10"))
     return path
 
 

@@ -32,8 +32,13 @@ STOPPED = (
 )
 
 
-class ContainerStopped(Exception):
-    """SIGTERM reached the cell: its container is being stopped."""
+class ContainerStopped(BaseException):
+    """SIGTERM reached the cell: its container is being stopped.
+
+    A BaseException, like KeyboardInterrupt: raised from the signal handler wherever the
+    cell happens to be, it must not be swallowed by an ``except Exception`` on the way (the
+    MLflow logger's spool fallback is one), or the cell would train on until the daemon's
+    SIGKILL, or finish as done (seen in CI on an idle machine)."""
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
