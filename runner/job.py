@@ -22,7 +22,16 @@ from runner.ledger import Attempt, CellRecord, write_json_atomic
 HEARTBEAT_S = 10.0
 
 
+class CellLost(BaseException):
+    """Raised inside a cell whose job is being taken away from outside (a stopped container):
+    its message is the ledger reason, which starts with ``lost:`` so that it is resumable.
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (the
+    MLflow logger's spool fallback is one) swallows it and lets the cell train on."""
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CellLost):
+        return str(exc)
     name = type(exc).__name__
     text = str(exc)
     # torch raises OutOfMemoryError on CUDA and a RuntimeError from its CPU allocator.

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -87,16 +88,15 @@ def test_sweep_returns_and_the_scheduler_runs_every_cell_one_slot_at_a_time(
     log = next((plan.ledger.root / "scheduler").glob("*.log")).read_text()
     assert "queue empty, every job ended; submitted 3 cells" in log
     assert all(plan.ledger.cell(c.id).state().attempts == 1 for c in plan.cells)
-    runs = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").search_runs(
-        [_experiment(project, "bg")]
-    )
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    assert sorted(r.info.status for r in _runs(project, "bg")) == ["FINISHED"] * 3
 
 
-def _experiment(project: Path, name: str) -> str:
-    exp = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").get_experiment_by_name(name)
+def _runs(project: Path, name: str) -> list[Any]:
+    """The MLflow runs of matrix ``name`` in the project's sqlite store."""
+    client = MlflowClient(f"sqlite:///{project / 'mlruns.db'}")
+    exp = client.get_experiment_by_name(name)
     assert exp is not None
-    return exp.experiment_id
+    return list(client.search_runs([exp.experiment_id]))
 
 
 def test_a_killed_scheduler_leaves_its_queue_pending_and_nothing_runs_twice(
@@ -116,10 +116,7 @@ def test_a_killed_scheduler_leaves_its_queue_pending_and_nothing_runs_twice(
     for c in plan.cells:  # each cell was started once (a dead claim is not a start)
         record = plan.ledger.cell(c.id)
         assert sum(a.read("job") is not None for a in record.attempts()) == 1
-    runs = MlflowClient(f"sqlite:///{project / 'mlruns.db'}").search_runs(
-        [_experiment(project, "bgkill")]
-    )
-    assert len(runs) == 3
+    assert len(_runs(project, "bgkill")) == 3
 
 
 def test_cancel_empties_the_background_queue(

@@ -18,12 +18,10 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runner.job import CellJob
+from runner.job import CellJob, CellLost
 from runner.ledger import CellRecord
 
 STOPPED = (
@@ -32,17 +30,8 @@ STOPPED = (
 )
 
 
-class ContainerStopped(BaseException):
-    """SIGTERM reached the cell: its container is being stopped.
-
-    A BaseException, like KeyboardInterrupt: raised from the signal handler wherever the
-    cell happens to be, it must not be swallowed by an ``except Exception`` on the way (the
-    MLflow logger's spool fallback is one), or the cell would train on until the daemon's
-    SIGKILL, or finish as done (seen in CI on an idle machine)."""
-
-
 def _stopped(signum: int, frame: FrameType | None) -> None:
-    raise ContainerStopped(STOPPED)
+    raise CellLost(STOPPED)
 
 
 class DockerCellJob(CellJob):
@@ -57,14 +46,6 @@ class DockerCellJob(CellJob):
         previous = signal.signal(signal.SIGTERM, _stopped)
         try:
             return super().__call__()
-        except ContainerStopped:
-            # CellJob words any exception as "exception: ..."; this one is a loss, and the
-            # job is the only writer of its status.json.
-            attempt = CellRecord(Path(self.cells_dir), self.cell_id).attempt(self.attempt)
-            status = attempt.read("status") or {}
-            if status.get("state") == "failed":
-                attempt.write("status", {**status, "reason": STOPPED, "time": time.time()})
-            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
 
