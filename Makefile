@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 data/demo/dataset.json: | $(STAMP)
-	$(BIN)/python -m recipes.components.demo_data --out data/demo
+	$(BIN)/python -m recipes.components.data.demo_data --out data/demo
 
 demo-data: data/demo/dataset.json
 

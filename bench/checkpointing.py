@@ -44,9 +44,9 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from runner.recipe import Recipe
-from recipes.components.grad_checkpointing import saved_tensor_bytes
-from recipes.components.models import apply_grad_checkpointing, build_model
-from recipes.components.losses import build_loss
+from recipes.components.models.grad_checkpointing import saved_tensor_bytes
+from recipes.components.models.build import apply_grad_checkpointing, build_model
+from recipes.components.training.losses import build_loss
 
 model_name, gc, amp = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 size, steps = int(sys.argv[4]), int(sys.argv[5])

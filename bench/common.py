@@ -136,7 +136,7 @@ def interleave(
 @lru_cache(maxsize=1)
 def demo_root() -> Path:
     """The recipe's default demo dataset (16 cases of 48^3), generated on first use."""
-    from recipes.components.demo_data import ensure_demo_dataset
+    from recipes.components.data.demo_data import ensure_demo_dataset
 
     return ensure_demo_dataset(DEMO_ROOT)
 

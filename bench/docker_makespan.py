@@ -86,7 +86,7 @@ def _matrix(root: Path, data: Path, n: int) -> str:
 
 
 def _measure(opts: Options) -> Outcome:
-    from recipes.components.demo_data import ensure_demo_dataset
+    from recipes.components.data.demo_data import ensure_demo_dataset
     from runner.schedule import make_plan, submit
 
     n = 6 if opts.quick else 12

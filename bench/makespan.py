@@ -32,7 +32,7 @@ def mixed_cells(n: int, data: Path) -> tuple[str, list[str]]:
 
 
 def run(opts: Options) -> Outcome:
-    from recipes.components.demo_data import ensure_demo_dataset
+    from recipes.components.data.demo_data import ensure_demo_dataset
     from runner.schedule import make_plan, submit
 
     with tempfile.TemporaryDirectory(prefix="bench-makespan-") as tmp:

@@ -25,7 +25,7 @@ DEFAULT_EPOCHS = 12  # training/default.yaml: the fixed costs are spread over a 
 
 
 def _logger_class(stats: dict[str, Any]) -> type:
-    from recipes.components.mlflow_logging import RunLogger
+    from recipes.components.training.mlflow_logging import RunLogger
 
     class TogglingLogger(RunLogger):
         """The recipe's logger; per-epoch metrics skipped while ``enabled`` is False."""

@@ -52,11 +52,11 @@ def setup(
 ) -> tuple[Callable[[], None], Callable[[], None], str]:
     """Two closures running ``len(batches)`` steps each: the trainer's epoch function and
     the bare loop, on twin models (``make_model``, default the config's network)."""
-    from recipes.components.checkpoint import Progress
-    from recipes.components.losses import build_loss
-    from recipes.components.models import build_model
-    from recipes.components.optim import build_optimizer, build_scheduler
-    from recipes.segmentation.train import train_one_epoch
+    from recipes.components.models.build import build_model
+    from recipes.components.training.checkpoint import Progress
+    from recipes.components.training.losses import build_loss
+    from recipes.components.training.optim import build_optimizer, build_scheduler
+    from recipes.segmentation.train import Trainee, train_one_epoch
 
     def parts() -> tuple[nn.Module, nn.Module, Optimizer]:
         torch.manual_seed(wb.cfg.seed)
@@ -70,24 +70,14 @@ def setup(
     progress = Progress()
     # The recipe's own scaler: a no-op unless training.amp is fp16.
     scaler = torch.amp.GradScaler(wb.device.type, enabled=wb.cfg.training.amp == "fp16")
+    trainee = Trainee(r_model, r_loss, r_opt, schedule, scaler, wb.device, wb.cfg.training)
     b_model, b_loss, b_opt = parts()
     b_model.load_state_dict(copy.deepcopy(r_model.state_dict()))  # same starting weights
     plain = [(b["image"].as_tensor(), b["label"].as_tensor()) for b in batches]
     bf16 = wb.amp == "bf16"
 
     def recipe() -> None:
-        train_one_epoch(
-            r_model,
-            batches,
-            r_loss,
-            r_opt,
-            schedule,
-            wb.device,
-            wb.cfg.training,
-            1,
-            progress,
-            scaler,
-        )
+        train_one_epoch(trainee, batches, 1, progress)
 
     def bare() -> None:
         bare_steps(b_model, b_loss, b_opt, plain, wb.device, bf16)

@@ -17,7 +17,7 @@ class Workbench:
     cfg: DictConfig
     device: torch.device
     amp: str
-    data: Any  # recipes.components.data.DataBundle
+    data: Any  # recipes.components.data.loaders.DataBundle
     batches: list[dict[str, Any]]  # one epoch from the recipe's loader, as it yields them
 
     @property
@@ -27,8 +27,8 @@ class Workbench:
 
 @lru_cache(maxsize=2)
 def workbench(quick: bool) -> Workbench:
-    from recipes.components.data import build_data
-    from recipes.segmentation.train import resolve_device, seed_everything
+    from recipes.components.data.loaders import build_data
+    from recipes.components.training.setup import resolve_device, seed_everything
     from runner.recipe import Recipe
 
     cfg = Recipe.load("segmentation").compose(recipe_overrides(quick))

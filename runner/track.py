@@ -135,7 +135,7 @@ def cell_tags(
         "runner.executor": executor,
         "runner.host": socket.gethostname(),
     }
-    from recipes.components.mlflow_logging import REDACTED, SECRET_KEY
+    from recipes.components.training.mlflow_logging import REDACTED, SECRET_KEY
 
     tags.update(
         {

@@ -1,6 +1,6 @@
 """Tiny datasets in each layout the recipe reads, written as real NIfTI files at test time.
 
-All are built from the synthetic demo cases (``recipes.components.demo_data``), so the same
+All are built from the synthetic demo cases (``recipes.components.data.demo_data``), so the same
 case holds the same voxels in every layout: ``demo_00i`` (nnU-Net) is ``sub-stroke000{i+1}``
 (ISLES'24) is the i-th datalist / MSD entry.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from recipes.components.demo_data import ensure_demo_dataset
+from recipes.components.data.demo_data import ensure_demo_dataset
 
 
 def _save(array: np.ndarray, path: Path) -> None:

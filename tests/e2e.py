@@ -25,7 +25,7 @@ TINY = [
 
 
 def make_tiny_dataset(root: Path) -> Path:
-    from recipes.components.demo_data import ensure_demo_dataset
+    from recipes.components.data.demo_data import ensure_demo_dataset
 
     return ensure_demo_dataset(root, cases=6, size=24, seed=0)
 

@@ -13,16 +13,15 @@ from mlflow.tracking import MlflowClient
 from monai.transforms import Compose
 from omegaconf import DictConfig
 
-from recipes.components.augmentation import augment_transforms
-from recipes.components.checkpoint import Progress
-from recipes.components.data import DataBundle, build_data, load_transforms
-from recipes.components.losses import build_loss
-from recipes.components.models import THREE_D_ONLY, TWO_D_CAPABLE, build_model
-from recipes.components.optim import build_optimizer, build_scheduler
-from recipes.components.slices import build_inferer, slice_axis_of
+from recipes.components.data.augmentation import augment_transforms
+from recipes.components.data.loaders import DataBundle, build_data, load_transforms
+from recipes.components.data.slices import build_inferer, slice_axis_of
+from recipes.components.models.build import THREE_D_ONLY, TWO_D_CAPABLE, build_model
+from recipes.components.training.checkpoint import Progress
+from recipes.components.training.losses import build_loss
+from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
-from recipes.segmentation.steps import train_one_epoch, validate
-from recipes.segmentation.train import train
+from recipes.segmentation.train import Trainee, train, train_one_epoch, validate
 from runner.cli import main as runner_main
 from tests import datasets
 
@@ -114,10 +113,11 @@ def test_each_2d_model_trains_a_step_and_validates_whole_volumes(
     schedule = build_scheduler(cfg.scheduler, optimizer, len(bundle.train_loader), 1)
     before = [p.detach().clone() for p in model.parameters()]
     bundle.set_epoch(1)
-    loss, patches, _ = train_one_epoch(
-        model, bundle.train_loader, loss_fn, optimizer, schedule, torch.device("cpu"),
-        cfg.training, 1, Progress(), torch.amp.GradScaler("cpu", enabled=False),
-    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainee = Trainee(
+        model, loss_fn, optimizer, schedule, scaler, torch.device("cpu"), cfg.training
+    )
+    loss, patches, _ = train_one_epoch(trainee, bundle.train_loader, 1, Progress())
     assert np.isfinite(loss) and patches == 3 * 2  # 3 training volumes x 2 slices
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

@@ -13,21 +13,21 @@ from hydra import compose, initialize_config_dir
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.components.checkpoint import (
-    Progress,
-    atomic_save,
-    load_checkpoint,
-    save_checkpoint,
-)
-from recipes.components.losses import build_loss
-from recipes.components.mlflow_logging import flatten_config
-from recipes.components.models import (
+from recipes.components.models.build import (
     apply_grad_checkpointing,
     build_model,
     load_plain_state_dict,
     plain_state_dict,
 )
-from recipes.components.optim import build_optimizer, build_scheduler
+from recipes.components.training.checkpoint import (
+    Progress,
+    atomic_save,
+    load_checkpoint,
+    save_checkpoint,
+)
+from recipes.components.training.losses import build_loss
+from recipes.components.training.mlflow_logging import flatten_config
+from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 
 GROUPS = ("model", "optimizer", "scheduler", "loss", "data", "training")
@@ -186,7 +186,7 @@ def test_losses_accept_logits_and_index_labels(name: str) -> None:
 def test_grad_checkpointing_cuts_saved_activations_for_every_model(name: str) -> None:
     # Bytes autograd keeps for backward, not RSS: deterministic, and at a tiny size RSS is
     # all allocator caching and conv scratch buffers (see bench/checkpointing.py).
-    from recipes.components.grad_checkpointing import saved_tensor_bytes
+    from recipes.components.models.grad_checkpointing import saved_tensor_bytes
 
     side = 32 if name == "basic_unet" else 16  # BasicUNet pools 4 times
     cfg = _compose([f"model={name}", f"training.patch_size=[{side},{side},{side}]"])

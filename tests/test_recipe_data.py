@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from monai.data import CacheDataset
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.components.data import DataBundle, build_data, read_dataset, split_cases
-from recipes.components.demo_data import DESCRIPTION, ensure_demo_dataset, make_case
-from recipes.components.splits import kfold_split
+from recipes.components.data.demo_data import DESCRIPTION, ensure_demo_dataset, make_case
+from recipes.components.data.loaders import DataBundle, build_data, read_dataset, split_cases
+from recipes.components.data.splits import kfold_split
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import train
 from runner.cli import main as runner_main

@@ -18,15 +18,15 @@ from monai.networks.utils import one_hot
 from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.components.augmentation import augment_transforms
-from recipes.components.checkpoint import LAST
-from recipes.components.demo_data import ensure_demo_dataset
-from recipes.components.layerwise import ROLES, param_roles
-from recipes.components.losses import build_loss
-from recipes.components.lr_finder import find_lr
-from recipes.components.metrics import SegMetrics
-from recipes.components.models import apply_grad_checkpointing, build_model
-from recipes.components.optim import build_optimizer, build_scheduler
+from recipes.components.data.augmentation import augment_transforms
+from recipes.components.data.demo_data import ensure_demo_dataset
+from recipes.components.models.build import apply_grad_checkpointing, build_model
+from recipes.components.models.layerwise import ROLES, param_roles
+from recipes.components.training.checkpoint import LAST
+from recipes.components.training.losses import build_loss
+from recipes.components.training.lr_finder import find_lr
+from recipes.components.training.metrics import SegMetrics
+from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import train
 from runner.cli import main as runner_main

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from recipes.components.demo_data import ensure_demo_dataset
+from recipes.components.data.demo_data import ensure_demo_dataset
 from recipes.contract import RunContext
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import train

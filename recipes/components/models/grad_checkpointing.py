@@ -43,8 +43,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils.checkpoint import checkpoint
 
-from recipes.components.nets.meshnet import MeshBlock
-from recipes.components.nets.rsunet import ResBlock as RSResBlock
+from recipes.components.models.nets.meshnet import MeshBlock
+from recipes.components.models.nets.rsunet import ResBlock as RSResBlock
 
 # Wrapped wherever they occur (outermost only). Multi-input blocks take their tensors
 # positionally, as their parents call them.

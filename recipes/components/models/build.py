@@ -34,12 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 # Re-exported: the trainer, bench and tests import checkpointing from here.
-from recipes.components.grad_checkpointing import (  # noqa: F401
+from recipes.components.models.grad_checkpointing import (  # noqa: F401
     CHECKPOINTED_BLOCKS,
     TrainingCheckpoint,
     apply_grad_checkpointing,
 )
-from recipes.components.nets import MeshNet, RSUNet
+from recipes.components.models.nets import MeshNet, RSUNet
 
 
 class PadToMultiple(nn.Module):

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from recipes.components.models import load_plain_state_dict, plain_state_dict
-from recipes.components.optim import Schedule, fast_forward
+from recipes.components.models.build import load_plain_state_dict, plain_state_dict
+from recipes.components.training.optim import Schedule, fast_forward
 
 LAST = "last.pt"
 BEST = "best.pt"

@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from recipes.components.layerwise import layerwise_param_groups
+from recipes.components.models.layerwise import layerwise_param_groups
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adamw": AdamW,

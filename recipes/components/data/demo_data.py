@@ -10,7 +10,7 @@ The output is an nnU-Net v2 raw dataset (``imagesTr/{case}_{XXXX}.nii.gz``, ``la
 ``dataset.json``), byte-identical for a given seed: every case draws from its own
 ``default_rng([seed, case])`` and nibabel writes gzip headers without timestamps.
 
-Run ``python -m recipes.components.demo_data --out data/demo``.
+Run ``python -m recipes.components.data.demo_data --out data/demo``.
 """
 
 from __future__ import annotations

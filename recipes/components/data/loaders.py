@@ -1,8 +1,8 @@
 """Build the recipe's train/val data loaders from ``cfg.data`` and ``cfg.training``.
 
-Reading a dataset's layout is in :mod:`recipes.components.layouts`, choosing the split in
-:mod:`recipes.components.splits`, 2D slicing in :mod:`recipes.components.slices` and the
-per-item seeding that keeps resume exact in :mod:`recipes.components.seeding`. This module
+Reading a dataset's layout is in :mod:`recipes.components.data.layouts`, choosing the split in
+:mod:`recipes.components.data.splits`, 2D slicing in :mod:`recipes.components.data.slices` and the
+per-item seeding that keeps resume exact in :mod:`recipes.components.data.seeding`. This module
 puts them together: pick channels, load and normalise (cached), sample patches, augment,
 and hand MONAI DataLoaders to the trainer.
 """
@@ -28,12 +28,12 @@ from monai.transforms import (
 )
 from omegaconf import DictConfig
 
-from recipes.components.augmentation import augment_transforms
-from recipes.components.demo_data import ensure_demo_dataset
-from recipes.components.layouts import DatasetInfo, read_dataset, select_channels
-from recipes.components.seeding import EpochSampler, EpochSeeded, seed_for_epoch
-from recipes.components.slices import slice_patch_size, squeeze_slice
-from recipes.components.splits import choose_split, split_cases
+from recipes.components.data.augmentation import augment_transforms
+from recipes.components.data.demo_data import ensure_demo_dataset
+from recipes.components.data.layouts import DatasetInfo, read_dataset, select_channels
+from recipes.components.data.seeding import EpochSampler, EpochSeeded, seed_for_epoch
+from recipes.components.data.slices import slice_patch_size, squeeze_slice
+from recipes.components.data.splits import choose_split, split_cases
 
 __all__ = [
     "DataBundle",

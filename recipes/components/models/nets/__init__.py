@@ -1,0 +1,6 @@
+"""Small networks of our own, for architectures MONAI does not ship."""
+
+from recipes.components.models.nets.meshnet import MeshNet
+from recipes.components.models.nets.rsunet import RSUNet
+
+__all__ = ["MeshNet", "RSUNet"]

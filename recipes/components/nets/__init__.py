@@ -1,6 +1,0 @@
-"""Small networks of our own, for architectures MONAI does not ship."""
-
-from recipes.components.nets.meshnet import MeshNet
-from recipes.components.nets.rsunet import RSUNet
-
-__all__ = ["MeshNet", "RSUNet"]
