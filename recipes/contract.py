@@ -1,16 +1,62 @@
-"""What a runner hands to a recipe's ``train`` and what it gets back.
+"""What a runner hands to a recipe's ``train`` and what it gets back, and the few formats
+both sides must agree on: the spool of metrics kept while MLflow is down, which config keys
+are secrets, and the lock around a sqlite store's first use.
 
-Kept free of torch and MLflow imports so that planning a matrix stays fast.
+This is the only module of ``recipes`` the runner imports. Kept free of torch and MLflow
+imports so that planning a matrix stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from omegaconf import DictConfig
+
+# --- the spool: what a cell keeps under ``RunContext.spool_dir`` while MLflow is down -------
+#: One JSON object a line: {"key", "value", "timestamp", "step"}; appended by the recipe.
+SPOOL_METRICS = "metrics.jsonl"
+#: One JSON object a line: {"key", "value"}; appended by the recipe.
+SPOOL_TAGS = "tags.jsonl"
+#: {"run_id", "state", "reason", "time"}: the cell's outcome, written by the runner's job.
+SPOOL_FINAL = "final.json"
+SPOOL_FILES = (SPOOL_METRICS, SPOOL_TAGS, SPOOL_FINAL)
+
+# --- secrets: keys whose values must never reach a tracking server (a config may pull them
+# from the environment with ${oc.env:...}); params and tags alike log them as REDACTED -----
+SECRET_KEY = re.compile(
+    r"(token|passw|secret|api_?key|access_?key|private_?key|credential)", re.IGNORECASE
+)
+REDACTED = "***redacted***"
+
+
+def redact(key: str, value: str) -> str:
+    return REDACTED if SECRET_KEY.search(key) else value
+
+
+@contextlib.contextmanager
+def store_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise first use of a local sqlite store across processes: MLflow creates and
+    migrates its tables on first connection, and two processes doing that at once corrupt
+    the file ("table _alembic_tmp_... already exists"). Other stores need nothing. (sqlite
+    stores are local files; on NFS use a tracking server.)"""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 TrainStatus = Literal["done", "diverged"]
 

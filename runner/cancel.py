@@ -1,40 +1,104 @@
 """``runner cancel``: stop a matrix's cells that are queued, submitted or running.
 
-The request is recorded first (``cancel.json`` in the cell's current attempt), so a cell
-shows as cancelled even if its process dies without a word, and a sweep that has the cell
-still in its queue will not start it; then the executor is asked to stop the job.
+1. The request is recorded first (``cancel.json`` in the cell's current attempt): a sweep or
+   background scheduler that still has the cell in its queue will not start it, and a job
+   that starts anyway sees it and ends at once.
+2. The executor interrupts the running jobs (SIGINT, which every job handles whatever
+   disposition it inherited): the cell finishes the checkpoint it may be writing, records
+   ``cancelled`` and ends its MLflow run as KILLED.
+3. After ``grace_s`` whatever still runs is killed outright (every process of the cell), its
+   MLflow run is ended as KILLED here, and the request is marked ``stopped``. Until then
+   ``status`` shows the cell ``cancelling``, never ``cancelled`` while a process of it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from runner import track
 from runner.executors import make_backend
+from runner.ledger import TERMINAL, CellRecord
 from runner.schedule import Plan
 from runner.select import for_cancel
+
+GRACE_S = 30.0
+#: After a hard kill, how long to wait for the processes to be reaped.
+KILL_WAIT_S = 15.0
+POLL_S = 0.5
 
 
 @dataclass
 class CancelOutcome:
     cancelled: list[str] = field(default_factory=list)
     signalled: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    #: Jobs still running after the hard kill (an unreachable engine or cluster).
+    still_running: list[str] = field(default_factory=list)
 
 
-def cancel(plan: Plan, ids: list[str] | None) -> CancelOutcome:
+def cancel(
+    plan: Plan,
+    ids: list[str] | None,
+    grace_s: float = GRACE_S,
+    say: Callable[[str], None] | None = None,
+) -> CancelOutcome:
     states = plan.states()
     cells = for_cancel(plan.cells, states, ids)
     outcome = CancelOutcome()
-    job_ids = []
+    jobs: dict[str, CellRecord] = {}  # job id -> its cell
+    records = []
     for cell in cells:
         record = plan.ledger.cell(cell.id)
         attempt = record.attempts()[-1]
         attempt.write("cancel", {"time": time.time(), "pid": os.getpid()})
         outcome.cancelled.append(cell.id)
+        records.append(record)
         if states[cell.id].job_id:
-            job_ids.append(str(states[cell.id].job_id))
-    if job_ids:
+            jobs[str(states[cell.id].job_id)] = record
+    if jobs:
         backend = make_backend(plan.matrix.spec.executor, plan.ledger.logs_dir)
-        outcome.signalled = backend.cancel(job_ids)
+        if grace_s > 0:
+            outcome.signalled = backend.cancel(list(jobs))
+            running = _wait_gone(backend.alive, outcome.signalled, grace_s)
+        else:  # no grace: nothing to wait for, kill what runs
+            running = backend.alive(list(jobs))
+        if running:
+            if say:
+                say(f"{len(running)} jobs still run after {grace_s:.0f} s: killing them")
+            backend.kill(running)
+            outcome.killed = running
+            outcome.still_running = _wait_gone(backend.alive, running, KILL_WAIT_S)
+    for record in records:
+        job_id = next((j for j, r in jobs.items() if r is record), None)
+        if job_id not in outcome.still_running:
+            _mark_stopped(record, plan.tracking_uri)
     return outcome
+
+
+def _wait_gone(
+    alive: Callable[[list[str]], list[str]], job_ids: list[str], wait_s: float
+) -> list[str]:
+    """Poll until none of ``job_ids`` runs or ``wait_s`` passed; return those still running."""
+    deadline = time.monotonic() + wait_s
+    running = alive(job_ids) if job_ids else []
+    while running and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        running = alive(running)
+    return running
+
+
+def _mark_stopped(record: CellRecord, tracking_uri: str) -> None:
+    """The cell's processes are gone: say so in the request, and end the MLflow run as
+    KILLED when the job could not (it was killed, or never started)."""
+    attempt = record.attempts()[-1]
+    request = attempt.read("cancel") or {"time": time.time()}
+    attempt.write("cancel", {**request, "stopped": time.time()})
+    status = attempt.read("status") or {}
+    if status.get("state") not in TERMINAL and record.run_id:
+        # The store may be down: the ledger holds the truth either way.
+        with contextlib.suppress(Exception):
+            track.finish_run(tracking_uri, record.run_id, "cancelled", "cancelled")

@@ -169,14 +169,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from runner.select import parse_list
 
     plan = _plan(args)
-    outcome = cancel(plan, parse_list(args.cells))
+    if args.grace < 0:
+        raise RunnerError(f"--grace: give seconds >= 0, not {args.grace}")
+    outcome = cancel(plan, parse_list(args.cells), args.grace, say=console.print)
     if not outcome.cancelled:
         console.print("nothing to cancel: no cell is queued, submitted or running.")
         return 0
+    killed = f", {len(outcome.killed)} killed after {args.grace:g} s" if outcome.killed else ""
     console.print(
         f"cancelled {len(outcome.cancelled)} cells "
-        f"({len(outcome.signalled)} running jobs signalled)"
+        f"({len(outcome.signalled)} running jobs signalled{killed})"
     )
+    if outcome.still_running:
+        console.print(
+            f"[red]still running after the kill:[/red] {', '.join(outcome.still_running)} "
+            "(the engine or cluster did not answer); `runner status` shows them cancelling "
+            "until they stop; run `runner cancel` again to retry"
+        )
+        return 1
     return 0
 
 
@@ -308,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("resume", "cancel"):
             p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
+        if name == "cancel":
+            p.add_argument(
+                "--grace",
+                type=float,
+                default=30.0,
+                help="seconds a running cell gets to finish its checkpoint and stop before "
+                "it is killed (default 30)",
+            )
     return parser
 
 

@@ -18,6 +18,7 @@ STATE_STYLE = {
     "queued": "cyan",
     "submitted": "cyan",
     "running": "yellow",
+    "cancelling": "yellow",
     "done": "green",
     "failed": "red",
     "diverged": "magenta",
@@ -66,7 +67,8 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
 
 def summary(states: dict[str, CellState]) -> str:
     counts = Counter(s.state for s in states.values())
-    order = ["done", "running", "submitted", "queued", "pending", "failed", "diverged", "cancelled"]
+    order = ["done", "running", "cancelling", "submitted", "queued", "pending", "failed"]
+    order += ["diverged", "cancelled"]
     return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
 
 

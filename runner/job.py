@@ -7,11 +7,14 @@ and the cell's ``run_id``, so the submitter and the job never write the same fil
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,27 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "cancelled"
     return f"exception: {name}: {exc}"[:500]
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this block, whatever disposition was inherited.
+
+    ``runner cancel`` interrupts a cell with SIGINT. A process started from a script's
+    ``cmd &``, ``nohup``, cron or some CI runners inherits SIGINT *ignored*, and Python then
+    leaves it ignored: the cancel would be lost and the cell would train on. So the job
+    installs Python's own handler itself rather than relying on what it inherited. Python
+    sets handlers on the main thread only; elsewhere (never the case under submitit) the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Heartbeat:
@@ -95,6 +119,10 @@ class CellJob:
     commit: str | None = None
 
     def __call__(self) -> dict[str, Any]:
+        with interruptible():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from recipes.contract import RunContext
         from runner.recipe import Recipe
 
@@ -112,6 +140,14 @@ class CellJob:
             "started": started,
             "job_id": _job_id(),
         }
+        if attempt.read("cancel"):
+            # Cancelled between submission and start (a queued SLURM task, a container that
+            # was starting): it never trains.
+            outcome = {**base, "state": "cancelled", "reason": "cancelled", "ended": started}
+            attempt.write("status", {**outcome, "time": time.time()})
+            if record.run_id:
+                _safe_finish(self.tracking_uri, record.run_id, "cancelled", "cancelled")
+            return outcome
         attempt.write("status", {**base, "state": "running", "time": started})
         run_id = None
         with _Heartbeat(attempt) as heartbeat:
@@ -149,10 +185,15 @@ class CellJob:
                 if run_id:
                     _safe_finish(self.tracking_uri, run_id, state, reason)
                 raise
+        state, reason = result.status, result.reason
+        if attempt.read("cancel"):
+            # The cancel arrived as training ended (or its signal was lost): a cancelled
+            # cell never turns done.
+            state, reason = "cancelled", "cancelled"
         outcome = {
             **base,
-            "state": result.status,
-            "reason": result.reason,
+            "state": state,
+            "reason": reason,
             "best_val_dice": result.best_val_dice,
             "best_epoch": result.best_epoch,
             "epochs": result.epochs_completed,
@@ -161,17 +202,12 @@ class CellJob:
             "time": time.time(),
         }
         try:
-            track.finish_run(self.tracking_uri, run_id, result.status, result.reason)
+            track.finish_run(self.tracking_uri, run_id, state, reason)
         except Exception:
             # The server went away: the ledger holds the truth; `runner sync` ends the run.
             write_json_atomic(
                 record.dir / "spool" / "final.json",
-                {
-                    "run_id": run_id,
-                    "state": result.status,
-                    "reason": result.reason,
-                    "time": time.time(),
-                },
+                {"run_id": run_id, "state": state, "reason": reason, "time": time.time()},
             )
         attempt.write("status", outcome)
         return outcome

@@ -34,9 +34,15 @@ from typing import Any
 from runner.cells import Cell
 
 TERMINAL = ("done", "failed", "diverged", "cancelled")
+#: Claimed or submitted, or running (``cancelling``: asked to stop, and a process of it may
+#: still run): a sweep submits none of these again and ``resume`` leaves them alone.
+IN_FLIGHT = ("queued", "submitted", "running", "cancelling")
 #: A running cell on another host whose heartbeat is older than this is presumed lost.
 LOST_AFTER_S = 600.0
-STATES = ("pending", "queued", "submitted", "running", *TERMINAL)
+#: The job rewrites its heartbeat every HEARTBEAT_S (10 s, runner.job); a cancelled cell on
+#: another host (a container, a SLURM node) whose heartbeat is older than this has stopped.
+STOPPED_AFTER_S = 35.0
+STATES = ("pending", *IN_FLIGHT, *TERMINAL)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -200,8 +206,17 @@ class CellRecord:
             out.state = "pending"
         if out.state in TERMINAL:
             return out
-        if last.read("cancel"):
-            out.state, out.reason = "cancelled", "cancelled"
+        cancel = last.read("cancel")
+        if cancel:
+            # Never "cancelled" while a process of the cell may still run: `runner cancel`
+            # marks the request stopped once the job is gone; until then the job's own pid
+            # (here) or heartbeat (elsewhere) says whether it still runs.
+            stopping = out.state == "running" and not cancel.get("stopped")
+            if stopping and status and status.get("host") == socket.gethostname():
+                stopping = not _dead_here(status)
+            elif stopping:
+                stopping = time.time() - (beat.get("time") or 0) < STOPPED_AFTER_S
+            out.state, out.reason = ("cancelling" if stopping else "cancelled"), "cancelled"
         elif monitor:
             out.state, out.reason = "failed", monitor.get("reason", "lost")
         elif out.state == "running" and status and _dead_here(status):

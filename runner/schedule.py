@@ -16,7 +16,7 @@ from runner.cells import Cell
 from runner.errors import RunnerError
 from runner.expand import Expansion
 from runner.job import CellJob
-from runner.ledger import CellState, Ledger
+from runner.ledger import TERMINAL, CellState, Ledger
 from runner.matrix import LoadedMatrix
 from runner.recipe import Recipe
 from runner.validate import plan as validate_plan
@@ -221,5 +221,5 @@ def _check_outcome(plan: Plan, backend: Any, job: CellJob, sj: Any) -> None:
     """A job that ended without a terminal status (killed, crashed) is recorded as lost."""
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
     status = attempt.read("status") or {}
-    if status.get("state") not in ("done", "failed", "diverged"):
+    if status.get("state") not in TERMINAL:
         attempt.write("monitor", {"reason": backend.end_reason(sj), "time": time.time()})

@@ -9,9 +9,8 @@ from collections.abc import Iterable
 
 from runner.cells import Cell
 from runner.errors import RunnerError, did_you_mean, format_choices
-from runner.ledger import CellState
+from runner.ledger import IN_FLIGHT, CellState
 
-IN_FLIGHT = ("queued", "submitted", "running")
 #: Reason kinds a failed cell can have (the text before the first ':' of its reason).
 REASON_KINDS = (
     "exception",

@@ -8,17 +8,15 @@ and recording it, so an attempt never opens a second run for the same cell.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recipes.contract import redact, store_init_lock
 from runner.errors import RunnerError
 
 if TYPE_CHECKING:
@@ -64,28 +62,10 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialize first use of a local sqlite store: MLflow creates and migrates its tables on
-    first use, and two sweeps doing that at once collide. (sqlite stores are local files;
-    on NFS use a tracking server.)"""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The experiment id for ``name``, created if needed (artifacts beside a local store)."""
     try:
-        with _store_lock(uri):
+        with store_init_lock(uri):
             return _ensure_experiment(uri, name, artifact_root)
     except Exception as exc:  # MLflow, SQLAlchemy and OS errors alike: the store is unusable
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -135,14 +115,7 @@ def cell_tags(
         "runner.executor": executor,
         "runner.host": socket.gethostname(),
     }
-    from recipes.components.training.mlflow_logging import REDACTED, SECRET_KEY
-
-    tags.update(
-        {
-            f"{AXIS_PREFIX}{k}": REDACTED if SECRET_KEY.search(k) else str(v)
-            for k, v in values.items()
-        }
-    )
+    tags.update({f"{AXIS_PREFIX}{k}": redact(k, str(v)) for k, v in values.items()})
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags

@@ -4,6 +4,7 @@ and a real ``mlflow server`` on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,41 @@ TINY = [
     "training.patch_size=[16,16,16]",
     "training.num_threads=1",
 ]
+
+
+#: How a process is started: from a terminal (default dispositions), or the way a script's
+#: ``cmd &``, nohup, cron or a CI runner starts it: SIGINT ignored, inherited by every child.
+STARTS = ["terminal", "sigint_ignored"]
+
+
+def start_as(how: str) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that starts a child as ``how`` (one of STARTS)."""
+    if how == "terminal":
+        return None
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return ignore_sigint
+
+
+def processes_of(root_pid: int) -> list[int]:
+    """``root_pid`` and every live process below it (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] != "Z":
+                parents[int(entry.name)] = int(stat[1])
+    out = [root_pid] if root_pid in parents else []
+    frontier = [root_pid]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        out.extend(frontier)
+    return out
 
 
 def make_tiny_dataset(root: Path) -> Path:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from mlflow import MlflowClient
 from runner.cli import main
 from runner.ledger import pid_alive
 from runner.schedule import Plan, make_plan
-from tests.e2e import make_tiny_dataset, matrix_text, wait_for
+from tests.e2e import STARTS, make_tiny_dataset, matrix_text, processes_of, start_as, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +45,25 @@ def _matrix(project: Path, data: Path, name: str, epochs: int) -> Path:
     return path
 
 
-def _hand_off(path: Path, capsys: pytest.CaptureFixture[str]) -> int:
-    """Run `runner sweep --no-wait`; return the background scheduler's pid."""
+def _hand_off(path: Path, capsys: pytest.CaptureFixture[str], start_as_: str = "terminal") -> int:
+    """Run `runner sweep --no-wait` (here, or in a child started as ``start_as_``); return the
+    background scheduler's pid."""
     start = time.monotonic()
-    assert main(["sweep", "--no-wait", str(path)]) == 0
-    out = capsys.readouterr().out
+    if start_as_ == "terminal":
+        assert main(["sweep", "--no-wait", str(path)]) == 0
+        out = capsys.readouterr().out
+    else:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", "sweep", "--no-wait", str(path)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=start_as(start_as_),
+            timeout=300,
+            check=False,
+        )
+        out = done.stdout
+        assert done.returncode == 0, done.stdout + done.stderr
     assert "handed 3 cells to a background scheduler" in out, out
     # It returns once the cells are claimed, long before three of them could train.
     assert time.monotonic() - start < 60
@@ -119,16 +135,26 @@ def test_a_killed_scheduler_leaves_its_queue_pending_and_nothing_runs_twice(
     assert len(_runs(project, "bgkill")) == 3
 
 
+@pytest.mark.parametrize("start", STARTS)
 def test_cancel_empties_the_background_queue(
-    project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], start: str
 ) -> None:
-    path = _matrix(project, tiny_data, "bgcancel", epochs=200)
+    path = _matrix(project, tiny_data, f"bgcancel_{start}", epochs=200)
     plan = make_plan(path)
-    pid = _hand_off(path, capsys)
-    wait_for(lambda: "running" in _states(plan), 120, "the first cell to run")
+    pid = _hand_off(path, capsys, start)
+
+    def training() -> list[Any]:
+        return [c for c in plan.cells if plan.ledger.cell(c.id).state().progress.get("epoch")]
+
+    wait_for(training, 120, "the first cell to train an epoch")
+    (running,) = training()
+    cell_pid = int((plan.ledger.cell(running.id).attempt(1).read("status") or {})["pid"])
     assert main(["cancel", str(path)]) == 0
     assert "cancelled 3 cells (1 running jobs signalled)" in capsys.readouterr().out
+    assert processes_of(cell_pid) == []  # stopped by the time cancel returns
     wait_for(lambda: not pid_alive(pid), 60, "the scheduler to exit")
     assert _states(plan) == ["cancelled"] * 3
     started = [c.id for c in plan.cells if plan.ledger.cell(c.id).attempt(1).read("job")]
     assert len(started) == 1  # the queued two were never started
+    (run,) = _runs(project, f"bgcancel_{start}")
+    assert run.info.status == "KILLED" and run.data.tags["runner.state"] == "cancelled"

@@ -28,7 +28,7 @@ import pytest
 
 from runner.ledger import pid_alive
 from runner.schedule import make_plan
-from tests.e2e import make_tiny_dataset, matrix_text, mlflow_server, wait_for
+from tests.e2e import STARTS, make_tiny_dataset, matrix_text, mlflow_server, start_as, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -182,7 +182,7 @@ class _Sweep:
 
 
 @contextmanager
-def _sweep_until_an_epoch(path: Path, project: Path) -> Iterator[_Sweep]:
+def _sweep_until_an_epoch(path: Path, project: Path, start: str = "terminal") -> Iterator[_Sweep]:
     """Run ``runner sweep`` in its own process (so that this one can kill or cancel the
     container, or restart the engine, meanwhile) until the only cell has trained an epoch,
     so that a resume has a checkpoint; the sweep's output is read when the block ends."""
@@ -194,7 +194,9 @@ def _sweep_until_an_epoch(path: Path, project: Path) -> Iterator[_Sweep]:
         env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=start_as(start),
     )
     try:
         (cell,) = make_plan(path, project).cells
@@ -371,20 +373,25 @@ def test_release_removes_anonymous_volumes(engine: Any, tmp_path: Path) -> None:
         engine.images.remove(tag, force=True)
 
 
+@pytest.mark.parametrize("start", STARTS)
 def test_runner_cancel_interrupts_the_container(
-    engine: Any, project: Path, tiny_data: Path
+    engine: Any, project: Path, tiny_data: Path, start: str
 ) -> None:
     """`runner cancel` sends SIGINT through docker-init: the cell records itself cancelled
-    and closes its MLflow run as KILLED; the container is removed."""
+    and closes its MLflow run as KILLED; the container is removed. The same when the sweep
+    was started with SIGINT ignored."""
     from mlflow import MlflowClient
 
     from runner.cli import main
     from runner.schedule import make_plan
 
     path = _long_matrix("docker_cancel", project, tiny_data)
-    with _sweep_until_an_epoch(path, project) as sweep:
+    with _sweep_until_an_epoch(path, project, start) as sweep:
         attempt, container_id = sweep.attempt, sweep.container_id
         assert main(["cancel", str(path)]) == 0
+        # Stopped by the time cancel returns (or already removed by the sweep).
+        running = [c for c in engine.containers.list() if c.id.startswith(container_id)]
+        assert running == []
     status = attempt.read("status") or {}
     assert status.get("state") == "cancelled" and status["job_id"] == container_id, status
     (state,) = make_plan(path, project).states().values()

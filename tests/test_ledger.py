@@ -155,7 +155,8 @@ def test_secret_looking_values_are_never_logged() -> None:
     """Params and tags redact values under keys that look like credentials."""
     from omegaconf import OmegaConf
 
-    from recipes.components.training.mlflow_logging import REDACTED, flatten_config
+    from recipes.components.training.mlflow_logging import flatten_config
+    from recipes.contract import REDACTED
     from runner.track import cell_tags
 
     cfg = OmegaConf.create(

@@ -13,9 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from runner.cli import main
+from runner.ledger import pid_alive
 from runner.schedule import make_plan
 from tests.conftest import ROOT
-from tests.e2e import make_tiny_dataset, matrix_text, wait_for
+from tests.e2e import STARTS, make_tiny_dataset, matrix_text, processes_of, start_as, wait_for
 
 pytestmark = pytest.mark.slow
 # ~150 steps an epoch: slow enough to be killed in the middle of one.
@@ -35,15 +36,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
-def _runner(cwd: Path, *args: str) -> subprocess.Popen[str]:
+def _runner(cwd: Path, *args: str, start: str = "terminal") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        preexec_fn=start_as(start),
     )
 
 
@@ -142,12 +145,16 @@ def test_out_of_memory_cell_gets_reason_oom(project: Path, tiny_data: Path, caps
     assert "did you mean 'oom'?" in capsys.readouterr().err
 
 
-def test_cancel_a_running_cell(project: Path, tiny_data: Path, capsys) -> None:
+@pytest.mark.parametrize("start", STARTS)
+def test_cancel_a_running_cell(project: Path, tiny_data: Path, capsys, start: str) -> None:
+    """Started from a terminal or with SIGINT ignored (a script's `&`, nohup, cron, CI):
+    `runner cancel` returns once the cell's processes are gone, the cell reads cancelled,
+    its MLflow run is KILLED and the sweep ends."""
     uri = f"sqlite:///{project / 'mlruns.db'}"
-    path = project / "long.yaml"
+    path = project / f"long_{start}.yaml"
     path.write_text(
         matrix_text(
-            "long",
+            f"long_{start}",
             tiny_data,
             "  model: [unet]",
             "{kind: local, slots: 1}",
@@ -157,17 +164,22 @@ def test_cancel_a_running_cell(project: Path, tiny_data: Path, capsys) -> None:
     )
     plan = make_plan(path)
     record = plan.ledger.cell(plan.cells[0].id)
-    sweep = _runner(project, "sweep", str(path))
+    sweep = _runner(project, "sweep", str(path), start=start)
     wait_for(
         lambda: record.state().state == "running" and record.state().progress.get("epoch"),
         120,
         "the cell to run",
     )
+    cell_pid = int((record.attempt(1).read("status") or {})["pid"])
     assert main(["resume", "--cells", plan.cells[0].id[:6], str(path)]) == 2
     assert "is running" in capsys.readouterr().err  # never double-submitted
     assert main(["cancel", str(path)]) == 0
     assert "cancelled 1 cells (1 running jobs signalled)" in capsys.readouterr().out
+    # Gone by the time cancel returns: the cell process and its children.
+    assert not pid_alive(cell_pid) and processes_of(cell_pid) == []
+    assert record.state().state == "cancelled"
     out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode is not None
     assert record.state().state == "cancelled", out
     status = record.attempt(1).read("status") or {}
     assert status.get("state") == "cancelled"

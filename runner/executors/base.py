@@ -54,8 +54,16 @@ class Backend(ABC):
         )
 
     def cancel(self, job_ids: list[str]) -> list[str]:
-        """Stop these jobs; return the ids it could signal. Default: nothing to stop."""
+        """Ask these jobs to stop (SIGINT: the cell checkpoints, records itself cancelled and
+        ends its MLflow run as KILLED); return the ids it could signal. Default: nothing."""
         return []
+
+    def alive(self, job_ids: list[str]) -> list[str]:
+        """Those of these jobs of which a process still runs. Default: none known."""
+        return []
+
+    def kill(self, job_ids: list[str]) -> None:  # noqa: B027 - optional hook
+        """Stop these jobs now, every process of them (after ``cancel``'s grace period)."""
 
     def release(self, job: submitit.Job[Any]) -> None:  # noqa: B027 - optional hook
         """Give back what ``submit`` reserved for this job (a GPU, a slot)."""

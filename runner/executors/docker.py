@@ -317,23 +317,47 @@ class DockerBackend(Backend):
         )
 
     def cancel(self, job_ids: list[str]) -> list[str]:
-        """Interrupt these cells' containers (SIGINT, see DockerJob.cancel); only containers
-        that this backend started (label), never another of the engine's."""
-        stopped: list[str] = []
+        """Interrupt these cells' containers (SIGINT, see DockerJob.cancel)."""
+        return self._signal(job_ids, "SIGINT")
+
+    def alive(self, job_ids: list[str]) -> list[str]:
+        """Containers of ours that still run; all of them while the engine can't answer."""
+        try:
+            api = client().api
+        except UNREACHABLE:
+            return list(job_ids)
+        running = []
+        for job_id in job_ids:
+            try:
+                if api.inspect_container(job_id)["State"]["Running"]:
+                    running.append(job_id)
+            except docker.errors.NotFound:
+                continue
+            except UNREACHABLE:
+                running.append(job_id)
+        return running
+
+    def kill(self, job_ids: list[str]) -> None:
+        self._signal(job_ids, "SIGKILL")
+
+    def _signal(self, job_ids: list[str], sig: str) -> list[str]:
+        """Send ``sig`` to these containers; only containers that this backend started
+        (label), never another of the engine's. Returns those it reached."""
+        reached: list[str] = []
         try:
             api = client().api
         except UNREACHABLE:  # no engine: cancel.json is written; nothing to signal now
-            return stopped
+            return reached
         for job_id in job_ids:
             try:
                 attrs = api.inspect_container(job_id)
                 if attrs["Config"]["Labels"].get(LABEL) != "docker":
                     continue
-                api.kill(job_id, signal="SIGINT")
+                api.kill(job_id, signal=sig)
             except UNREACHABLE:  # unknown, not running any more, or no engine
                 continue
-            stopped.append(job_id)
-        return stopped
+            reached.append(job_id)
+        return reached
 
     def release(self, job: submitit.Job[Any]) -> None:
         """Give the GPU back; remove the ended container (its logs are in the submitit

@@ -78,27 +78,59 @@ class LocalBackend(Backend):
     def cancel(self, job_ids: list[str]) -> list[str]:
         """Interrupt each job's task processes (SIGINT): the cell then records itself as
         cancelled and closes its MLflow run as KILLED before it exits, and submitit's
-        controller, seeing its task end, ends too. Signalling the controller instead would
-        SIGKILL the task one second later, before it could record anything."""
+        controller, seeing its task end, ends too. The job id is the pid of the shell that
+        runs the controller; neither is signalled: the controller would forward SIGINT and
+        SIGKILL the task one second later (and ignores it when started with SIGINT ignored)."""
         stopped = []
         for job_id in job_ids:
-            pid = int(job_id) if job_id.isdigit() else 0
-            try:  # only a pid that still is a submitit controller, never a recycled one
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
+            if not _is_controller(job_id):
                 continue
-            if b"submitit.local._local" not in cmdline:
-                continue
-            for child in _children(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGINT)
+            for pid in _descendants(int(job_id)):
+                if _cmdline_has(pid, b"submitit.core._submit"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGINT)
             stopped.append(job_id)
         return stopped
+
+    def alive(self, job_ids: list[str]) -> list[str]:
+        return [j for j in job_ids if _is_controller(j)]
+
+    def kill(self, job_ids: list[str]) -> None:
+        """SIGKILL every process under each controller (the tasks and their DataLoader
+        workers), deepest first; the controller then sees its task end and exits."""
+        for job_id in job_ids:
+            if not _is_controller(job_id):
+                continue
+            for pid in reversed(_descendants(int(job_id))):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def release(self, job: submitit.Job[Any]) -> None:
         gpu = self.gpu_of.pop(job.job_id, None)
         if gpu is not None:
             self.free_gpus.append(gpu)
+
+
+def _cmdline_has(pid: int, text: bytes) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _is_controller(job_id: str) -> bool:
+    """Whether ``job_id`` (a pid) still runs a submitit controller, never a recycled pid."""
+    return job_id.isdigit() and _cmdline_has(int(job_id), b"submitit.local._local")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before their children."""
+    out, frontier = [], [pid]
+    while frontier:
+        children = [c for p in frontier for c in _children(p)]
+        out.extend(children)
+        frontier = children
+    return out
 
 
 def _children(pid: int) -> list[int]:

@@ -32,7 +32,12 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from runner.executors.base import Backend
-from runner.executors.slurm_cluster_info import max_array_size, query_states, show_config
+from runner.executors.slurm_cluster_info import (
+    live_jobs,
+    max_array_size,
+    query_states,
+    show_config,
+)
 from runner.executors.slurm_options import SlurmExecutorOptions
 from runner.job import CellJob
 from runner.ledger import CellRecord
@@ -245,25 +250,43 @@ class SlurmBackend(Backend):
         return cell
 
     def cancel(self, job_ids: list[str]) -> list[str]:
-        """scancel these jobs in one call; return those it did not refuse (unknown, no answer)."""
+        """Remove the pending ones and interrupt the running ones (SIGINT to the job steps,
+        which the cell handles like a local cancel); return those SLURM did not refuse.
+        ``kill`` then ends what still runs after the grace period."""
         if not job_ids:
             return []
-        try:
-            out = subprocess.run(
-                ["scancel", "--verbose", *job_ids],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
+        # Pending tasks can't be signalled, only removed; running ones are signalled.
+        refused_pending = _scancel(["--state=PENDING"], job_ids)
+        refused_running = _scancel(["--signal=INT", "--state=RUNNING"], job_ids)
+        if refused_pending is None or refused_running is None:
             return []
-        # Only --verbose names the ids it could not kill when given several:
-        # "scancel: error: Kill job error on job id 12_3: Invalid job id specified"
-        refused = set(re.findall(r"job id (\S+?):", out.stderr))
-        return [j for j in job_ids if j not in refused]
+        return [j for j in job_ids if not (j in refused_pending and j in refused_running)]
+
+    def alive(self, job_ids: list[str]) -> list[str]:
+        return live_jobs(job_ids)
+
+    def kill(self, job_ids: list[str]) -> None:
+        _scancel(["--signal=KILL", "--full"], job_ids)
+        _scancel([], job_ids)
 
     def end_reason(self, job: submitit.Job[Any]) -> str:
         # submitit's cached state can be stale; ask SLURM once more for the message.
         states, _ = query_states([str(job.job_id)])
         return f"{super().end_reason(job)}; SLURM state {states.get(str(job.job_id))}"
+
+
+def _scancel(args: list[str], job_ids: list[str]) -> set[str] | None:
+    """scancel these jobs in one call; the ids it refused, or None when it could not run."""
+    try:
+        out = subprocess.run(
+            ["scancel", "--verbose", *args, *job_ids],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # Only --verbose names the ids it could not act on when given several:
+    # "scancel: error: Kill job error on job id 12_3: Invalid job id specified"
+    return set(re.findall(r"job id (\S+?):", out.stderr))

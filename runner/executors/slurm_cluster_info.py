@@ -104,6 +104,34 @@ def _sacct(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | No
     return _parse(out.stdout), None
 
 
+#: squeue states of a job some process of which may still run (or is about to).
+LIVE_STATES = (
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+)
+
+
+def live_jobs(job_ids: list[str], timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
+    """Those of ``job_ids`` the controller still has queued or running (one squeue call).
+    When squeue can't answer, all of them: nothing is presumed gone that may still run."""
+    if not job_ids:
+        return []
+    live, problem = _squeue(_bases(job_ids), timeout_s)
+    if problem:
+        return list(job_ids)
+    return [j for j in job_ids if live.get(j, "").startswith(LIVE_STATES)]
+
+
 def query_states(
     job_ids: list[str], timeout_s: float = CALL_TIMEOUT_S
 ) -> tuple[dict[str, str], str | None]:

@@ -7,7 +7,6 @@ anything else in the process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -16,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
@@ -28,26 +26,7 @@ from mlflow.utils.validation import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-
-def _schema_lock(tracking_uri: str) -> contextlib.AbstractContextManager[object]:
-    """Serialise first use of a sqlite store across processes.
-
-    MLflow creates and migrates the sqlite schema on first connection; two standalone runs
-    doing it at once corrupt the file ("table _alembic_tmp_... already exists").
-    """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(f"{db}.lock")
-    return contextlib.nullcontext()
-
-
-# Keys whose values must never reach a tracking server (a config may pull them from the
-# environment with ${oc.env:...}): their values are logged as REDACTED.
-SECRET_KEY = re.compile(
-    r"(token|passw|secret|api_?key|access_?key|private_?key|credential)", re.IGNORECASE
-)
-REDACTED = "***redacted***"
+from recipes.contract import SPOOL_METRICS, SPOOL_TAGS, redact, store_init_lock
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
@@ -64,15 +43,11 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
-            value = REDACTED if SECRET_KEY.search(prefix) else str(node)
+            value = redact(prefix, str(node))
             flat[prefix[:MAX_ENTITY_KEY_LENGTH]] = value[:MAX_PARAM_VAL_LENGTH]
 
     walk(tree, "")
     return flat
-
-
-SPOOL_METRICS = "metrics.jsonl"
-SPOOL_TAGS = "tags.jsonl"
 
 
 def _append(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -121,7 +96,7 @@ class RunLogger:
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, run_name: str | None = None) -> RunLogger:
         """Create a run of ``experiment`` (created if missing) for a standalone recipe run."""
-        with _schema_lock(tracking_uri):
+        with store_init_lock(tracking_uri):
             client = MlflowClient(tracking_uri=tracking_uri)
             found = client.get_experiment_by_name(experiment)
             exp_id = found.experiment_id if found else client.create_experiment(experiment)
