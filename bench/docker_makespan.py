@@ -1,6 +1,6 @@
 """Scheduling in containers: the makespan of 12 cells of mixed lengths (1 to 4 epochs) on 3
 slots with the docker executor (``cpu_slots: 3``, one container per cell), through the
-runner's own queue (``runner.schedule.submit(wait=True)``, what ``runner sweep --wait``
+runner's own queue (``runner.sweep.submit.submit(wait=True)``, what ``runner sweep --wait``
 runs), against the ideal Σ durations / 3 of the same cells' own recorded run times.
 
 Two reference points separate the causes of the gap: the ideal (perfect packing, no
@@ -50,7 +50,7 @@ def handoffs(frees: list[float], submits: list[float], slots: int) -> list[float
 def _container_exits(since: float) -> dict[str, float]:
     """Short container id -> when it exited, from the engine's event log (read after the
     sweep, so that nothing is added to the path being measured)."""
-    from runner.executors.docker import client
+    from runner.executors.docker.backend import client
 
     events = client().events(
         since=int(since),
@@ -87,7 +87,8 @@ def _matrix(root: Path, data: Path, n: int) -> str:
 
 def _measure(opts: Options) -> Outcome:
     from recipes.components.data.demo_data import ensure_demo_dataset
-    from runner.schedule import make_plan, submit
+    from runner.plan import make_plan
+    from runner.sweep.submit import submit
 
     n = 6 if opts.quick else 12
     old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")

@@ -32,7 +32,7 @@ def _noop() -> float:
 def _docker_seconds(folder: Path, n: int) -> list[float]:
     import docker
 
-    from runner.executors.docker import DockerExecutor, client
+    from runner.executors.docker.backend import DockerExecutor, client
 
     executor = DockerExecutor(folder, sys.executable)
     volumes = {m: {"bind": m, "mode": "ro"} for m in venv_mounts()}

@@ -1,5 +1,5 @@
 """Scheduling: the makespan of 12 cells of mixed lengths on 3 slots against the ideal
-Σ durations / 3, through the runner's own queue (``runner.schedule.submit``), the loop that
+Σ durations / 3, through the runner's own queue (``runner.sweep.submit.submit``), the loop that
 the local and docker executors share. Durations are each cell's measured run time (from the
 ledger), so the ratio isolates scheduling: idle slots, start gaps, polling.
 """
@@ -33,7 +33,8 @@ def mixed_cells(n: int, data: Path) -> tuple[str, list[str]]:
 
 def run(opts: Options) -> Outcome:
     from recipes.components.data.demo_data import ensure_demo_dataset
-    from runner.schedule import make_plan, submit
+    from runner.plan import make_plan
+    from runner.sweep.submit import submit
 
     with tempfile.TemporaryDirectory(prefix="bench-makespan-") as tmp:
         root = Path(tmp)

@@ -35,11 +35,11 @@ def matrix_yaml(seeds: int) -> str:
 
 
 def time_plan(path: Path) -> tuple[float, int]:
-    from runner.matrix import load_matrix
-    from runner.validate import plan
+    from runner.matrix.load import load_matrix
+    from runner.matrix.validate import validate_matrix
 
     start = time.perf_counter()
-    _, expansion = plan(load_matrix(path))
+    _, expansion = validate_matrix(load_matrix(path))
     return time.perf_counter() - start, len(expansion.cells)
 
 
@@ -73,8 +73,8 @@ def hydra_compose_per_cell(path: Path, limit: int) -> float:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.expand import expand
-    from runner.matrix import load_matrix
+    from runner.matrix.expand import expand
+    from runner.matrix.load import load_matrix
     from runner.recipe import Recipe
 
     m = load_matrix(path)

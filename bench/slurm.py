@@ -53,9 +53,9 @@ def run(opts: Options) -> Outcome:
         return Outcome([row])
     import submitit
 
-    from runner.executors.slurm import SlurmBackend
-    from runner.executors.slurm_cluster_info import query_states
-    from runner.executors.slurm_options import SlurmExecutorOptions
+    from runner.executors.slurm.backend import SlurmBackend
+    from runner.executors.slurm.cluster import query_states
+    from runner.executors.slurm.options import SlurmExecutorOptions
 
     n = 200 if opts.quick else 1000
     options = SlurmExecutorOptions(

@@ -27,15 +27,15 @@ FLOOR = ("interpreter start", "import torch", "import mlflow", "import monai")
 
 
 def prepare(work: Path, cells: int) -> list[dict[str, Any]]:
-    """What ``runner.schedule.submit`` leaves for each of ``cells`` cells: one store and
+    """What ``runner.sweep.submit.submit`` leaves for each of ``cells`` cells: one store and
     experiment for the sweep, then per cell a claimed attempt in the ledger."""
-    from runner import track
-    from runner.cells import cell_id
+    from runner import tracking
     from runner.job import CellJob
     from runner.ledger import Ledger
+    from runner.matrix.cells import cell_id
 
     uri = f"sqlite:///{work / 'mlruns.db'}"
-    exp = track.ensure_experiment(uri, "bench-start", work / "mlartifacts")
+    exp = tracking.ensure_experiment(uri, "bench-start", work / "mlartifacts")
     ledger = Ledger(work / "sweeps", "bench-start")
     overrides = recipe_overrides()
     jobs = []

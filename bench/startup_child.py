@@ -60,17 +60,17 @@ def main() -> None:
     from hydra import compose, initialize_config_dir  # noqa: F401
 
     mark("import hydra")
-    from recipes.components import mlflow_logging
+    from recipes.components.training import mlflow_logging
     from recipes.segmentation import train as train_module
-    from runner import track
+    from runner import tracking
     from runner.job import CellJob
     from runner.recipe import Recipe
 
     mark("import recipe + runner (MONAI networks/transforms, ...)")
 
     mlflow_run = "MLflow: open store, find/create the cell's run"
-    wrap(track, "find_run", mlflow_run)
-    wrap(track, "start_cell_run", mlflow_run)
+    wrap(tracking, "find_run", mlflow_run)
+    wrap(tracking, "start_cell_run", mlflow_run)
     wrap(Recipe, "compose", "compose config (Hydra)")
     wrap(train_module, "build_data", "data: read + normalise + cache volumes")
     wrap(train_module, "build_model", "model build (+ CUDA init on GPU)")

@@ -60,7 +60,7 @@ def _logger_class(stats: dict[str, Any]) -> type:
 def run(opts: Options) -> Outcome:
     from recipes.contract import RunContext
     from recipes.segmentation import train as train_module
-    from runner import track
+    from runner import tracking
     from runner.recipe import Recipe
 
     pairs = 1 if opts.quick else 3
@@ -82,9 +82,9 @@ def run(opts: Options) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlruns.db'}"
         # Once per sweep, not per cell: creating the store's tables and the experiment.
-        exp = track.ensure_experiment(uri, "bench", Path(tmp) / "mlartifacts")
+        exp = tracking.ensure_experiment(uri, "bench", Path(tmp) / "mlartifacts")
         start = time.perf_counter()
-        run_id = track.start_cell_run(uri, exp, "bench-cell", {"runner.cell_id": "bench"})
+        run_id = tracking.start_cell_run(uri, exp, "bench-cell", {"runner.cell_id": "bench"})
         stats["fixed_s"]["run_creation"] = time.perf_counter() - start
         ctx = RunContext(uri, run_id, Path(tmp) / "ckpt", progress)
         with mock.patch.object(train_module, "RunLogger", _logger_class(stats)):
@@ -92,7 +92,7 @@ def run(opts: Options) -> Outcome:
             train_module.train(cfg, ctx)
             stats["train_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        track.finish_run(uri, run_id, "done")
+        tracking.finish_run(uri, run_id, "done")
         stats["fixed_s"]["finish_run"] = time.perf_counter() - start
 
     deltas = [b - a for a, b in itertools.pairwise(stamps)]  # epochs 2..E

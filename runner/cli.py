@@ -30,7 +30,7 @@ err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _plan(args: argparse.Namespace) -> Any:
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     plan = make_plan(args.matrix)
     for w in plan.expansion.warnings:
@@ -40,12 +40,12 @@ def _plan(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner.display import cell_table, summary
+    from runner.sweep.progress import cell_table, summary
 
     plan = _plan(args)
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     if fmt in ("json", "parquet"):
-        from runner.table import rows, write_parquet
+        from runner.report.tables import rows, write_parquet
 
         if fmt == "parquet":
             out = Path(args.output or f"{plan.matrix.spec.name}_cells.parquet")
@@ -74,7 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print(f"{len(plan.cells)} cells: {summary(states)}")
     if spec.executor.kind == "slurm":
         _slurm_summary(states)
-    from runner.background import running_scheduler
+    from runner.sweep.background import running_scheduler
 
     if sched := running_scheduler(plan):
         console.print(f"background scheduler: pid {sched['pid']}, log {sched['log']}")
@@ -85,7 +85,7 @@ def _slurm_summary(states: dict[str, Any]) -> None:
     """What SLURM itself says of the matrix's jobs: one squeue and one sacct call in all."""
     from collections import Counter
 
-    from runner.executors.slurm_cluster_info import query_states
+    from runner.executors.slurm.cluster import query_states
 
     ids = [s.job_id for s in states.values() if s.job_id and s.state in ("submitted", "running")]
     if not ids:
@@ -99,8 +99,8 @@ def _slurm_summary(states: dict[str, Any]) -> None:
 
 
 def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
-    from runner.display import LiveProgress, summary
-    from runner.schedule import submit
+    from runner.sweep.progress import LiveProgress, summary
+    from runner.sweep.submit import submit
 
     plan = _plan(args)
     spec = plan.matrix.spec
@@ -156,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from runner.select import for_resume, parse_list
+    from runner.sweep.selection import for_resume, parse_list
 
     only, ids = parse_list(args.only), parse_list(args.cells)
     if args.cells is not None and not ids:
@@ -165,8 +165,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from runner.cancel import cancel
-    from runner.select import parse_list
+    from runner.sweep.cancel import cancel
+    from runner.sweep.selection import parse_list
 
     plan = _plan(args)
     if args.grace < 0:
@@ -193,15 +193,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from runner import report_publish
-    from runner.report import fmt
+    from runner.report import publish
+    from runner.report.stats import fmt
 
     plan = _plan(args)
-    report, groups = report_publish.build(plan, args.baseline)
+    report, groups = publish.build(plan, args.baseline)
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
-    report.files = report_publish.write(report, groups, out_dir, args.format)
+    report.files = publish.write(report, groups, out_dir, args.format)
     if not args.no_mlflow and report.groups:
-        report.summary_run_id = report_publish.log_summary(plan, report)
+        report.summary_run_id = publish.log_summary(plan, report)
     if args.format == "json":
         print((out_dir / "report.json").read_text())
     elif args.format == "csv":
@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from runner.sync import sync
+    from runner.sweep.sync import sync
 
     plan = _plan(args)
     out = sync(plan)

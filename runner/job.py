@@ -8,6 +8,7 @@ and the cell's ``run_id``, so the submitter and the job never write the same fil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -17,12 +18,14 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from runner import track
+from runner import tracking
 from runner.ledger import Attempt, CellRecord, write_json_atomic
 
 HEARTBEAT_S = 10.0
+
+J = TypeVar("J", bound="CellJob")
 
 
 class CellLost(BaseException):
@@ -118,6 +121,10 @@ class CellJob:
     workdir: str
     commit: str | None = None
 
+    def recast(self, cls: type[J]) -> J:
+        """This payload as ``cls``, a backend's own job type (a subclass), field for field."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
     def __call__(self) -> dict[str, Any]:
         with interruptible():
             return self._run()
@@ -138,7 +145,7 @@ class CellJob:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": started,
-            "job_id": _job_id(),
+            "job_id": current_job_id(),
         }
         if attempt.read("cancel"):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -202,7 +209,7 @@ class CellJob:
             "time": time.time(),
         }
         try:
-            track.finish_run(self.tracking_uri, run_id, state, reason)
+            tracking.finish_run(self.tracking_uri, run_id, state, reason)
         except Exception:
             # The server went away: the ledger holds the truth; `runner sync` ends the run.
             write_json_atomic(
@@ -213,19 +220,23 @@ class CellJob:
         return outcome
 
     def _ensure_run(self, record: CellRecord) -> str:
-        tags = track.cell_tags(self.matrix, self.cell_id, self.values, self.executor, self.commit)
-        run_id = record.run_id or track.find_run(
+        tags = tracking.cell_tags(
+            self.matrix, self.cell_id, self.values, self.executor, self.commit
+        )
+        run_id = record.run_id or tracking.find_run(
             self.tracking_uri, self.experiment_id, self.cell_id
         )
         if run_id:
             record.set_run_id(run_id)
-            track.reopen_run(self.tracking_uri, run_id, tags)
+            tracking.reopen_run(self.tracking_uri, run_id, tags)
             return run_id
-        run_id = track.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
+        run_id = tracking.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
         return record.set_run_id(run_id)
 
 
-def _job_id() -> str | None:
+def current_job_id() -> str | None:
+    """The executor's id of the job this process runs in (``123_4`` for a SLURM array task),
+    as the ledger and ``squeue`` write it."""
     for var in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID"):
         if os.environ.get(var):
             task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -240,6 +251,6 @@ def _job_id() -> str | None:
 def _safe_finish(uri: str, run_id: str, state: str, reason: str) -> None:
     """Best effort: the ledger already holds the truth if the tracking store is down."""
     try:
-        track.finish_run(uri, run_id, state, reason)
+        tracking.finish_run(uri, run_id, state, reason)
     except Exception:
         traceback.print_exc()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.cells import Cell
+from runner.matrix.cells import Cell
 
 TERMINAL = ("done", "failed", "diverged", "cancelled")
 #: Claimed or submitted, or running (``cancelling``: asked to stop, and a process of it may

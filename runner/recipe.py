@@ -8,7 +8,7 @@ Composition uses Hydra's compose API, so a cell's config is exactly what
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,11 +21,38 @@ from runner.errors import RunnerError, did_you_mean, format_choices
 
 
 def available_recipes() -> list[str]:
+    """The packages under ``recipes/`` that are recipes: a ``conf/`` and a ``train`` module
+    (see ``recipes/__init__.py``); shared building blocks (``components``) have neither."""
     import recipes
 
+    root = Path(recipes.__file__).parent
     return sorted(
-        m.name for m in pkgutil.iter_modules(recipes.__path__) if m.ispkg and m.name != "components"
+        p.name
+        for p in root.iterdir()
+        if (p / "__init__.py").is_file() and (p / "conf").is_dir() and (p / "train.py").is_file()
     )
+
+
+def _search_dirs(config_dir: Path, config_name: str) -> list[Path]:
+    """The primary config's directory, then those of its ``hydra.searchpath`` (a recipe may
+    take groups such as ``data`` from another recipe's conf), as Hydra composes them."""
+    import yaml
+
+    dirs = [config_dir]
+    try:
+        primary = yaml.safe_load((config_dir / f"{config_name}.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return dirs
+    for entry in (primary.get("hydra") or {}).get("searchpath") or []:
+        entry = str(entry)
+        if entry.startswith("pkg://"):
+            spec = importlib.util.find_spec(entry.removeprefix("pkg://"))
+            locations = list(spec.submodule_search_locations or []) if spec else []
+            dirs += [Path(loc) for loc in locations]
+        elif entry.startswith("file://"):
+            path = Path(entry.removeprefix("file://"))
+            dirs.append(path if path.is_absolute() else config_dir / path)
+    return dirs
 
 
 class UnknownRecipe(RunnerError):
@@ -52,13 +79,14 @@ class Recipe:
 
     @cached_property
     def groups(self) -> dict[str, list[str]]:
-        """Config group -> its choices (one YAML file each)."""
-        out: dict[str, list[str]] = {}
-        for sub in sorted(p for p in self.config_dir.iterdir() if p.is_dir()):
-            choices = sorted(f.stem for f in sub.glob("*.yaml"))
-            if choices:
-                out[sub.name] = choices
-        return out
+        """Config group -> its choices (one YAML file each), over the search path."""
+        found: dict[str, set[str]] = {}
+        for root in _search_dirs(self.config_dir, self.config_name):
+            for sub in (p for p in root.iterdir() if p.is_dir()):
+                choices = {f.stem for f in sub.glob("*.yaml")}
+                if choices:
+                    found.setdefault(sub.name, set()).update(choices)
+        return {group: sorted(found[group]) for group in sorted(found)}
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         """The composed config for these overrides (raises Hydra's errors as they are)."""

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from runner.cli import main
 from runner.ledger import pid_alive
-from runner.schedule import Plan, make_plan
+from runner.plan import Plan, make_plan
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, processes_of, start_as, wait_for
 
 pytestmark = pytest.mark.slow

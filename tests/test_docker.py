@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from runner.ledger import pid_alive
-from runner.schedule import make_plan
+from runner.plan import make_plan
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, mlflow_server, start_as, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -105,7 +105,7 @@ def _executor(data: Path, network: str = "auto", slots: int = 2, extra: str = ""
 def _check_done(path: Path, uri: str, client: Any) -> None:
     from mlflow import MlflowClient
 
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     plan = make_plan(path)
     states = plan.states()
@@ -186,7 +186,7 @@ def _sweep_until_an_epoch(path: Path, project: Path, start: str = "terminal") ->
     """Run ``runner sweep`` in its own process (so that this one can kill or cancel the
     container, or restart the engine, meanwhile) until the only cell has trained an epoch,
     so that a resume has a checkpoint; the sweep's output is read when the block ends."""
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "sweep", str(path), "--wait"],
@@ -230,7 +230,7 @@ def _long_matrix(name: str, project: Path, tiny_data: Path, extra: str = "") -> 
 
 def test_killed_container_is_lost_then_resumes(engine: Any, project: Path, tiny_data: Path) -> None:
     from runner.cli import main
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     path = _long_matrix("docker_kill", project, tiny_data)
     with _sweep_until_an_epoch(path, project) as sweep:
@@ -267,7 +267,7 @@ def _resumes_into_the_same_run(path: Path, project: Path, engine: Any, name: str
     from mlflow import MlflowClient
 
     from runner.cli import main
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     (cell,) = make_plan(path, project).cells
     record = make_plan(path, project).ledger.cell(cell.id)
@@ -294,7 +294,7 @@ def test_dockerd_restart_fails_the_cell_then_resumes(
     container once the engine is back, and ends; resume continues the same MLflow run."""
     from mlflow import MlflowClient
 
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     path = _long_matrix("docker_restart", project, tiny_data)
     with _sweep_until_an_epoch(path, project) as sweep, _engine_down():
@@ -322,8 +322,8 @@ def test_engine_down_past_engine_wait_s_ends_the_sweep(
     been silent for engine_wait_s and ends (no hang); the container it could not remove
     is removed by the matrix's next submission (a resume; here a created-only container,
     the resume itself is the test above)."""
-    from runner.executors.docker import DockerBackend, DockerExecutorOptions
-    from runner.schedule import make_plan
+    from runner.executors.docker.backend import DockerBackend, DockerExecutorOptions
+    from runner.plan import make_plan
 
     path = _long_matrix("docker_down", project, tiny_data, extra="engine_wait_s: 3")
     with _sweep_until_an_epoch(path, project) as sweep, _engine_down():
@@ -352,7 +352,7 @@ def test_release_removes_anonymous_volumes(engine: Any, tmp_path: Path) -> None:
     the ended container removes it too (nothing piles up over a sweep's cells)."""
     import io
 
-    from runner.executors.docker import DockerBackend, DockerExecutorOptions
+    from runner.executors.docker.backend import DockerBackend, DockerExecutorOptions
 
     tag = "runner-test-volume:latest"
     dockerfile = f"FROM {BASE_IMAGE}\nVOLUME /scratch\n".encode()
@@ -383,7 +383,7 @@ def test_runner_cancel_interrupts_the_container(
     from mlflow import MlflowClient
 
     from runner.cli import main
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     path = _long_matrix("docker_cancel", project, tiny_data)
     with _sweep_until_an_epoch(path, project, start) as sweep:
@@ -410,7 +410,7 @@ def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Pat
     runtime here to start them."""
     import docker.errors
 
-    from runner.executors.docker import DockerBackend, DockerExecutorOptions
+    from runner.executors.docker.backend import DockerBackend, DockerExecutorOptions
     from runner.job import CellJob
 
     options = DockerExecutorOptions(kind="docker", image=BASE_IMAGE, gpus=[0, 1], python="python")
@@ -470,7 +470,7 @@ def _job(tmp_path: Path, i: int, matrix: str) -> Any:
 
 
 def test_gpu_pool_spreads_then_shares() -> None:
-    from runner.executors.docker_gpus import GpuPool
+    from runner.executors.resources import GpuPool
 
     pool = GpuPool([0, 1], cells_per_gpu=2)
     assert pool.size == 4

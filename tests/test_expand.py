@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.cells import cell_id, format_number, override_value
 from runner.errors import MatrixError
-from runner.expand import expand
-from runner.matrix import load_matrix
+from runner.matrix.cells import cell_id, format_number, override_value
+from runner.matrix.expand import expand
+from runner.matrix.load import load_matrix
 
 GROUPS = {"model", "optimizer", "scheduler", "loss", "data", "training"}
 

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, assume, currently_in_test_context, event, gi
 from hypothesis import strategies as st
 
 from runner.cli import main
-from runner.matrix import MAX_CELLS
+from runner.matrix.schema import MAX_CELLS
 from runner.recipe import Recipe
 from tests.conftest import ROOT
 
@@ -921,7 +921,7 @@ def test_bug_astronomic_product_escapes() -> None:
 
 
 # Regression (found by fuzzing, fixed): BUG-5: values nested ~300-490 levels deep pass the YAML
-# loader but overflow the stack in runner.cells.override_value: RecursionError escapes main()
+# loader but overflow the stack in runner.matrix.cells.override_value: RecursionError escapes main()
 def test_bug_deep_values_overflow_the_stack() -> None:
     # Deepest first: depths the loader refuses exit 2 ('nested too deeply'); the first depth
     # it accepts must plan (exit 0) or be refused (exit 2), never raise.

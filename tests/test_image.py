@@ -143,7 +143,7 @@ def test_a_cell_runs_in_the_image_alone(
     from mlflow import MlflowClient
 
     from runner.cli import main
-    from runner.schedule import make_plan
+    from runner.plan import make_plan
 
     data = make_tiny_dataset(tmp_path_factory.mktemp("data") / "demo")
     uri = f"sqlite:///{project / 'mlruns.db'}"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from runner.cells import Cell
 from runner.ledger import CellRecord, Ledger, read_json, write_json_atomic
+from runner.matrix.cells import Cell
 
 
 def _claim_many(root: str, ids: list[str], queue: mp.Queue, done: Any) -> None:  # type: ignore[type-arg]
@@ -157,7 +157,7 @@ def test_secret_looking_values_are_never_logged() -> None:
 
     from recipes.components.training.mlflow_logging import flatten_config
     from recipes.contract import REDACTED
-    from runner.track import cell_tags
+    from runner.tracking import cell_tags
 
     cfg = OmegaConf.create(
         {

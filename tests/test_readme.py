@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from runner.cli import main
-from runner.schedule import make_plan
+from runner.plan import make_plan
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from runner.cli import main
-from runner.schedule import make_plan
+from runner.plan import make_plan
 from tests.e2e import matrix_text
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from runner.cli import main
 from runner.ledger import pid_alive
-from runner.schedule import make_plan
+from runner.plan import make_plan
 from tests.conftest import ROOT
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, processes_of, start_as, wait_for
 

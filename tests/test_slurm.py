@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from runner.executors import slurm_cluster_info
-from runner.executors.slurm import SlurmBackend, SlurmExecutorOptions, query_states
+from runner.executors.slurm import cluster as slurm_cluster_info
+from runner.executors.slurm.backend import SlurmBackend, SlurmExecutorOptions, query_states
 from tests.infra.slurm_payloads import (
     CountingWork,
     FakeRecipeCellJob,
@@ -191,13 +191,13 @@ def test_timeout_requeues_and_resumes_from_checkpoint(
     """
     from mlflow import MlflowClient
 
-    from runner import track
+    from runner import tracking
     from runner.ledger import Ledger
 
     b = backend(time_min=1, signal_delay_s=15)
     # The SlurmCellJob: a claimed attempt in a ledger and a run in a sqlite MLflow store.
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    exp = track.ensure_experiment(uri, "requeue", tmp_path / "mlartifacts")
+    exp = tracking.ensure_experiment(uri, "requeue", tmp_path / "mlartifacts")
     ledger = Ledger(tmp_path / "sweeps", "requeue")
     attempt = ledger.cell("c1").claim("slurm", 0)
     assert attempt is not None
@@ -355,7 +355,8 @@ def test_end_to_end_matrix_through_slurm(cluster: None, tmp_path: Path) -> None:
         pytest.skip("recipes.segmentation.train does not import yet")
     from mlflow import MlflowClient
 
-    from runner.schedule import make_plan, submit
+    from runner.plan import make_plan
+    from runner.sweep.submit import submit
 
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(

@@ -1,7 +1,7 @@
 """The common surface of executor backends (one small module per backend, as in submitit).
 
 A backend turns :class:`~runner.job.CellJob` payloads into submitit jobs. The scheduler in
-:mod:`runner.schedule` decides *which* cells go out and records them in the ledger; the
+:mod:`runner.sweep.queue` decides *which* cells go out and records them in the ledger; the
 backend decides *how* they run.
 """
 

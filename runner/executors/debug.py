@@ -6,12 +6,21 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import submitit
+from pydantic import BaseModel, ConfigDict
 
 from runner.executors.base import Backend
 from runner.job import CellJob
+
+
+class DebugExecutorOptions(BaseModel):
+    """Cells run one after another inside the runner process (breakpoints work)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["debug"]
 
 
 class DebugBackend(Backend):

@@ -1,45 +1,40 @@
 """Local processes through submitit's LocalExecutor: ``slots`` cells at once, one GPU each.
 
 submitit's LocalExecutor starts every submitted job at once, so the runner keeps the queue
-(see :mod:`runner.schedule`) and this backend only hands out threads and GPUs.
+(see :mod:`runner.sweep.queue`) and this backend only hands out threads and GPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import submitit
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from runner.executors.base import Backend
+from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
 from runner.job import CellJob
-from runner.matrix import LocalExecutorOptions
 
 
-def visible_gpus() -> list[int]:
-    """GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's list."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [int(x) for x in env.split(",") if x.strip().isdigit()]
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(x) for x in out.stdout.split() if x.isdigit()]
+class LocalExecutorOptions(BaseModel):
+    """Cells run as local processes through submitit's LocalExecutor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local"] = "local"
+    slots: PositiveInt = Field(1, description="cells running at once")
+    gpus: list[int] | None = Field(
+        None, description="GPU ids handed out one per running cell; None = all visible GPUs"
+    )
+    threads_per_cell: PositiveInt | None = Field(
+        None, description="torch/OpenMP threads per cell; None = cores // slots"
+    )
+    timeout_min: PositiveInt = Field(7 * 24 * 60, description="wall-clock limit per cell")
 
 
 class LocalBackend(Backend):
@@ -48,10 +43,8 @@ class LocalBackend(Backend):
     def __init__(self, options: LocalExecutorOptions, folder: Path) -> None:
         super().__init__(options, folder)
         self.executor = submitit.LocalExecutor(folder=folder)
-        self.free_gpus = list(options.gpus if options.gpus is not None else visible_gpus())
-        self.gpu_of: dict[str, int] = {}
-        cores = os.cpu_count() or 1
-        self.threads = options.threads_per_cell or max(1, cores // options.slots)
+        self.gpus = GpuPool(list(options.gpus if options.gpus is not None else visible_gpus()))
+        self.threads = threads_per_cell(options.threads_per_cell, options.slots)
 
     @property
     def slots(self) -> int:
@@ -60,7 +53,7 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
         out = []
         for job in jobs:
-            gpu = self.free_gpus.pop(0) if self.free_gpus else None
+            gpu = self.gpus.take() if self.gpus.has_room() else None
             t = self.threads
             self.executor.update_parameters(
                 timeout_min=self.options.timeout_min,
@@ -71,7 +64,7 @@ class LocalBackend(Backend):
             )
             sj = self.executor.submit(job)
             if gpu is not None:
-                self.gpu_of[sj.job_id] = gpu
+                self.gpus.hold(sj.job_id, gpu)
             out.append(sj)
         return out
 
@@ -106,9 +99,7 @@ class LocalBackend(Backend):
                     os.kill(pid, signal.SIGKILL)
 
     def release(self, job: submitit.Job[Any]) -> None:
-        gpu = self.gpu_of.pop(job.job_id, None)
-        if gpu is not None:
-            self.free_gpus.append(gpu)
+        self.gpus.release(job.job_id)
 
 
 def _cmdline_has(pid: int, text: bytes) -> bool:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import track
-from runner.plots import dice_by_axis, learning_curves
-from runner.report import collect, group_rows, make_groups, marginal_effects
-from runner.schedule import Plan
+from runner import tracking
+from runner.plan import Plan
+from runner.report.plots import dice_by_axis, learning_curves
+from runner.report.stats import collect, group_rows, make_groups, marginal_effects
 
 
 @dataclass
@@ -79,15 +79,15 @@ def _str_axis(key: str, value: Any) -> Any:
 def log_summary(plan: Plan, report: Report) -> str:
     """Log the report into the matrix's summary run, creating it on first use."""
     uri = plan.tracking_uri
-    client = track.client(uri)
-    exp_id = track.ensure_experiment(uri, plan.matrix.spec.name, plan.workdir / "mlartifacts")
+    client = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(uri, plan.matrix.spec.name, plan.workdir / "mlartifacts")
     id_file = plan.ledger.root / "summary_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if run_id is None:
         run = client.create_run(
             exp_id,
             run_name=f"{plan.matrix.spec.name}_summary",
-            tags={"runner.summary": "true", track.TAG_MATRIX: plan.matrix.spec.name},
+            tags={"runner.summary": "true", tracking.TAG_MATRIX: plan.matrix.spec.name},
         )
         run_id = run.info.run_id
         id_file.parent.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,15 @@ class Cell:
     values: dict[str, Any]  # axis or include key -> value, in axis order
     overrides: tuple[str, ...]  # the cell's own Hydra overrides (base excluded)
     run_name: str = ""
-    origin: str = "axes"  # "axes" or "include[i]"
+    origin: str = "axes"  # "axes" or "include[i]" (see include_origin)
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def include_index(self) -> int | None:
+        """i for a cell added by ``include[i]``, None for a cell of the product."""
+        if not self.origin.startswith("include["):
+            return None
+        return int(self.origin[len("include[") : -1])
 
 
 def format_number(value: float | int) -> str:
@@ -138,3 +145,8 @@ def assign_run_names(cells: Sequence[Cell], groups: set[str]) -> list[Cell]:
         unique = n if counts[n] == 1 else f"{n}_{c.id[:6]}"
         out.append(Cell(c.id, c.values, c.overrides, unique, c.origin, c.tags))
     return out
+
+
+def include_origin(index: int) -> str:
+    """The ``origin`` of a cell added by ``include[index]``."""
+    return f"include[{index}]"

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runner import track
+from runner import tracking
 from runner.executors import make_backend
 from runner.ledger import TERMINAL, CellRecord
-from runner.schedule import Plan
-from runner.select import for_cancel
+from runner.plan import Plan
+from runner.sweep.selection import for_cancel
 
 GRACE_S = 30.0
 #: After a hard kill, how long to wait for the processes to be reaped.
@@ -101,4 +101,4 @@ def _mark_stopped(record: CellRecord, tracking_uri: str) -> None:
     if status.get("state") not in TERMINAL and record.run_id:
         # The store may be down: the ledger holds the truth either way.
         with contextlib.suppress(Exception):
-            track.finish_run(tracking_uri, record.run_id, "cancelled", "cancelled")
+            tracking.finish_run(tracking_uri, record.run_id, "cancelled", "cancelled")

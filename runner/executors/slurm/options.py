@@ -1,6 +1,6 @@
 """The ``executor: {kind: slurm, ...}`` block of a matrix file.
 
-Kept apart from :mod:`runner.executors.slurm` and free of submitit imports, because
+Kept apart from :mod:`runner.executors.slurm.backend` and free of submitit imports, because
 :mod:`runner.matrix` loads it to validate every matrix, SLURM or not.
 """
 

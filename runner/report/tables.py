@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.schedule import Plan
+from runner.plan import Plan
 
 
 def rows(plan: Plan) -> list[dict[str, Any]]:

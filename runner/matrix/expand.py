@@ -2,7 +2,7 @@
 together, minus ``exclude`` matches, plus ``include`` cells.
 
 Pure and fast (no Hydra, no I/O): checks that need the recipe's configs live in
-:mod:`runner.validate`.
+:mod:`runner.matrix.validate`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.cells import Cell, assign_run_names, cell_id, override
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
-from runner.matrix import MAX_CELLS, LoadedMatrix
+from runner.matrix.cells import Cell, assign_run_names, cell_id, include_origin, override
+from runner.matrix.schema import MAX_CELLS, LoadedMatrix
 
 
 @dataclass
@@ -177,7 +177,7 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
             raise MatrixError(m.file, [m.problem(("include", i), "empty include entry")])
         ordered = {k: extra[k] for k in spec.axes if k in extra}
         ordered.update({k: v for k, v in extra.items() if k not in ordered})
-        raw.append((ordered, f"include[{i}]"))
+        raw.append((ordered, include_origin(i)))
 
     cells: list[Cell] = []
     seen: dict[str, str] = {}

@@ -6,7 +6,7 @@
   id, so logs (``<id>_0_log.out/err``), results and states read as for any submitit job.
 * :class:`DockerJob` takes its state from the container (:class:`DockerInfoWatcher`).
 
-Kept apart from :mod:`runner.executors.docker` (the backend: GPUs, mounts, the engine going
+Kept apart from :mod:`runner.executors.docker.backend` (the backend: GPUs, mounts, the engine going
 away) so that each reads on its own.
 """
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from runner.cells import Cell
 from runner.errors import RunnerError, did_you_mean, format_choices
 from runner.ledger import IN_FLIGHT, CellState
+from runner.matrix.cells import Cell
 
 #: Reason kinds a failed cell can have (the text before the first ':' of its reason).
 REASON_KINDS = (

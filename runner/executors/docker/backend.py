@@ -2,12 +2,12 @@
 
 * :class:`DockerBackend` keeps ``slots`` = GPUs x cells_per_gpu (or ``cpu_slots``) cells in
   flight and gives each new container one free GPU through a ``DeviceRequest``. The
-  containers themselves are submitit jobs (:mod:`runner.executors.docker_jobs`).
+  containers themselves are submitit jobs (:mod:`runner.executors.docker.engine`).
 * Paths keep their meaning: the sweep dir, the working directory and a file/sqlite MLflow
   store are mounted read-write at their own host paths, data (``mounts``) read-only.
 * The image tag and id go into ``attempts/NNNN/docker.json`` (written by the submitter) and
   onto the MLflow run as ``runner.docker_image`` / ``runner.docker_image_id`` (by the job,
-  :mod:`runner.executors.docker_cell`).
+  :mod:`runner.executors.docker.cell`).
 * The engine may go away (a dockerd restart): the sweep waits for it, up to
   ``engine_wait_s`` past the cells' last heartbeats, then decides; a cell whose container
   died with the daemon ends failed (lost) and resumable, never silently (see
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import getpass
 import os
 import sys
@@ -33,10 +32,10 @@ from docker.types import DeviceRequest
 
 from runner.errors import RunnerError
 from runner.executors.base import Backend
-from runner.executors.docker_cell import DockerCellJob
-from runner.executors.docker_gpus import GpuPool
-from runner.executors.docker_jobs import INCOMPLETE, LABEL, UNREACHABLE, DockerExecutor, client
-from runner.executors.docker_options import DockerExecutorOptions
+from runner.executors.docker.cell import DockerCellJob
+from runner.executors.docker.engine import INCOMPLETE, LABEL, UNREACHABLE, DockerExecutor, client
+from runner.executors.docker.options import DockerExecutorOptions
+from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
 from runner.job import CellJob
 from runner.ledger import Attempt, CellRecord
 
@@ -128,13 +127,10 @@ class DockerBackend(Backend):
         self.options: DockerExecutorOptions = options
         gpus = options.gpus
         if gpus == "all":
-            from runner.executors.local import visible_gpus
-
             gpus = visible_gpus()
         self.pool = GpuPool(list(gpus), options.cells_per_gpu)
         self.executor = DockerExecutor(folder, options.python, start=start)
-        cores = os.cpu_count() or 1
-        self.threads = options.threads_per_cell or max(1, cores // self.slots)
+        self.threads = threads_per_cell(options.threads_per_cell, self.slots)
         self._image: tuple[str, str] | None = None
         self._started: dict[str, float] = {}
         self._attempts: dict[str, Attempt] = {}  # job id -> its ledger attempt (heartbeat)
@@ -219,7 +215,7 @@ class DockerBackend(Backend):
                     f"executor 'docker': network 'none' cannot reach {job.tracking_uri}; "
                     "use network: host (or bridge with a reachable address)"
                 )
-            cell = DockerCellJob(**{f.name: getattr(job, f.name) for f in dataclasses.fields(job)})
+            cell = job.recast(DockerCellJob)
             cell.docker_image, cell.docker_image_id = tag, image_id
             gpu = self.pool.take() if self.pool.gpus else None
             labels = {

@@ -16,10 +16,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import track
-from runner.cells import Cell, run_name_tokens
+from runner import tracking
 from runner.errors import RunnerError, did_you_mean
-from runner.schedule import Plan
+from runner.matrix.cells import Cell, run_name_tokens
+from runner.plan import Plan
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Group:
 
 def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
     """The done cells' results from MLflow, and the class names seen."""
-    client = track.client(plan.tracking_uri)
+    client = tracking.client(plan.tracking_uri)
     states = plan.states()
     results, classes = [], []
     for cell in plan.cells:

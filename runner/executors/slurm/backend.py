@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -32,14 +31,14 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from runner.executors.base import Backend
-from runner.executors.slurm_cluster_info import (
+from runner.executors.slurm.cluster import (
     live_jobs,
     max_array_size,
     query_states,
     show_config,
 )
-from runner.executors.slurm_options import SlurmExecutorOptions
-from runner.job import CellJob
+from runner.executors.slurm.options import SlurmExecutorOptions
+from runner.job import CellJob, current_job_id
 from runner.ledger import CellRecord
 
 __all__ = ["SlurmBackend", "SlurmCellJob", "SlurmExecutorOptions", "query_states"]
@@ -84,7 +83,7 @@ class SlurmCellJob(CellJob, Checkpointable):
         data = attempt.read(SLURM_FILE) or {"requeues": [], "starts": 0}
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         data.update(
-            job_id=_current_job_id(),
+            job_id=current_job_id(),
             host=socket.gethostname(),
             starts=int(data.get("starts", 0)) + 1,
             restarts=max(restarts, len(data.get("requeues", []))),
@@ -100,9 +99,9 @@ class SlurmCellJob(CellJob, Checkpointable):
         if not run_id:
             return
         try:
-            from runner import track
+            from runner import tracking
 
-            track.client(self.tracking_uri).set_tag(run_id, "runner.slurm_restarts", restarts)
+            tracking.client(self.tracking_uri).set_tag(run_id, "runner.slurm_restarts", restarts)
         except Exception as exc:
             print(f"could not tag the MLflow run with its restarts: {exc}", file=sys.stderr)
 
@@ -115,7 +114,7 @@ class SlurmCellJob(CellJob, Checkpointable):
         kind = "timeout" if limit_s and ran_s >= min(0.8 * limit_s, limit_s - 600) else "preempted"
         data = attempt.read(SLURM_FILE) or {"requeues": []}
         events = [*data.get("requeues", []), {"time": time.time(), "kind": kind, "ran_s": ran_s}]
-        events[-1]["job_id"] = _current_job_id()
+        events[-1]["job_id"] = current_job_id()
         data.update(requeues=events, restarts=max(int(data.get("restarts", 0)), len(events)))
         attempt.write(SLURM_FILE, data)
         status = attempt.read("status") or {}
@@ -161,11 +160,6 @@ class SlurmCellJob(CellJob, Checkpointable):
         # Outside the main thread signal.signal raises: submitit's handler then stays.
         with contextlib.suppress(ValueError):
             signal.signal(sig, on_warning)
-
-
-def _current_job_id() -> str | None:
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 class SlurmBackend(Backend):
@@ -244,8 +238,7 @@ class SlurmBackend(Backend):
         return out
 
     def _checkpointable(self, job: CellJob) -> SlurmCellJob:
-        fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
-        cell = SlurmCellJob(**fields)
+        cell = job.recast(SlurmCellJob)
         cell.time_limit_min = self.options.time_min
         return cell
 

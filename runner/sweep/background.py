@@ -2,7 +2,7 @@
 
 Local processes and Docker GPUs have no cluster queue: the runner itself starts a cell
 whenever a slot (a GPU) frees up. So that ``runner sweep`` can still return at once, it
-hands its chosen cells to a detached process (``python -m runner.background SPEC``) that:
+hands its chosen cells to a detached process (``python -m runner.sweep.background SPEC``) that:
 
 1. claims each cell in the ledger under its *own* pid, so that if it dies before starting
    a cell, that cell reads as pending again and the next sweep takes it;
@@ -22,13 +22,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from rich.console import Console
 
 from runner.errors import RunnerError
+from runner.executors import make_backend
 from runner.ledger import pid_alive, read_json, write_json_atomic
-
-if TYPE_CHECKING:
-    from runner.schedule import Plan, SweepOutcome
+from runner.plan import Plan, make_plan
+from runner.sweep.progress import LiveProgress
+from runner.sweep.queue import SweepOutcome, claim_jobs, run_queue
 
 READY_TIMEOUT_S = 300.0
 
@@ -68,7 +71,7 @@ def hand_off(plan: Plan, attempts_seen: dict[str, int], outcome: SweepOutcome) -
     )
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "runner.background", str(spec_file)],
+            [sys.executable, "-u", "-m", "runner.sweep.background", str(spec_file)],
             cwd=plan.workdir,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -93,22 +96,15 @@ def hand_off(plan: Plan, attempts_seen: dict[str, int], outcome: SweepOutcome) -
 
 
 def _serve(spec_file: Path) -> int:
-    from rich.console import Console
-
-    from runner.display import LiveProgress
-    from runner.executors import make_backend
-    from runner.schedule import SweepOutcome, claim_jobs, make_plan, run_queue
-
     spec = json.loads(spec_file.read_text())
+    # The plan again (this is another process): the same validated matrix, cells and ledger.
     plan = make_plan(spec["matrix"], Path(spec["workdir"]))
-    states = plan.states()
     seen: dict[str, int] = spec["attempts_seen"]
-    # Only cells nobody touched since the sweep chose them; the claim decides any race.
+    # Only the cells the sweep chose; claiming from the attempts it saw decides any race
+    # with another sweep exactly as the sweep's own claim would.
     cells = [c for c in plan.cells if c.id in seen]
-    for c in cells:
-        states[c.id].attempts = seen[c.id]
     outcome = SweepOutcome(experiment_id=spec["experiment_id"])
-    jobs = claim_jobs(plan, cells, states, spec["experiment_id"], outcome)
+    jobs = claim_jobs(plan, cells, seen, spec["experiment_id"], outcome)
     write_json_atomic(
         scheduler_file(plan),
         {"pid": os.getpid(), "started": time.time(), "log": str(spec_file.with_suffix(".log"))},

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runner.cells import Cell
 from runner.ledger import CellState
+from runner.matrix.cells import Cell
 
 STATE_STYLE = {
     "pending": "dim",
@@ -30,7 +30,7 @@ def _dice(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def _progress(state: CellState) -> str:
+def _epoch_text(state: CellState) -> str:
     p = state.progress
     if state.state != "running" or "epoch" not in p:
         return ""
@@ -54,7 +54,7 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
         row = [c.id, escape(c.run_name), *(escape(str(c.values.get(k, ""))) for k in keys)]
         if states is not None:
             s = states[c.id]
-            note = _progress(s) or (s.reason or "")
+            note = _epoch_text(s) or (s.reason or "")
             row += [
                 f"[{STATE_STYLE.get(s.state, 'default')}]{s.state}[/]",
                 str(s.attempts),
@@ -90,7 +90,7 @@ class LiveProgress:
             if s.state == "pending":
                 continue
             elapsed = time.monotonic() - self.start
-            detail = _progress(s) or (
+            detail = _epoch_text(s) or (
                 f"best val Dice {_dice(s.best_val_dice)}"
                 if s.best_val_dice is not None
                 else (s.reason or "")

@@ -52,9 +52,9 @@ class DockerCellJob(CellJob):
     def _ensure_run(self, record: CellRecord) -> str:
         run_id = super()._ensure_run(record)
         try:  # best effort: docker.json in the ledger has it for sure
-            from runner import track
+            from runner import tracking
 
-            c = track.client(self.tracking_uri)
+            c = tracking.client(self.tracking_uri)
             c.set_tag(run_id, "runner.docker_image", self.docker_image)
             c.set_tag(run_id, "runner.docker_image_id", self.docker_image_id)
         except Exception as exc:

@@ -12,12 +12,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from runner.cells import Cell, override
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
-from runner.expand import Expansion, expand
-from runner.matrix import LoadedMatrix
+from runner.matrix.cells import Cell, override
+from runner.matrix.expand import Expansion, expand
+from runner.matrix.schema import LoadedMatrix
+from runner.matrix.yaml_lines import Path_
 from runner.recipe import Composer, Recipe, UnknownRecipe
-from runner.yaml_lines import Path_
 
 
 def _type_problem(current: Any, new: Any) -> str | None:
@@ -79,8 +79,8 @@ class _Collector:
 
 
 def _value_path(m: LoadedMatrix, cell: Cell, key: str) -> Path_:
-    if cell.origin.startswith("include"):
-        return ("include", int(cell.origin[8:-1]), key)
+    if cell.include_index is not None:
+        return ("include", cell.include_index, key)
     values = m.spec.axes.get(key, [])
     for i, v in enumerate(values):
         if type(v) is type(cell.values[key]) and v == cell.values[key]:
@@ -102,8 +102,8 @@ def _check_base(m: LoadedMatrix, recipe: Recipe, out: _Collector) -> None:
 
 
 def _key_path(m: LoadedMatrix, cell: Cell, key: str) -> Path_:
-    if cell.origin.startswith("include"):
-        return ("include", int(cell.origin[8:-1]), key)
+    if cell.include_index is not None:
+        return ("include", cell.include_index, key)
     return ("axes", key)
 
 
@@ -184,7 +184,7 @@ def _check_cells(m: LoadedMatrix, recipe: Recipe, cells: Iterable[Cell], out: _C
             )
 
 
-def plan(m: LoadedMatrix) -> tuple[Recipe, Expansion]:
+def validate_matrix(m: LoadedMatrix) -> tuple[Recipe, Expansion]:
     """Expand and validate ``m``; raise MatrixError listing every problem found."""
     try:
         recipe = Recipe.load(m.spec.recipe)

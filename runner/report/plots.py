@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.report import Group
+from runner.report.stats import Group
 
 
 def _plt() -> Any:  # the pyplot module, imported with a headless backend

@@ -1,6 +1,6 @@
 """The ``executor: {kind: docker, ...}`` block of a matrix file.
 
-Kept apart from :mod:`runner.executors.docker` and free of docker/submitit imports, because
+Kept apart from :mod:`runner.executors.docker.backend` and free of docker/submitit imports, because
 :mod:`runner.matrix` loads it to validate every matrix, docker or not.
 """
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import track
-from runner.schedule import Plan
+from runner import tracking
+from runner.plan import Plan
 
 BATCH = 500
 
@@ -45,8 +45,8 @@ def sync(plan: Plan) -> SyncOutcome:
     from mlflow.entities import Metric
 
     uri = plan.tracking_uri
-    track.check_reachable(uri)
-    client = track.client(uri)
+    tracking.check_reachable(uri)
+    client = tracking.client(uri)
     outcome = SyncOutcome()
     for cell in plan.cells:
         record = plan.ledger.cell(cell.id)
@@ -72,7 +72,7 @@ def sync(plan: Plan) -> SyncOutcome:
             client.set_tag(run_id, tag["key"], tag["value"])
         if files[2].exists():
             final = json.loads(files[2].read_text())
-            track.finish_run(uri, run_id, final["state"], final.get("reason"))
+            tracking.finish_run(uri, run_id, final["state"], final.get("reason"))
             outcome.runs_ended += 1
         done = spool / "synced" / time.strftime("%Y%m%d-%H%M%S")
         done.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,107 @@
+"""The matrix file's schema (pydantic): keys, types and defaults.
+
+:mod:`runner.matrix.load` reads a file into it and turns pydantic's errors into problems
+that point at lines; whether axis values exist in the recipe's config groups is checked in
+:mod:`runner.matrix.validate`, and cells come from :mod:`runner.matrix.expand`. The
+``executor`` block is validated by the options model of its kind (:mod:`runner.executors`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runner.errors import Problem, did_you_mean
+from runner.executors import KINDS, options_model
+from runner.matrix.yaml_lines import Path_, dotted
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_CELLS = 100_000
+
+Scalar = str | int | float | bool | None
+Value = Scalar | list[Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+EXECUTOR_KINDS = tuple(KINDS)
+EXECUTOR_MODELS = {kind: options_model(kind) for kind in EXECUTOR_KINDS}
+ExecutorOptions = Annotated[
+    Union[tuple(EXECUTOR_MODELS.values())],  # noqa: UP007 - built from the registry
+    Field(discriminator="kind"),
+]
+
+
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackingOptions(_Strict):
+    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        if "\0" in uri or not uri.strip():
+            raise ValueError("expected an MLflow tracking URI or a directory path")
+        scheme = urlparse(uri).scheme.split("+")[0]
+        if "://" in uri and scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"unknown tracking URI scheme {scheme!r}; valid schemes: "
+                f"{', '.join(TRACKING_SCHEMES)}{did_you_mean(scheme, TRACKING_SCHEMES)}"
+            )
+        if scheme in ("http", "https"):
+            parsed = urlparse(uri)  # .port raises on a malformed port
+            if not parsed.hostname or (
+                parsed.port is None and ":" in parsed.netloc.rsplit("]", 1)[-1]
+            ):
+                raise ValueError(f"malformed server address {uri!r}")
+        return uri
+
+
+class Matrix(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    recipe: str
+    base: list[str] = Field(default_factory=list)
+    axes: dict[str, list[Value]] = Field(default_factory=dict)
+    zip: list[list[str]] = Field(default_factory=list)
+    exclude: list[dict[str, Value]] = Field(default_factory=list)
+    include: list[dict[str, Value]] = Field(default_factory=list)
+    executor: ExecutorOptions = Field(default_factory=lambda: EXECUTOR_MODELS["local"]())
+    tracking: TrackingOptions = Field(default_factory=TrackingOptions)
+    sweep_dir: str = Field("sweeps", description="where cell states and logs live")
+
+    @field_validator("sweep_dir")
+    @classmethod
+    def _usable_dir(cls, value: str) -> str:
+        if not value or "\0" in value:
+            raise ValueError("expected a directory path")
+        if any(len(part.encode()) > 255 for part in value.split("/")):
+            raise ValueError("a path component is longer than 255 bytes")
+        return value
+
+
+class LoadedMatrix(BaseModel):
+    """A validated matrix plus where it came from, for messages that point at lines."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    spec: Matrix
+    file: Path
+    lines: dict[Path_, int]
+
+    def line(self, *path: str | int) -> int | None:
+        """The line of ``path``, or of its closest ancestor that has one."""
+        p: Path_ = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return None
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        return Problem(dotted(path), message, self.line(*path))

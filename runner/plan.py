@@ -1,0 +1,58 @@
+"""A plan: a validated matrix, its cells, and where their states live.
+
+Every command starts here (``make_plan``): load the matrix file, validate it against the
+recipe, expand the cells, and open the ledger under ``sweep_dir``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import tracking
+from runner.errors import RunnerError
+from runner.ledger import CellState, Ledger
+from runner.matrix.cells import Cell
+from runner.matrix.expand import Expansion
+from runner.matrix.load import load_matrix
+from runner.matrix.schema import LoadedMatrix
+from runner.matrix.validate import validate_matrix
+from runner.recipe import Recipe
+
+
+@dataclass
+class Plan:
+    """A validated matrix with its cells and where their states live."""
+
+    matrix: LoadedMatrix
+    recipe: Recipe
+    expansion: Expansion
+    ledger: Ledger
+    workdir: Path
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.expansion.cells
+
+    def states(self) -> dict[str, CellState]:
+        try:
+            return self.ledger.states([c.id for c in self.cells])
+        except OSError as exc:
+            problem = self.matrix.problem(
+                ("sweep_dir",),
+                f"cannot read cell states under {self.ledger.root}: {exc.strerror or exc}",
+            )
+            raise RunnerError(problem.render(self.matrix.file)) from None
+
+    @property
+    def tracking_uri(self) -> str:
+        return tracking.resolve_uri(self.matrix.spec.tracking.uri, self.workdir)
+
+
+def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
+    workdir = (workdir or Path.cwd()).absolute()
+    m = load_matrix(matrix_file)
+    recipe, expansion = validate_matrix(m)
+    sweep_dir = Path(m.spec.sweep_dir)
+    ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)
+    return Plan(m, recipe, expansion, ledger, workdir)

@@ -1,0 +1,137 @@
+"""The runner-side queue: claim cells in the ledger, submit them, keep ``slots`` in flight.
+
+Used by a sweep that follows its cells and by the background scheduler alike, so a cell is
+claimed, submitted and watched the same way whoever holds the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner import tracking
+from runner.executors.base import Backend
+from runner.job import CellJob
+from runner.ledger import TERMINAL, CellState
+from runner.matrix.cells import Cell
+from runner.plan import Plan
+
+POLL_S = 1.0
+
+Observer = Callable[[dict[str, CellState]], None]
+
+
+@dataclass
+class SweepOutcome:
+    submitted: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    lost_race: list[str] = field(default_factory=list)
+    job_ids: dict[str, str] = field(default_factory=dict)
+    experiment_id: str | None = None
+    followed: bool = True  # False when the sweep returned once the cells were submitted
+    # Set when a background scheduler took the queue: its pid and log file.
+    scheduler: dict[str, Any] | None = None
+
+
+def claim_jobs(
+    plan: Plan,
+    cells: list[Cell],
+    attempts_seen: dict[str, int],
+    experiment_id: str,
+    outcome: SweepOutcome,
+) -> list[CellJob]:
+    """Claim each cell's next attempt in the ledger and build the job payloads of those won.
+
+    ``attempts_seen``: cell id -> the attempts the caller saw when it chose the cell. The
+    claim numbers from it, so that two racing sweeps agree on one winner; losers go to
+    ``outcome.lost_race``.
+    """
+    spec = plan.matrix.spec
+    # The code that trains is the recipe's: record the commit of the tree that holds it.
+    commit = tracking.git_commit(plan.recipe.config_dir)
+    claimed: list[tuple[Cell, int]] = []
+    for cell in cells:
+        record = plan.ledger.cell(cell.id)
+        record.write_cell(cell, spec.recipe, spec.base)
+        attempt = record.claim(spec.executor.kind, attempts_seen[cell.id])
+        if attempt is None:  # another sweep of this matrix got there first
+            outcome.lost_race.append(cell.id)
+        else:
+            claimed.append((cell, attempt.number))
+    return [
+        CellJob(
+            matrix=spec.name,
+            recipe=spec.recipe,
+            cell_id=c.id,
+            run_name=c.run_name,
+            values=c.values,
+            overrides=[*spec.base, *c.overrides],
+            cells_dir=str(plan.ledger.cells_dir),
+            attempt=n,
+            tracking_uri=plan.tracking_uri,
+            experiment_id=experiment_id,
+            executor=spec.executor.kind,
+            workdir=str(plan.workdir),
+            commit=commit,
+        )
+        for c, n in claimed
+    ]
+
+
+def run_queue(
+    plan: Plan,
+    backend: Backend,
+    jobs: list[CellJob],
+    outcome: SweepOutcome,
+    follow: bool,
+    observe: Observer | None,
+) -> None:
+    """Submit ``jobs`` as slots free up; with ``follow``, watch them to their end."""
+    queue = list(jobs)
+    active: list[tuple[CellJob, Any]] = []
+    ids = [c.id for c in plan.cells]
+    while queue or (follow and active):
+        room = len(queue) if backend.slots is None else backend.slots - len(active)
+        # A cell cancelled while it waited in the queue is not started.
+        queue = [
+            j for j in queue if not plan.ledger.cell(j.cell_id).attempt(j.attempt).read("cancel")
+        ]
+        if room > 0 and queue:
+            batch, queue = queue[:room], queue[room:]
+            for job, sj in zip(batch, backend.submit(batch), strict=True):
+                _record_submission(plan, job, sj, outcome)
+                active.append((job, sj))
+        if not follow:
+            continue
+        still = []
+        for job, sj in active:
+            if backend.finished(sj):
+                _check_outcome(plan, backend, job, sj)
+                backend.release(sj)
+            else:
+                still.append((job, sj))
+        active = still
+        if observe:
+            observe(plan.ledger.states(ids))
+        if queue or active:
+            time.sleep(POLL_S)
+    if observe:
+        observe(plan.ledger.states(ids))
+
+
+def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
+    attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
+    attempt.write("job", {"job_id": str(sj.job_id), "executor": job.executor, "time": time.time()})
+    outcome.submitted.append(job.cell_id)
+    outcome.job_ids[job.cell_id] = str(sj.job_id)
+
+
+def _check_outcome(plan: Plan, backend: Backend, job: CellJob, sj: Any) -> None:
+    """A job that ended without a terminal status (killed, crashed) is recorded as lost."""
+    attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
+    status = attempt.read("status") or {}
+    if status.get("state") not in TERMINAL:
+        attempt.write("monitor", {"reason": backend.end_reason(sj), "time": time.time()})

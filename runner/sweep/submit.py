@@ -1,0 +1,64 @@
+"""``sweep`` and ``resume``: choose cells, check what can refuse, then hand them to the queue
+(followed here, or by a background scheduler when the sweep does not wait)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from runner import tracking
+from runner.errors import RunnerError
+from runner.executors import make_backend
+from runner.ledger import CellState
+from runner.matrix.cells import Cell
+from runner.plan import Plan
+from runner.sweep.background import hand_off
+from runner.sweep.queue import Observer, SweepOutcome, claim_jobs, run_queue
+
+Chooser = Callable[[list[Cell], dict[str, CellState]], list[Cell]]
+
+
+def submit(
+    plan: Plan,
+    wait: bool | None = None,
+    observe: Observer | None = None,
+    choose: Chooser | None = None,
+) -> SweepOutcome:
+    """Submit the chosen cells (default: those never submitted) once each; follow them to
+    the end when the backend waits. ``choose`` picks cells from the current states.
+
+    A backend whose queue lives in the runner (local processes, Docker GPUs) can't be left
+    alone with more cells than slots, so when not following, the queue is handed to a
+    background scheduler process (:mod:`runner.sweep.background`) and this returns at once."""
+    spec = plan.matrix.spec
+    outcome = SweepOutcome()
+    states = plan.states()
+    if choose is None:
+        pending = [c for c in plan.cells if states[c.id].state == "pending"]
+    else:
+        pending = choose(plan.cells, states)
+    chosen = {c.id for c in pending}
+    outcome.skipped.update(s.state for cid, s in states.items() if cid not in chosen)
+    if not pending:
+        return outcome
+    # Everything that can refuse comes before anything is written (logs, claims, runs).
+    uri = plan.tracking_uri
+    tracking.check_reachable(uri)
+    backend = make_backend(spec.executor, plan.ledger.logs_dir)
+    follow = backend.waits if wait is None else wait
+    detach = not follow and backend.slots is not None
+    if detach and not backend.detachable:
+        raise RunnerError(
+            f"executor '{spec.executor.kind}' runs the cells inside `runner sweep` itself: "
+            "drop --no-wait"
+        )
+    artifact_root = plan.workdir / "mlartifacts"
+    experiment_id = tracking.ensure_experiment(uri, spec.name, artifact_root)
+    outcome.experiment_id = experiment_id
+    outcome.followed = follow
+    attempts_seen = {c.id: states[c.id].attempts for c in pending}
+    if detach:
+        hand_off(plan, attempts_seen, outcome)
+        return outcome
+    jobs = claim_jobs(plan, pending, attempts_seen, experiment_id, outcome)
+    run_queue(plan, backend, jobs, outcome, follow, observe)
+    return outcome
