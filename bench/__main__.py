@@ -26,6 +26,7 @@ NAMES = (
     "docker_start",
     "makespan",
     "docker_makespan",
+    "diffusion",
 )
 
 
@@ -33,6 +34,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
     from bench import (
         checkpointing,
         data,
+        diffusion,
         docker_makespan,
         docker_start,
         makespan,
@@ -54,6 +56,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "docker_start": docker_start.run,
         "makespan": makespan.run,
         "docker_makespan": docker_makespan.run,
+        "diffusion": diffusion.run,
     }
 
 
