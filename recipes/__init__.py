@@ -5,7 +5,15 @@ A recipe is a package ``recipes.<name>`` that exposes, without importing torch:
 - ``CONFIG_DIR``: the directory holding ``<CONFIG_NAME>.yaml`` and one sub-directory per
   config group (``model/``, ``optimizer/``, ...), one YAML file per choice;
 - ``CONFIG_NAME``: the primary config's name;
-- ``TRAIN``: ``"module:function"`` of the entry point, a ``recipes.contract.TrainFn``.
+- ``TRAIN``: ``"module:function"`` of the entry point, a ``recipes.contract.TrainFn``;
+- optionally ``PREDICT`` (a ``recipes.contract.PredictFn``: label maps for new images or the
+  ``data.test`` cases, one model or an ensemble) and ``EVALUATE`` (a
+  ``recipes.contract.EvaluateFn``: predictions against references, nnU-Net's
+  ``summary.json``), which ``runner predict`` and ``runner evaluate`` call;
+- optionally ``CHECK_DATA``: ``(data config, listing_errors: bool) -> list[str]``, the
+  problems that would stop training from reading the data (no reader installed for an
+  extension; with ``listing_errors``, also cases that can't be found: a missing root or
+  file), which ``runner plan`` and ``runner sweep`` report before anything is submitted.
 
 The runner only relies on this surface and on :mod:`recipes.contract`; recipes never import
 the runner, so data flows one way: runner -> recipe -> MLflow.

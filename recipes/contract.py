@@ -25,7 +25,6 @@ SPOOL_METRICS = "metrics.jsonl"
 SPOOL_TAGS = "tags.jsonl"
 #: {"run_id", "state", "reason", "time"}: the cell's outcome, written by the runner's job.
 SPOOL_FINAL = "final.json"
-SPOOL_FILES = (SPOOL_METRICS, SPOOL_TAGS, SPOOL_FINAL)
 
 # --- secrets: keys whose values must never reach a tracking server (a config may pull them
 # from the environment with ${oc.env:...}); params and tags alike log them as REDACTED -----
@@ -58,7 +57,7 @@ def store_init_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-TrainStatus = Literal["done", "diverged"]
+TrainStatus = Literal["done", "diverged", "pruned"]
 
 
 @dataclass
@@ -74,6 +73,9 @@ class RunContext:
         val_dice when validated) so that the runner can show live progress and heartbeats.
     spool_dir: where metrics go when the tracking server can't be reached (one JSON line
         each); ``runner sync`` uploads them later. None: such failures are errors.
+    should_prune: called after each validation, once that epoch's checkpoint is saved and
+        its metrics logged, with the epoch and the metrics; a reason (a string) means stop
+        now: the recipe returns status "pruned" with that reason (a search's pruner).
     """
 
     tracking_uri: str
@@ -81,6 +83,7 @@ class RunContext:
     checkpoint_dir: Path
     progress: Callable[[dict[str, Any]], None] | None = None
     spool_dir: Path | None = None
+    should_prune: Callable[[int, dict[str, float]], str | None] | None = None
 
 
 @dataclass
@@ -88,7 +91,8 @@ class TrainResult:
     """The outcome of one training run.
 
     status: "done" when training ran to its end (or stopped early on purpose),
-        "diverged" when the loss became NaN/inf: such a run is never "done".
+        "diverged" when the loss became NaN/inf: such a run is never "done", "pruned" when
+        ``RunContext.should_prune`` stopped it (its checkpoint can continue it later).
     """
 
     status: TrainStatus
@@ -102,3 +106,83 @@ class TrainResult:
 
 class TrainFn(Protocol):
     def __call__(self, cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult: ...
+
+
+# --- test time: what a runner hands to a recipe's ``predict`` and ``evaluate`` -------------
+class PredictInputError(ValueError):
+    """The inputs of a prediction or evaluation are wrong (a missing channel file, a wrong
+    channel count, no test split, ...); the message names the file, what is missing and
+    what is valid. The runner shows it as one line, without a traceback."""
+
+
+@dataclass
+class ModelRef:
+    """One trained model: its composed config and the checkpoint to load (best.pt/last.pt)."""
+
+    config: DictConfig
+    checkpoint: Path
+    name: str = ""  # how outputs and errors name it (a run name)
+
+
+@dataclass
+class PredictRequest:
+    """Predict label maps (and optionally probabilities) with one model or an ensemble.
+
+    models: more than one: their softmax probabilities are averaged (seeds or folds).
+    input_dir: nnU-Net-named inputs, ``CASE_0000.nii.gz``, ... one file per channel; or
+    split="test": the ``data.test`` cases of the first model's data config, with labels.
+    settings: ``predict.*`` keys over the config's (sw_overlap, sw_mode, sw_batch_size, ...).
+    check_only: list and check the inputs (cases, channels, files), load no model.
+    """
+
+    models: list[ModelRef]
+    output_dir: Path
+    input_dir: Path | None = None
+    split: Literal["test"] | None = None
+    tta: bool = False
+    save_probabilities: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    check_only: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PredictedCase:
+    case: str
+    prediction: Path | None  # CASE.nii.gz in output_dir (None when check_only)
+    label: Path | None = None  # the reference, for split="test"
+    probabilities: Path | None = None  # CASE.npz with "probabilities" (C, X, Y, Z)
+
+
+@dataclass
+class PredictResult:
+    cases: list[PredictedCase]
+    class_names: tuple[str, ...]  # index = label value
+    channel_names: tuple[str, ...]  # the channels read, in the network's order
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateRequest:
+    """Score predictions against references (nnU-Net's ``summary.json``).
+
+    Either folders (``pred_dir`` + ``labels_dir``, files ``CASE<file_ending>``) or explicit
+    ``pairs`` of (case, prediction, reference). ``labels``: label value -> name (foreground
+    and background); None: from ``dataset_json``, else the values found in the references.
+    """
+
+    pred_dir: Path | None = None
+    labels_dir: Path | None = None
+    pairs: list[tuple[str, Path, Path]] | None = None
+    dataset_json: Path | None = None
+    labels: dict[int, str] | None = None
+    file_ending: str = ".nii.gz"
+    tolerance_mm: float = 2.0  # normalised surface Dice tolerance
+
+
+class PredictFn(Protocol):
+    def __call__(self, request: PredictRequest) -> PredictResult: ...
+
+
+class EvaluateFn(Protocol):
+    def __call__(self, request: EvaluateRequest) -> dict[str, Any]: ...

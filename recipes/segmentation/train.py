@@ -6,7 +6,13 @@ sliding-window validation over whole volumes (mean foreground Dice; slice by sli
 2D variant, ``dims=2d``), checkpointing and MLflow logging. A NaN or infinite loss stops the
 run at once with status "diverged". Optional, all from ``cfg.training``: an LR range test
 first (``find_lr``), fp16 with a GradScaler, gradient clipping and accumulation, early
-stopping, HD95 / surface Dice.
+stopping (on val_dice, val_loss or any validation metric, with convergence and divergence
+thresholds), HD95 / surface Dice.
+
+``task=em_instance`` trains three heads (binary, boundary, distance) on targets derived
+from instance labels and validates instances from a seeded watershed (adapted Rand error,
+variation of information); a dataset mask restricts loss and metrics. ``mode=test``
+evaluates ``test_checkpoint`` on the validation cases instead of training.
 
 Gradient accumulation divides each batch's loss by N and steps the optimizer every N batches
 (and at the end of the epoch), so the update matches a batch N times larger. Clipping acts on
@@ -33,7 +39,11 @@ from torch.optim import Optimizer
 
 from recipes.components.data.loaders import DataBundle, build_data, split_record
 from recipes.components.data.slices import build_inferer, slice_axis_of
-from recipes.components.models.build import apply_grad_checkpointing, build_model
+from recipes.components.models.build import (
+    apply_grad_checkpointing,
+    build_model,
+    load_plain_state_dict,
+)
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -41,10 +51,9 @@ from recipes.components.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recipes.components.training.early_stopping import early_stop_reason
+from recipes.components.training.early_stopping import EarlyStopping
 from recipes.components.training.losses import build_loss
 from recipes.components.training.lr_finder import find_lr
-from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.mlflow_logging import RunLogger, flatten_config
 from recipes.components.training.optim import Schedule, build_optimizer, build_scheduler
 from recipes.components.training.setup import (
@@ -57,11 +66,14 @@ from recipes.components.training.setup import (
 )
 from recipes.components.training.step import (
     Diverged,
+    LoaderClock,
     as_float,
     autocast,
     on_device,
     optimizer_steps_per_epoch,
+    throughput,
 )
+from recipes.components.training.validation import check_task, evaluate, save_instances
 from recipes.contract import RunContext, TrainResult
 
 __all__ = ["Diverged", "Trainee", "autocast", "train", "train_one_epoch", "validate"]
@@ -92,12 +104,17 @@ def train_one_epoch(
     total_loss, patches, lr = 0.0, 0, t.optimizer.param_groups[0]["lr"]
     t.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=1):
-        image, label = on_device(batch["image"], t.device), on_device(batch["label"], t.device)
+        image = on_device(batch["image"], t.device)
+        # em_instance trains on the derived target maps; a mask restricts the loss.
+        label = on_device(batch["target" if "target" in batch else "label"], t.device)
+        mask = on_device(batch["mask"], t.device) if "mask" in batch else None
         if hasattr(t.loss_fn, "inner") and hasattr(t.loss_fn.inner, "set_step"):
             t.loss_fn.inner.set_step(progress.global_step)  # per-term loss warm-up
         with autocast(t.device, t.tcfg.amp):
             logits = t.model(image)
-        loss = t.loss_fn(as_float(logits), label)  # the loss in fp32 for stable reductions
+        # The loss in fp32 for stable reductions.
+        args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
+        loss = t.loss_fn(*args)
         if not torch.isfinite(loss):
             # Before the optimizer step: last.pt keeps the last good weights.
             raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
@@ -126,23 +143,18 @@ def validate(
     device: torch.device,
     cfg: DictConfig,
     inferer: Inferer | None = None,
+    loss_fn: nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-foreground-class Dice over whole validation volumes, plus ``val_hd95`` /
-    ``val_surface_dice`` when ``training.metrics`` asks for them.
+    ``val_surface_dice`` when ``training.metrics`` asks for them, the instance metrics of
+    ``task=em_instance`` and, given ``loss_fn``, ``val_loss`` (``training/validation.py``).
 
     ``inferer``: a 3D sliding window, or slice by slice for 2D models (``data/slices.py``);
     by default the one the config asks for.
     """
-    model.eval()
     if inferer is None:
         inferer = build_inferer(cfg.training, slice_axis_of(cfg))
-    metrics = SegMetrics(cfg.data.num_classes, cfg.training.get("metrics"))
-    for batch in loader:
-        image, label = on_device(batch["image"], device), on_device(batch["label"], device)
-        with autocast(device, cfg.training.amp):
-            logits = inferer(image, model)
-        metrics(logits, label, voxel_spacing(batch["image"]))
-    return metrics.aggregate()
+    return evaluate(model, loader, device, cfg, inferer, loss_fn)
 
 
 def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
@@ -161,10 +173,12 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     device = resolve_device(tcfg.device)
     avoid_onednn_bf16_backward(device, tcfg.amp)
     slice_axis = slice_axis_of(cfg)  # None: 3D; else 2D slices across this axis
+    check_task(cfg)
     model = build_model(cfg.model).to(device)
     if tcfg.grad_checkpointing:
         apply_grad_checkpointing(model)
-    data = build_data(cfg.data, tcfg, cfg.seed, cfg.get("augmentation"), slice_axis)
+    aug = cfg.get("augmentation")
+    data = build_data(cfg.data, tcfg, cfg.seed, aug, slice_axis, cfg.get("task"))
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
     if ctx is not None:
@@ -177,7 +191,12 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
 
     status = "FAILED"
     try:
-        result = _train_loop(cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir)
+        if cfg.get("mode", "train") == "test":
+            result = _test(cfg, model, data, loss_fn, device, logger)
+        else:
+            result = _train_loop(
+                cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir
+            )
         status = "FINISHED" if result.status == "done" else "FAILED"
         return result
     except KeyboardInterrupt:
@@ -210,12 +229,14 @@ def _train_loop(
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, tcfg)
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
+    stopper = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
 
     # --- resume or start fresh -------------------------------------------------------------
     progress, resumed_from = Progress(), None
     if not fresh:
         progress = load_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, scaler)
         resumed_from = progress.epoch
+        stopper.load(ckpt_dir, progress.epoch)
         log.info("resumed from %s at epoch %d", ckpt_dir / LAST, resumed_from)
     # A tag, not a param: an attempt resumed elsewhere may train on another device.
     logger.set_tag("device", describe_device(device))
@@ -243,11 +264,13 @@ def _train_loop(
     # --- epochs ----------------------------------------------------------------------------
     metrics: dict[str, float] = {}
     stop_reason: str | None = None
+    stop = None
     for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
         start = time.perf_counter()
         data.set_epoch(epoch)  # shuffle + augmentation follow (seed, epoch, case) only
         try:
-            train_loss, patches, lr = train_one_epoch(trainee, data.train_loader, epoch, progress)
+            clock = LoaderClock(data.train_loader)
+            train_loss, patches, lr = train_one_epoch(trainee, clock, epoch, progress)
         except Diverged as err:
             log.error("%s", err)
             logger.set_tag("divergence", str(err))
@@ -255,23 +278,25 @@ def _train_loop(
         train_seconds = time.perf_counter() - start
         if schedule.interval == "epoch":
             schedule.scheduler.step()
-        metrics = {"train_loss": train_loss, "lr": lr, "samples_per_s": patches / train_seconds}
+        metrics = {"train_loss": train_loss, "lr": lr}
+        metrics.update(throughput(clock, train_seconds, patches, tcfg.patch_size, device))
 
         progress.epoch = epoch
         if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
-            dice, extra = validate(model, data.val_loader, device, cfg, inferer)
+            dice, extra = validate(model, data.val_loader, device, cfg, inferer, loss_fn)
             metrics["val_dice"] = float(torch.nanmean(dice))
             for name, value in zip(data.info.class_names[1:], dice.tolist(), strict=True):
                 metrics[f"val_dice_{name}"] = value
             metrics.update(extra)
             if schedule.interval == "val":
-                schedule.scheduler.step(metrics["val_dice"])  # type: ignore[arg-type]
-            stop_reason = early_stop_reason(
-                tcfg.get("early_stopping"), progress, metrics, epoch, tcfg.val_interval
-            )
+                schedule.scheduler.step(_monitored(metrics, schedule.monitor, "scheduler"))
+            stop = stopper.update(progress, metrics, epoch)
+            stop_reason = stop.reason if stop else None
             if metrics["val_dice"] > progress.best_metric:
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
                 save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
+            if stopper.es:  # before last.pt: a resume finds the history of its epoch
+                stopper.save(ckpt_dir)
         save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
         metrics["epoch_seconds"] = time.perf_counter() - start
 
@@ -279,6 +304,14 @@ def _train_loop(
         log.info("epoch %d/%d %s", epoch, tcfg.max_epochs, _fmt(metrics))
         if ctx is not None and ctx.progress is not None:
             ctx.progress({"epoch": epoch, "max_epochs": tcfg.max_epochs, **metrics})
+        if stop is not None and stop.diverged:
+            log.error("diverged: %s", stop.reason)
+            logger.set_tag("divergence", stop.reason)
+            return result("diverged", epoch, stop.reason, metrics)
+        # A search's pruner, after each validation (last.pt is saved: resume continues it).
+        prune = ctx.should_prune if ctx is not None and "val_dice" in metrics else None
+        if prune is not None and (pruned := prune(epoch, metrics)):
+            return result("pruned", epoch, pruned, metrics)
         if stop_reason:
             log.info("early stop: %s", stop_reason)
             logger.set_tag("early_stop", stop_reason)
@@ -287,6 +320,42 @@ def _train_loop(
     if progress.best_epoch is not None:
         logger.log_metrics({"best_val_dice": progress.best_metric}, step=progress.epoch)
     return result("done", progress.epoch, stop_reason, metrics)
+
+
+def _monitored(metrics: dict[str, float], key: str, who: str) -> float:
+    if key not in metrics:
+        raise KeyError(
+            f"{who}.monitor={key!r} is not a validation metric of this run; it has "
+            f"{sorted(k for k in metrics if k.startswith('val_'))}"
+        )
+    return metrics[key]
+
+
+def _test(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: DataBundle,
+    loss_fn: nn.Module,
+    device: torch.device,
+    logger: RunLogger,
+) -> TrainResult:
+    """``mode=test``: the weights of ``test_checkpoint`` on the validation cases, logged as
+    ``test_*`` metrics; ``test_output_dir``: em_instance predictions saved as HDF5."""
+    path = cfg.get("test_checkpoint")
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"mode=test needs test_checkpoint: a checkpoint file, got {path}")
+    load_plain_state_dict(model, torch.load(path, map_location="cpu", weights_only=True)["model"])
+    logger.log_params(flatten_config(cfg))
+    logger.set_tag("test_checkpoint", str(path))
+    out = cfg.get("test_output_dir")
+    on_case = save_instances(Path(out)) if out else None
+    inferer = build_inferer(cfg.training, slice_axis_of(cfg))
+    dice, extra = evaluate(model, data.val_loader, device, cfg, inferer, loss_fn, on_case)
+    metrics = {"test_dice": float(torch.nanmean(dice))}
+    metrics.update({f"test_{k.removeprefix('val_')}": v for k, v in extra.items()})
+    logger.log_metrics(metrics, step=0)
+    log.info("test %s: %s", path, _fmt(metrics))
+    return TrainResult("done", 0, best_val_dice=metrics["test_dice"], metrics=metrics)
 
 
 def _log_split(logger: RunLogger, data: DataBundle) -> None:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai.data import load_decathlon_datalist
-
 LAYOUTS = ("auto", "nnunet", "msd", "datalist", "isles24")
 # The four CT perfusion maps ISLES'24 ships per subject, in the challenge's order.
 ISLES24_MAPS = ("CBF", "CBV", "MTT", "TMAX")
@@ -104,6 +102,8 @@ def read_dataset(
     if layout == "auto":
         layout = "msd" if isinstance(meta.get("training"), list) else "nnunet"
     if layout == "msd":
+        from monai.data import load_decathlon_datalist  # here: listing stays torch-free
+
         items = load_decathlon_datalist(root / "dataset.json", True, "training", base_dir=root)
         channels = {int(k): v for k, v in meta["modality"].items()}
         classes = {int(k): v for k, v in meta["labels"].items()}
@@ -153,6 +153,8 @@ def read_datalist(
     meta = json.loads(path.read_text())
     if not isinstance(meta.get("training"), list) or not meta["training"]:
         raise ValueError(f"{path}: a datalist needs a non-empty 'training' list")
+    from monai.data import load_decathlon_datalist  # here: listing stays torch-free
+
     base = root if root is not None else path.parent
     items = load_decathlon_datalist(path, True, "training", base_dir=base)
     if meta.get("validation"):

@@ -5,6 +5,13 @@ Reading a dataset's layout is in :mod:`recipes.components.data.layouts`, choosin
 per-item seeding that keeps resume exact in :mod:`recipes.components.data.seeding`. This module
 puts them together: pick channels, load and normalise (cached), sample patches, augment,
 and hand MONAI DataLoaders to the trainer.
+
+Datasets with masks (the ``h5`` / ``tiff`` layouts' ``data.mask``) carry a third key,
+``mask``, through every spatial transform. ``task.name: em_instance`` adds ``target``: the
+binary / boundary / distance maps derived from the instance labels (``data/em_targets.py``),
+after augmentation for training patches, once (cached) for validation volumes. Before any
+volume is read, every file is checked for a reader (``data/readable.py``), so an unreadable
+file fails at start-up with its name rather than inside a worker.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     EnsureChannelFirstd,
     LoadImaged,
@@ -30,10 +38,20 @@ from omegaconf import DictConfig
 
 from recipes.components.data.augmentation import augment_transforms
 from recipes.components.data.demo_data import ensure_demo_dataset
+from recipes.components.data.em_demo_data import ensure_em_demo_dataset
+from recipes.components.data.em_io import stack_readers
+from recipes.components.data.em_targets import EMTargetsd
 from recipes.components.data.layouts import DatasetInfo, read_dataset, select_channels
+from recipes.components.data.readable import (
+    UnreadableDataError,
+    case_files,
+    file_problems,
+    read_cases,
+)
 from recipes.components.data.seeding import EpochSampler, EpochSeeded, seed_for_epoch
 from recipes.components.data.slices import slice_patch_size, squeeze_slice
 from recipes.components.data.splits import choose_split, split_cases
+from recipes.components.data.stacks import STACK_LAYOUTS
 
 __all__ = [
     "DataBundle",
@@ -93,23 +111,52 @@ class SelectChannelsd(MapTransform):
         return out
 
 
+def task_name(task_cfg: Mapping[str, Any] | None) -> str:
+    """``semantic`` (the default) or ``em_instance``."""
+    name = (task_cfg or {}).get("name", "semantic")
+    if name not in ("semantic", "em_instance"):
+        raise ValueError(f"unknown task {name!r}; choose semantic or em_instance")
+    return str(name)
+
+
+def em_targets(data_cfg: DictConfig, task_cfg: Mapping[str, Any]) -> EMTargetsd:
+    return EMTargetsd(
+        "label",
+        boundary_mode=str(task_cfg.get("boundary_mode", "inner")),
+        instance_labels=bool(data_cfg.get("instance_labels", True)),
+    )
+
+
 def load_transforms(
-    data_cfg: DictConfig, select: SelectChannelsd | None = None
+    data_cfg: DictConfig,
+    select: SelectChannelsd | None = None,
+    keys: Sequence[str] = KEYS,
+    task_cfg: Mapping[str, Any] | None = None,
+    files: Sequence[str] = (),
 ) -> list[MapTransform]:
     """Deterministic part: load, channel-first, pick channels, RAS, optional resampling,
-    z-score per channel."""
-    keys = list(KEYS)
-    transforms: list[MapTransform] = [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
+    z-score per channel; instance labels become 0/1 for the semantic task.
+
+    ``files``: the dataset's files, to register the HDF5 / TIFF readers they need."""
+    keys = list(keys)
+    readers = stack_readers(files, data_cfg.get("dataset_key", "main"), data_cfg.get("voxel_size"))
+    transforms: list[MapTransform] = [
+        LoadImaged(keys, reader=readers or None, image_only=True),
+        EnsureChannelFirstd(keys),
+    ]
     if select is not None:
         transforms.append(select)
     transforms.append(Orientationd(keys, axcodes="RAS", labels=None))  # the image's own space
     if data_cfg.get("spacing") is not None:
+        nearest = ("nearest",) * (len(keys) - 1)
         transforms.append(
-            Spacingd(keys, pixdim=list(data_cfg.spacing), mode=("bilinear", "nearest"))
+            Spacingd(keys, pixdim=list(data_cfg.spacing), mode=("bilinear", *nearest))
         )
     transforms.append(
         NormalizeIntensityd("image", nonzero=data_cfg.normalize_nonzero, channel_wise=True)
     )
+    if data_cfg.get("instance_labels") and task_name(task_cfg) == "semantic":
+        transforms.append(AsDiscreted("label", threshold=0.5))  # any instance id -> 1
     return transforms
 
 
@@ -119,6 +166,9 @@ def train_transforms(
     aug_cfg: DictConfig | None = None,
     slice_axis: int | None = None,
     select: SelectChannelsd | None = None,
+    keys: Sequence[str] = KEYS,
+    task_cfg: Mapping[str, Any] | None = None,
+    files: Sequence[str] = (),
 ) -> Compose:
     """Load, then sample patches with a fixed share centred on foreground, then augment.
 
@@ -126,11 +176,11 @@ def train_transforms(
     ``aug_cfg``: an augmentation preset (None: the original flips + intensity set);
     ``training.augment: false`` still switches augmentation off altogether.
     """
-    keys = list(KEYS)
+    keys = list(keys)
     patch = slice_patch_size(list(train_cfg.patch_size), slice_axis)
     pos = float(train_cfg.pos_fraction)
     transforms = [
-        *load_transforms(data_cfg, select),
+        *load_transforms(data_cfg, select, keys, task_cfg, files),
         SpatialPadd(keys, spatial_size=patch),  # volumes smaller than a patch
         RandCropByPosNegLabeld(
             keys,
@@ -143,7 +193,9 @@ def train_transforms(
         *squeeze_slice(keys, slice_axis),
     ]
     if train_cfg.augment:
-        transforms += augment_transforms(aug_cfg, spatial_dims=3 if slice_axis is None else 2)
+        transforms += augment_transforms(aug_cfg, 3 if slice_axis is None else 2, keys)
+    if task_name(task_cfg) == "em_instance":  # after augmentation: targets of what is seen
+        transforms.append(em_targets(data_cfg, task_cfg or {}))
     return Compose(transforms)
 
 
@@ -196,17 +248,19 @@ def _dataset(items: list[dict[str, Any]], transform: Compose, rate: float) -> Da
 def _read(data_cfg: DictConfig) -> tuple[list[dict[str, Any]], DatasetInfo]:
     root = Path(data_cfg.root) if data_cfg.get("root") else None
     fmt = data_cfg.get("format", "auto")
-    if data_cfg.get("synthetic") and root is not None and not (root / "dataset.json").exists():
-        ensure_demo_dataset(root)
-    if root is None and fmt != "datalist":
-        raise ValueError(f"data.root is not set (data.format={fmt})")
-    return read_dataset(
-        root,  # type: ignore[arg-type]  # None only for datalists, which resolve their own
-        fmt,
-        datalist=data_cfg.get("datalist"),
-        channel_names=data_cfg.get("channel_names"),
-        class_names=data_cfg.get("class_names"),
-    )
+    if data_cfg.get("synthetic") and root is not None:
+        if fmt in STACK_LAYOUTS:
+            ensure_em_demo_dataset(root)
+        elif not (root / "dataset.json").exists():
+            ensure_demo_dataset(root)
+    items, info = read_cases(data_cfg)
+    problems = file_problems(case_files(items), data_cfg.get("dataset_key", "main"))
+    if problems:
+        raise UnreadableDataError(
+            f"cannot read the dataset at data.root={root} (data.format={fmt}):\n  "
+            + "\n  ".join(problems)
+        )
+    return items, info
 
 
 def build_data(
@@ -215,12 +269,19 @@ def build_data(
     seed: int,
     aug_cfg: DictConfig | None = None,
     slice_axis: int | None = None,
+    task_cfg: Mapping[str, Any] | None = None,
 ) -> DataBundle:
     """Loaders for the train/val split of ``data_cfg`` (generated first if synthetic).
 
     ``slice_axis``: train on 2D slices across this axis (validation stays on volumes).
+    ``task_cfg``: ``cfg.task``; em_instance adds the ``target`` maps (module doc).
     """
     items, info = _read(data_cfg)
+    task = task_name(task_cfg)
+    if any("mask" in item for item in items) and not all("mask" in item for item in items):
+        raise ValueError("some cases have a mask and others not: give every case one, or none")
+    keys = [*KEYS, "mask"] if items and "mask" in items[0] else list(KEYS)
+    files = case_files(items)
     wanted = data_cfg.get("channels")
     if isinstance(wanted, str):  # `data.channels=tmax`: one channel by name
         wanted = [wanted]
@@ -256,12 +317,16 @@ def build_data(
 
     rate = cache_rate(data_cfg)
     kwargs = loader_kwargs(train_cfg)
-    train_tf = train_transforms(data_cfg, train_cfg, aug_cfg, slice_axis, select)
+    train_tf = train_transforms(
+        data_cfg, train_cfg, aug_cfg, slice_axis, select, keys, task_cfg, files
+    )
     train_ds = EpochSeeded(_dataset(train_items, train_tf, rate), train_tf, seed)
     train_loader = DataLoader(
         train_ds, batch_size=train_cfg.batch_size, sampler=EpochSampler(train_ds), **kwargs
     )
-    val_tf = Compose(load_transforms(data_cfg, select))
+    val_tf = Compose(load_transforms(data_cfg, select, keys, task_cfg, files))
+    if task == "em_instance":
+        val_tf = Compose([*val_tf.transforms, em_targets(data_cfg, task_cfg or {})])
     val_loader = DataLoader(_dataset(val_items, val_tf, rate), batch_size=1, **kwargs)
     return DataBundle(train_loader, val_loader, train_tf, info, train_ds)
 

@@ -66,11 +66,17 @@ def squeeze_slice(keys: Sequence[str], slice_axis: int | None) -> list[MapTransf
 
 
 def build_inferer(tcfg: DictConfig, slice_axis: int | None) -> Inferer:
-    """Whole-volume inference: a 3D sliding window, or slice by slice for 2D models."""
+    """Whole-volume inference: a 3D sliding window, or slice by slice for 2D models.
+
+    ``training.sw_mode`` (constant | gaussian) blends overlapping windows;
+    ``training.sw_padding_mode`` (constant | reflect | replicate | circular) pads volumes
+    smaller than a window."""
     kwargs: dict[str, Any] = {
         "roi_size": list(tcfg.patch_size),
         "sw_batch_size": int(tcfg.sw_batch_size),
         "overlap": float(tcfg.sw_overlap),
+        "mode": str(tcfg.get("sw_mode") or "constant"),
+        "padding_mode": str(tcfg.get("sw_padding_mode") or "constant"),
     }
     if slice_axis is None:
         return SlidingWindowInferer(**kwargs)

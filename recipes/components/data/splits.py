@@ -2,7 +2,8 @@
 
 In order of precedence:
 
-1. a datalist with its own ``validation`` list: that list validates, ``training`` trains;
+1. a datalist with its own ``validation`` list (or the ``h5`` / ``tiff`` layouts'
+   ``data.val_*`` files): that list validates, ``training`` trains;
 2. ``data.num_folds: K`` (k-fold cross-validation, ``data.fold`` in 0..K-1 validates): the
    folds a datalist assigns per case (MONAI's ``fold`` key, as Auto3DSeg writes it) when
    every case has one, else MONAI's ``partition_dataset`` into K interleaved parts after a
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from monai.data.utils import partition_dataset
+
+from recipes.components.testtime.test_split import exclude_test
 
 Items = list[dict[str, Any]]
 
@@ -65,7 +68,8 @@ def kfold_split(items: Items, num_folds: int, fold: int, seed: int) -> tuple[Ite
 
 def choose_split(items: Items, data_cfg: Any) -> tuple[Items, Items, str]:
     """(train, val, method) for ``data_cfg``; method is datalist, datalist-folds, kfold or
-    random."""
+    random. The ``data.test`` cases are never on either side."""
+    items = exclude_test(items, data_cfg)
     num_folds = data_cfg.get("num_folds")
     own_val = [item for item in items if item.get("subset") == "validation"]
     if own_val:
@@ -74,7 +78,9 @@ def choose_split(items: Items, data_cfg: Any) -> tuple[Items, Items, str]:
                 "the datalist has its own 'validation' list; data.num_folds would ignore it. "
                 "Set data.num_folds=null, or move those cases into 'training' (with 'fold' keys)"
             )
-        return [item for item in items if item.get("subset") != "validation"], own_val, "datalist"
+        train = [item for item in items if item.get("subset") != "validation"]
+        # "datalist", or the layout's own name for its validation list (validation-files).
+        return train, own_val, str(own_val[0].get("split_method", "datalist"))
     if num_folds is not None:
         fold = data_cfg.get("fold", 0)
         train, val = kfold_split(items, num_folds, fold, int(data_cfg.split_seed))

@@ -1,10 +1,35 @@
-"""When to stop a run early: a Dice that is good enough, or patience run out."""
+"""When to stop a run early: a Dice that is good enough, patience run out, a monitored metric
+that has converged (``threshold``) or collapsed (``divergence_threshold``).
+
+``training.early_stopping.monitor`` is ``val_dice`` (the default, and the original
+behaviour), ``val_loss`` or any validation metric (``val_adapted_rand_error``...);
+``mode: auto`` minimises losses, errors and distances and maximises the rest, as
+PyTorch Lightning's ``EarlyStopping`` does with ``mode``. ``threshold``: stop as converged
+once the monitor reaches it (Lightning's ``stopping_threshold``). ``divergence_threshold``:
+stop with status ``diverged`` once the monitor becomes worse than it after having been
+better (a run that starts above it is not collapsing, it has not started), or is not finite.
+
+Patience on ``val_dice`` is counted by the checkpointed ``Progress``; on any other monitor
+the history of monitored values is kept in ``early_stopping.json`` beside ``last.pt``,
+written before it, so a resumed run replays exactly the same decisions.
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from recipes.components.training.checkpoint import Progress
+from recipes.components.training.optim import monitor_mode
+
+HISTORY_FILE = "early_stopping.json"
 
 
 def early_stop_reason(
@@ -31,3 +56,89 @@ def early_stop_reason(
     if patience is not None and epoch - progress.improved_epoch >= int(patience) * val_interval:
         return f"no val_dice gain > {es.min_delta} in {patience} validations"
     return None
+
+
+@dataclass
+class Stop:
+    reason: str
+    diverged: bool = False
+
+
+class EarlyStopping:
+    """``training.early_stopping`` on its monitor; see the module doc."""
+
+    def __init__(self, es: Mapping[str, Any] | None, val_interval: int) -> None:
+        self.es = dict(es or {})
+        self.val_interval = int(val_interval)
+        self.monitor = str(self.es.get("monitor") or "val_dice")
+        self.mode = monitor_mode(self.monitor, str(self.es.get("mode") or "auto"))
+        self.history: list[tuple[int, float]] = []
+
+    def _better(self, a: float, b: float, delta: float = 0.0) -> bool:
+        return a < b - delta if self.mode == "min" else a > b + delta
+
+    def _reached(self, value: float, threshold: float) -> bool:
+        return value <= threshold if self.mode == "min" else value >= threshold
+
+    def load(self, ckpt_dir: Path, epoch: int) -> None:
+        """The history of a resumed run, up to the checkpoint's ``epoch``."""
+        path = ckpt_dir / HISTORY_FILE
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("monitor") == self.monitor:
+                self.history = [(int(e), float(v)) for e, v in saved["history"] if e <= epoch]
+
+    def save(self, ckpt_dir: Path) -> None:
+        """Atomically; call before saving ``last.pt`` of the same epoch."""
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_dir / f".{HISTORY_FILE}.tmp"
+        tmp.write_text(json.dumps({"monitor": self.monitor, "history": self.history}))
+        os.replace(tmp, ckpt_dir / HISTORY_FILE)
+
+    def update(self, progress: Progress, metrics: Mapping[str, float], epoch: int) -> Stop | None:
+        """Record this validation; why to stop now, or None. Call before ``progress``
+        records a best (as :func:`early_stop_reason`)."""
+        if not self.es:
+            return None
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"training.early_stopping.monitor={self.monitor!r} is not a validation metric "
+                f"of this run; it has {sorted(k for k in metrics if k.startswith('val_'))}"
+            )
+        value = float(metrics[self.monitor])
+        earlier = [v for _, v in self.history]
+        self.history.append((epoch, value))
+        legacy = None
+        if self.monitor == "val_dice":  # the original rule, its patience counted in Progress
+            es = DictConfig(self.es)
+            legacy = early_stop_reason(es, progress, dict(metrics), epoch, self.val_interval)
+        div = self.es.get("divergence_threshold")
+        if div is not None:
+            was_good = any(self._better(v, float(div)) for v in earlier)
+            if not math.isfinite(value) or (was_good and not self._better(value, float(div))):
+                return Stop(f"{self.monitor} {value:.4g} diverged past {div}", diverged=True)
+        threshold = self.es.get("threshold")
+        if threshold is not None and self._reached(value, float(threshold)):
+            return Stop(f"{self.monitor} {value:.4g} reached threshold {threshold}")
+        if legacy:
+            return Stop(legacy)
+        return None if self.monitor == "val_dice" else self._patience(metrics)
+
+    def _patience(self, metrics: Mapping[str, float]) -> Stop | None:
+        good = self.es.get("good_enough")
+        if good is not None and "val_dice" in metrics and metrics["val_dice"] >= float(good):
+            return Stop(f"val_dice {metrics['val_dice']:.4g} >= good_enough {good}")
+        patience = self.es.get("patience")
+        if patience is None:
+            return None
+        delta = float(self.es.get("min_delta") or 0.0)
+        best, improved = self.history[0][1], self.history[0][0]
+        for epoch, value in self.history[1:]:
+            if self._better(value, best, delta):
+                improved = epoch
+            if self._better(value, best):
+                best = value
+        last = self.history[-1][0]
+        if last - improved >= int(patience) * self.val_interval:
+            return Stop(f"no {self.monitor} gain > {delta} in {patience} validations")
+        return None

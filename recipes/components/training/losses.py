@@ -7,6 +7,11 @@ need to know which network it trains. ``loss.name: terms`` is a weighted sum of 
 named losses, each switched on at its own ``start_step`` (optionally ramped in linearly over
 ``warmup_steps``): e.g. CE alone first, Dice added once the predictions are not all
 background, which is when Dice gradients become informative.
+
+A dataset mask (B, 1, ...) restricts every loss to its nonzero voxels (:func:`masked_call`):
+losses that take one (``takes_mask``, e.g. the ``em_instance`` heads) get it, any other
+loss is computed on the voxels inside the mask only, pooled over the batch.
+``loss.name: em_instance`` is the three-head loss of that task (``em_losses.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.losses import (
     DeepSupervisionLoss,
     DiceCELoss,
@@ -26,6 +32,26 @@ from monai.losses import (
 from monai.networks.utils import one_hot
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from recipes.components.training.em_losses import em_terms
+
+
+def masked_call(
+    loss: nn.Module, logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``loss(logits, label)`` counting only the voxels where ``mask`` (B, 1, ...) is nonzero.
+
+    A loss that takes the mask itself gets it; any other sees the kept voxels of the whole
+    batch as one (1, C, N) sample, which is exact for means (CE, BCE) and for batch Dice.
+    """
+    if mask is None:
+        return loss(logits, label)
+    if getattr(loss, "takes_mask", False):
+        return loss(logits, label, mask)
+    keep = mask[:, 0] > 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0  # nothing to learn from, but a graph for backward
+    return loss(logits.movedim(1, -1)[keep].T[None], label.movedim(1, -1)[keep].T[None])
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -66,6 +92,8 @@ class DiceBCE(nn.Module):
 class WeightedSum(nn.Module):
     """Sum of ``weight * ramp(step) * term``; ``set_step`` is called by the trainer."""
 
+    takes_mask = True  # hands a mask on to each term (masked_call)
+
     def __init__(
         self,
         terms: Sequence[nn.Module],
@@ -93,12 +121,14 @@ class WeightedSum(nn.Module):
             out.append(weight * ramp)
         return out
 
-    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # Zero with a graph: backward works even before any term has started.
         total = logits.sum() * 0.0
         for factor, term in zip(self.factors(), self.terms, strict=True):
             if factor > 0:  # skipped terms cost nothing, not even a forward
-                total = total + factor * term(logits, label)
+                total = total + factor * masked_call(term, logits, label, mask)
         return total
 
 
@@ -114,12 +144,24 @@ class DeepSupervised(nn.Module):
         self.inner = loss
         self.ds = DeepSupervisionLoss(loss, weight_mode=weight_mode)  # type: ignore[arg-type]
 
-    def forward(self, output: Any, label: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, output: Any, label: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if isinstance(output, torch.Tensor) and output.ndim == label.ndim + 1:
             output = list(torch.unbind(output, dim=1))
-        if isinstance(output, (list, tuple)):
+        if not isinstance(output, (list, tuple)):
+            return masked_call(self.inner, output, label, mask)
+        if mask is None:
             return self.ds(list(output), label)
-        return self.inner(output, label)
+        # As DeepSupervisionLoss, with the mask resized (nearest) alongside the label.
+        total = output[0].sum() * 0.0
+        for weight, out in zip(self.ds.get_weights(len(output)), output, strict=True):
+            target, keep = label, mask
+            if out.shape[2:] != label.shape[2:]:
+                target = F.interpolate(label, size=out.shape[2:], mode="nearest-exact")
+                keep = F.interpolate(mask.float(), size=out.shape[2:], mode="nearest-exact")
+            total = total + weight * masked_call(self.inner, out.float(), target, keep)
+        return total
 
 
 def class_weights(loss_cfg: DictConfig | dict[str, Any], num_classes: int) -> torch.Tensor:
@@ -141,7 +183,7 @@ MONAI_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "generalized_dice": GeneralizedDiceLoss,
     "tversky": TverskyLoss,
 }
-LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "terms")
+LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "terms", "em_instance")
 
 
 def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
@@ -160,6 +202,8 @@ def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
         starts = [int(t.pop("start_step", 0)) for t in terms]
         warmups = [int(t.pop("warmup_steps", 0)) for t in terms]
         return WeightedSum([_single(t, num_classes) for t in terms], weights, starts, warmups)
+    if name == "em_instance":
+        return WeightedSum(*em_terms(kwargs))
     raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSS_NAMES)}")
 
 

@@ -3,7 +3,8 @@
 Distances are in mm: the voxel spacing comes from each validation image's metadata
 (MetaTensor ``pixdim``), so resampled and native-grid datasets are measured alike. Cases
 where a class is absent from the label or the prediction give NaN/inf distances; those are
-left out of the mean (MONAI warns about them) rather than poisoning it.
+left out of the mean (MONAI warns about them) rather than poisoning it. A dataset mask
+restricts every metric to its nonzero voxels.
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ class SegMetrics:
         )
 
     def __call__(
-        self, logits: torch.Tensor, label: torch.Tensor, spacing: Sequence[float] | None
+        self,
+        logits: torch.Tensor,
+        label: torch.Tensor,
+        spacing: Sequence[float] | None,
+        mask: torch.Tensor | None = None,
     ) -> None:
+        """Score one batch; with ``mask`` (B, 1, ...), only the voxels where it is nonzero."""
         pred = one_hot(logits.argmax(dim=1, keepdim=True), self.num_classes)
         target = one_hot(label.long(), self.num_classes)
+        if mask is not None:  # outside the mask: no class at all, in prediction and truth
+            keep = (mask > 0).to(pred.dtype)
+            pred, target = pred * keep, target * keep
         self.dice(y_pred=pred, y=target)
         if self.hd95 is not None:
             self.hd95(y_pred=pred, y=target, spacing=spacing)

@@ -1,7 +1,9 @@
 """Optimizer and learning-rate scheduler factories for ``cfg.optimizer`` / ``cfg.scheduler``.
 
 A scheduler is stepped after every optimizer step, after every epoch, or (``plateau``) after
-every validation with the validation Dice (``scheduler.interval``: step | epoch | val); the
+every validation with a validation metric, ``scheduler.monitor`` (``val_dice`` by default,
+``val_loss``, ...; minimised when it is a loss, an error or a distance, else maximised)
+(``scheduler.interval``: step | epoch | val); the
 trainer needs to know which, and how long the schedule is, so that a resumed run with a
 different ``max_epochs`` can re-derive its schedule.
 
@@ -11,6 +13,7 @@ parameters into one group per module role, each at ``lr * multiplier``.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +46,17 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 Interval = Literal["step", "epoch", "val"]
+# Monitored metrics where lower is better under mode "auto".
+LOWER_IS_BETTER = re.compile(r"(loss|error|hd95|voi)", re.IGNORECASE)
+
+
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """``min`` or ``max`` for a monitored metric; ``auto`` decides by its name."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise ValueError(f"mode must be auto, min or max, got {mode!r}")
+    return "min" if LOWER_IS_BETTER.search(monitor) else "max"
 
 
 @dataclass
@@ -52,6 +66,7 @@ class Schedule:
     scheduler: LRScheduler | ReduceLROnPlateau
     interval: Interval
     total_steps: int
+    monitor: str = "val_dice"  # what a "val" schedule is stepped with
 
 
 def build_optimizer(
@@ -127,17 +142,18 @@ def build_scheduler(
     elif name == "poly":
         scheduler = PolynomialLR(optimizer, total_iters=total, power=sched_cfg.power)
     elif name == "plateau":
-        # Stepped with the validation Dice after each validation: "max" mode. Its state is
+        # Stepped with the monitored metric after each validation. Its state is
         # history-dependent and cannot be replayed, so total 0: a resume always loads it.
+        monitor = str(sched_cfg.get("monitor") or "val_dice")
         scheduler = ReduceLROnPlateau(
             optimizer,
-            mode="max",
+            mode=monitor_mode(monitor, str(sched_cfg.get("mode") or "auto")),  # type: ignore[arg-type]
             factor=sched_cfg.factor,
             patience=sched_cfg.patience,
             threshold=sched_cfg.threshold,
             min_lr=sched_cfg.min_lr,
         )
-        return Schedule(scheduler, "val", 0)
+        return Schedule(scheduler, "val", 0, monitor)
     else:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
     return Schedule(scheduler, interval, total)

@@ -8,6 +8,8 @@ float16 gradients underflow.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from typing import Any
 
 import torch
@@ -45,3 +47,47 @@ def as_float(output: Any) -> Any:
 
 def optimizer_steps_per_epoch(batches: int, accumulate: int) -> int:
     return -(-batches // max(1, accumulate))
+
+
+class LoaderClock:
+    """A loader that also measures how long the step waited for each batch.
+
+    ``data_wait_fraction`` (wait / epoch time) is the number behind "the GPU idles between
+    batches": near 0 the model is the bottleneck, near 1 the loader is (more workers,
+    prefetch, caching). Iterates and measures exactly what the wrapped loader yields.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.wait_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        it = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait_s += time.perf_counter() - start
+            yield batch
+
+
+def throughput(
+    clock: LoaderClock, seconds: float, samples: int, patch: Any, device: torch.device
+) -> dict[str, float]:
+    """Per-epoch throughput metrics: samples and voxels a second, the share of the epoch
+    spent waiting on the loader, and on CUDA the peak memory (reset for the next epoch)."""
+    voxels = samples * math.prod(int(s) for s in patch)
+    out = {
+        "samples_per_s": samples / seconds,
+        "voxels_per_s": voxels / seconds,
+        "data_wait_fraction": min(1.0, clock.wait_s / seconds),
+    }
+    if device.type == "cuda":
+        out["gpu_peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out

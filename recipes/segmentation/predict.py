@@ -1,0 +1,241 @@
+"""Predict label maps with trained segmentation models: one, or an ensemble of several.
+
+``predict(request)`` (the recipe's ``PREDICT`` entry, a :class:`recipes.contract.PredictFn`)
+reads nnU-Net-named inputs (``CASE_0000.nii.gz``, ... one file per channel of the training
+dataset; see :mod:`recipes.components.testtime.inputs`) or the ``data.test`` cases, checks
+them all before loading a model, and writes ``CASE.nii.gz`` label maps on each input's own
+grid (same shape, affine and orientation as the input file: the training spacing and RAS
+orientation are undone), and with ``save_probabilities`` ``CASE.npz`` holding
+``probabilities`` (C, X, Y, Z: the input's voxel order) and ``classes``. Several models are
+an ensemble: their softmax probabilities are averaged before the argmax. The settings
+(``predict.*``: sliding window, TTA, autocast, device) are documented in
+:mod:`recipes.components.testtime.inference`. Files appear in the output folder only once
+every case has been predicted, with ``predict.json`` saying what made them.
+
+Standalone::
+
+    python -m recipes.segmentation.predict -i imagesTs -o preds -c run/checkpoints/best.pt \\
+        model=unet data=demo [predict.sw_overlap=0.75] [--tta] [--save-probabilities]
+
+(``--config run/config.yaml``, a run's logged config, instead of composing ``conf/``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from recipes.components.testtime.inference import (
+    Predictor,
+    ensemble_probabilities,
+    resolve_device,
+    resolve_settings,
+)
+from recipes.components.testtime.inputs import (
+    ChannelMap,
+    channel_map,
+    check_headers,
+    read_input_folder,
+)
+from recipes.components.testtime.test_split import held_out_items
+from recipes.contract import (
+    ModelRef,
+    PredictedCase,
+    PredictInputError,
+    PredictRequest,
+    PredictResult,
+)
+
+
+def _channels(request: PredictRequest) -> ChannelMap:
+    cmaps = [channel_map(m.config.data) for m in request.models]
+    for model, cmap in zip(request.models[1:], cmaps[1:], strict=True):
+        if (cmap.names, cmap.classes) != (cmaps[0].names, cmaps[0].classes):
+            raise PredictInputError(
+                f"ensemble members disagree: {request.models[0].name} reads {cmaps[0].names} "
+                f"into {cmaps[0].classes}, {model.name} reads {cmap.names} into {cmap.classes}"
+            )
+    return cmaps[0]
+
+
+def _cases(request: PredictRequest, cmap: ChannelMap) -> list[dict[str, Any]]:
+    if request.input_dir is not None:
+        return read_input_folder(request.input_dir, cmap)
+    if request.split != "test":
+        raise PredictInputError("predict needs an input folder or split='test'")
+    items = []
+    for item in held_out_items(request.models[0].config.data):
+        image = item["image"]
+        if isinstance(image, list):  # every dataset channel: keep the model's, in its order
+            image = [image[i] for i in cmap.fed]
+        items.append({**item, "image": image})
+    check_headers(items, cmap)
+    return items
+
+
+def _save_label(probs: np.ndarray, source: str, path: Path) -> None:
+    """The argmax on the grid of ``source`` (its affine, qform and sform codes, units)."""
+    import nibabel as nib
+
+    ref = nib.load(source)
+    if tuple(probs.shape[1:]) != tuple(ref.shape[:3]):
+        raise RuntimeError(f"prediction {probs.shape[1:]} is not on the grid {ref.shape[:3]}")
+    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
+    img = nib.Nifti1Image(probs.argmax(0).astype(dtype), ref.affine)
+    header = ref.header
+    img.set_qform(ref.affine, int(header.get("qform_code", 1)) or 1)
+    img.set_sform(ref.affine, int(header.get("sform_code", 1)) or 1)
+    if hasattr(header, "get_xyzt_units"):
+        img.header.set_xyzt_units(*header.get_xyzt_units())
+    nib.save(img, path)
+
+
+def predict(request: PredictRequest) -> PredictResult:
+    """Predict every case of ``request`` (module doc); ``check_only``: list and check only."""
+    if not request.models:
+        raise PredictInputError("predict needs at least one model")
+    cmap = _channels(request)
+    settings = resolve_settings(request.models[0].config, request.settings)
+    settings["tta"] = bool(settings["tta"] or request.tta)
+    items = _cases(request, cmap)
+    out = request.output_dir
+    if request.check_only:
+        cases = [PredictedCase(i["case"], None, _label(i)) for i in items]
+        return PredictResult(cases, cmap.classes, cmap.names, settings)
+    for ref in request.models:
+        if not ref.checkpoint.is_file():
+            raise PredictInputError(f"{ref.name or 'model'}: checkpoint {ref.checkpoint} not found")
+    device = resolve_device(str(settings["device"]))
+    predictors = [Predictor(ref, cmap, settings, device) for ref in request.models]
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".partial-{os.getpid()}"
+    stage.mkdir(exist_ok=True)
+    cases = []
+    try:
+        for item in _progress(items, request.progress, len(predictors)):
+            probs = ensemble_probabilities(predictors, item)
+            first = item["image"][0] if isinstance(item["image"], list) else item["image"]
+            _save_label(probs, first, stage / f"{item['case']}.nii.gz")
+            if request.save_probabilities:
+                np.savez_compressed(
+                    stage / f"{item['case']}.npz",
+                    probabilities=probs.astype(np.float32),
+                    classes=np.asarray(cmap.classes),
+                )
+            cases.append(item)
+        # Only now, all cases done, do the files replace anything in the output folder.
+        results = []
+        for item in cases:
+            case = item["case"]
+            os.replace(stage / f"{case}.nii.gz", out / f"{case}.nii.gz")
+            probs_path = None
+            if request.save_probabilities:
+                probs_path = out / f"{case}.npz"
+                os.replace(stage / f"{case}.npz", probs_path)
+            results.append(PredictedCase(case, out / f"{case}.nii.gz", _label(item), probs_path))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result = PredictResult(results, cmap.classes, cmap.names, settings)
+    _provenance(request, result, cmap)
+    return result
+
+
+def _label(item: dict[str, Any]) -> Path | None:
+    return Path(item["label"]) if item.get("label") else None
+
+
+def _progress(items: list[dict[str, Any]], show: bool, members: int) -> Any:
+    """A progress bar on stderr (tqdm, when installed and stderr is a terminal)."""
+    if not show:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    what = "predict" if members == 1 else f"predict (ensemble of {members})"
+    return tqdm(items, desc=what, unit="case", disable=None, file=sys.stderr)
+
+
+def _provenance(request: PredictRequest, result: PredictResult, cmap: ChannelMap) -> None:
+    """``predict.json``: which models, checkpoints, settings and channels made the files."""
+    record = {
+        "models": [{"name": m.name, "checkpoint": str(m.checkpoint)} for m in request.models],
+        "ensemble": len(request.models) > 1,
+        "input": str(request.input_dir) if request.input_dir else request.split,
+        "channels": {f"{i:04d}": cmap.dataset[i] for i in cmap.fed},
+        "classes": {str(i): name for i, name in enumerate(cmap.classes)},
+        "settings": result.settings,
+        "cases": [c.case for c in result.cases],
+    }
+    path = request.output_dir / "predict.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _compose(args: argparse.Namespace, overrides: list[str]) -> DictConfig:
+    if args.config is not None:
+        try:
+            cfg = OmegaConf.load(args.config)
+        except OSError as err:
+            raise PredictInputError(f"--config {args.config}: {err}") from None
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))  # type: ignore[return-value]
+    from hydra import compose, initialize_config_dir
+
+    from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name="predict"):
+        return compose(CONFIG_NAME, overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.segmentation.predict",
+        description="Predict nnU-Net-named inputs with trained segmentation models.",
+    )
+    parser.add_argument("-i", "--input", type=Path, required=True, help="CASE_0000.nii.gz, ...")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="CASE.nii.gz land here")
+    parser.add_argument(
+        "-c", "--checkpoint", type=Path, action="append", required=True,
+        help="a best.pt or last.pt; repeat it to ensemble (probabilities averaged)",
+    )  # fmt: skip
+    parser.add_argument("--config", type=Path, help="a run's config.yaml instead of conf/")
+    parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    parser.add_argument("--save-probabilities", action="store_true", help="also CASE.npz")
+    parser.add_argument("overrides", nargs="*", help="config overrides and predict.* keys")
+    args = parser.parse_args(argv)
+    settings = dict(o.split("=", 1) for o in args.overrides if o.startswith("predict."))
+    rest = [o for o in args.overrides if not o.startswith("predict.")]
+    try:
+        try:
+            cfg = _compose(args, rest)
+        except PredictInputError:
+            raise
+        except Exception as err:  # Hydra's and OmegaConf's errors: a bad override
+            raise PredictInputError(f"cannot compose the config: {err}") from None
+        request = PredictRequest(
+            models=[ModelRef(cfg, c, c.parent.parent.name or c.stem) for c in args.checkpoint],
+            output_dir=args.output,
+            input_dir=args.input,
+            tta=args.tta,
+            save_probabilities=args.save_probabilities,
+            settings=settings,
+        )
+        result = predict(request)
+    except PredictInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(result.cases)} label maps to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
