@@ -73,3 +73,39 @@ def learning_curves(groups: list[Group], out_dir: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def per_class_vs_baseline(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Per-class Dice of each group beside the baseline's (bars: mean, whiskers: ± std)."""
+    plt = _plt()
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    first = rows[0]
+    series: dict[str, dict[str, tuple[float, float]]] = {
+        f"baseline ({first['baseline']})": {
+            r["class"]: (r["baseline_mean"], r["baseline_std"]) for r in rows
+        }
+    }
+    for r in rows:
+        series.setdefault(r["group"], {})[r["class"]] = (r["mean"], r["std"])
+    width = 0.8 / len(series)
+    width_in = max(5.0, 2.5 + 0.35 * len(classes) * len(series))
+    fig, ax = plt.subplots(figsize=(width_in, 3.8))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(classes))]
+        means = [_num(values.get(c, (None, None))[0]) for c in classes]
+        stds = [_num(values.get(c, (None, None))[1], 0.0) for c in classes]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, hatch="//" if k == 0 else None)
+    ax.set_xticks(range(len(classes)), classes, rotation=20)
+    source = "test" if first["source"] == "test" else "best val"
+    ax.set_ylabel(f"{source} Dice (mean ± std over seeds)")
+    ax.set_title(f"per-class {source} Dice vs the baseline", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path = out_dir / "per_class_vs_baseline.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _num(value: float | None, default: float = float("nan")) -> float:
+    return default if value is None or value != value else float(value)

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from runner import tracking
+from runner.errors import RunnerError
 from runner.plan import Plan
-from runner.report.plots import dice_by_axis, learning_curves
+from runner.report import search as search_report
+from runner.report.baseline import label_order, per_class_rows, read_csv
+from runner.report.plots import dice_by_axis, learning_curves, per_class_vs_baseline
 from runner.report.stats import collect, group_rows, make_groups, marginal_effects
 
 
@@ -25,17 +28,33 @@ class Report:
     cells_total: int
     files: list[Path] = field(default_factory=list)
     summary_run_id: str | None = None
+    per_class: list[dict[str, Any]] = field(default_factory=list)  # vs the baseline
+    baseline: str | None = None  # a group label, or the CSV's path
+    search: dict[str, Any] | None = None  # a search or pruned grid (runner.report.search)
 
 
 def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def build(plan: Plan, baseline: str | None) -> tuple[Report, list[Any]]:
+def build(
+    plan: Plan, baseline: str | None, baseline_csv: Path | None = None
+) -> tuple[Report, list[Any]]:
+    if baseline is not None and baseline_csv is not None:
+        raise RunnerError("give --baseline GROUP or --baseline-csv FILE, not both")
     results, classes = collect(plan)
     groups = make_groups(plan, results)
-    rows = [{k: _clean(v) for k, v in r.items()} for r in group_rows(groups, classes, baseline)]
+    raw = group_rows(groups, classes, baseline)
+    from_csv = None
+    if baseline_csv is not None:
+        from_csv = read_csv(baseline_csv, classes, label_order(plan, results))
+    base = next((g for g in groups if g.label == baseline), None)
+    per_class = per_class_rows(groups, classes, raw, base, from_csv)
+    rows = [{k: _clean(v) for k, v in r.items()} for r in raw]
     report = Report(rows, marginal_effects(groups), classes, len(results), len(plan.cells))
+    report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
+    report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
+    report.search = search_report.build(plan)
     return report, groups
 
 
@@ -48,6 +67,9 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         "classes": report.classes,
         "cells_done": report.cells_done,
         "cells_total": report.cells_total,
+        "ranked_by": "best val Dice (selection); test figures are reported, never ranked on",
+        "baseline": report.baseline,
+        "per_class_vs_baseline": report.per_class,
     }
     (out_dir / "report.json").write_text(json.dumps(data, indent=1))
     files.append(out_dir / "report.json")
@@ -57,6 +79,8 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         writer.writeheader()
         writer.writerows(report.groups)
     files.append(out_dir / "groups.csv")
+    if report.per_class:
+        files.append(_csv(report.per_class, out_dir / "per_class_vs_baseline.csv"))
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -69,7 +93,19 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
     if groups:
         files += dice_by_axis(groups, out_dir)
         files.append(learning_curves(groups, out_dir))
+    if report.per_class:
+        files.append(per_class_vs_baseline(report.per_class, out_dir))
+    files += search_report.write(report.search, out_dir)
     return files
+
+
+def _csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def _str_axis(key: str, value: Any) -> Any:

@@ -4,22 +4,30 @@
   Dice, overall and per class (the per-class values at that cell's best epoch), best first;
 - the marginal effect of each axis value: the mean of the group means that have that value,
   minus the mean of all group means (so every other axis is averaged over);
-- ``--baseline GROUP``: per-class deltas of every group against one group.
+- ``--baseline GROUP``: per-class deltas of every group against one group;
+- test metrics (``runner evaluate MATRIX``) beside validation: mean ± std and the 95 % CI
+  over seeds, and against the baseline a paired comparison over the test cases (mean
+  difference, bootstrap CI, Wilcoxon, Holm across groups; ``significance.py``). Groups are
+  ranked by validation, the selection metric; test figures are reported, never ranked on.
 
-Figures come from the MLflow runs the ledger points at, so they match the UI.
+Figures come from the MLflow runs the ledger points at, so they match the UI; per-case test
+values come from each cell's ``test/summary.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runner import tracking
 from runner.errors import RunnerError, did_you_mean
 from runner.matrix.cells import Cell, run_name_tokens
 from runner.plan import Plan
+from runner.report import significance
 
 
 @dataclass
@@ -30,6 +38,8 @@ class CellResult:
     best_epoch: int | None
     per_class: dict[str, float]
     curve: list[tuple[int, float]]  # (epoch, val_dice)
+    test: dict[str, float] = field(default_factory=dict)  # test_* metrics of the run
+    test_cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case -> dice_*
 
 
 @dataclass
@@ -48,6 +58,23 @@ class Group:
         if not xs:
             return math.nan, math.nan
         return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+    def scores(self, key: str | None = None, test: bool = False) -> list[float]:
+        """Each cell's best val Dice (or test Dice), overall or for class ``key``."""
+        if test:
+            name = "test_dice" if key is None else f"test_dice_{key}"
+            return [c.test[name] for c in self.cells if name in c.test]
+        return [c.best if key is None else c.per_class.get(key, math.nan) for c in self.cells]
+
+    def case_values(self, key: str | None = None) -> dict[str, float]:
+        """Per test case, the mean over this group's cells (its seeds) of that case's Dice."""
+        name = "dice" if key is None else f"dice_{key}"
+        by_case: dict[str, list[float]] = {}
+        for c in self.cells:
+            for case, row in c.test_cases.items():
+                if math.isfinite(row.get(name, math.nan)):
+                    by_case.setdefault(case, []).append(row[name])
+        return {case: statistics.fmean(xs) for case, xs in by_case.items()}
 
 
 def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
@@ -77,8 +104,32 @@ def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
                 per_class[name] = float(at[-1]) if at else math.nan
                 if name not in classes:
                     classes.append(name)
-        results.append(CellResult(cell, s.run_id, best, best_epoch, per_class, curve))
+        test = {k: float(v) for k, v in run.data.metrics.items() if k.startswith("test_")}
+        summary = plan.ledger.cell(cell.id).dir / "test" / "summary.json"
+        results.append(
+            CellResult(
+                cell, s.run_id, best, best_epoch, per_class, curve, test, read_cases(summary)
+            )
+        )
     return results, classes
+
+
+def read_cases(summary: Path) -> dict[str, dict[str, float]]:
+    """Per case of an nnU-Net ``summary.json``: ``dice`` (the mean over its scored classes)
+    and ``dice_<class>``; {} when there is none."""
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    labels = data.get("labels", {})
+    out = {}
+    for i, entry in enumerate(data.get("metric_per_case", [])):
+        case = entry.get("case") or Path(entry.get("reference_file", f"case{i}")).name
+        row = {f"dice_{labels.get(k, k)}": float(m["Dice"]) for k, m in entry["metrics"].items()}
+        scored = [v for v in row.values() if math.isfinite(v)]
+        row["dice"] = statistics.fmean(scored) if scored else math.nan
+        out[str(case)] = row
+    return out
 
 
 def group_label(values: dict[str, Any], groups: set[str]) -> str:
@@ -151,8 +202,42 @@ def group_rows(
                 row[f"delta_{c}"] = cm - base.stats(c)[0]
         if base is not None:
             row["delta_mean"] = mean - base.stats()[0]
+        val = significance.t_interval(g.scores())
+        row["dice_ci_low"], row["dice_ci_high"] = val["ci_low"], val["ci_high"]
+        row.update(_test_columns(g, classes))
         rows.append(row)
+    if base is not None:
+        _paired_columns(rows, groups, classes, base)
     return rows
+
+
+def _test_columns(g: Group, classes: list[str]) -> dict[str, Any]:
+    """Test Dice over the group's cells (those evaluated): mean, std, 95 % CI, n."""
+    test = significance.t_interval(g.scores(test=True))
+    if not test["n"]:
+        return {}
+    row = {f"test_dice_{k}": test[k] for k in ("mean", "std", "ci_low", "ci_high")}
+    row["test_n"] = test["n"]
+    for c in classes:
+        per_class = significance.t_interval(g.scores(c, test=True))
+        row[f"test_dice_{c}_mean"], row[f"test_dice_{c}_std"] = per_class["mean"], per_class["std"]
+    return row
+
+
+def _paired_columns(
+    rows: list[dict[str, Any]], groups: list[Group], classes: list[str], base: Group
+) -> None:
+    """Each group against the baseline over the test cases, overall and per class:
+    ``vs_baseline[_<class>]_{n_cases,delta,ci_low,ci_high,p,p_holm,holds}``."""
+    for key in [None, *classes]:
+        per_case = {g.label: g.case_values(key) for g in groups}
+        if not per_case[base.label]:
+            continue
+        results = significance.compare({k: v for k, v in per_case.items() if v}, base.label)
+        prefix = "vs_baseline_" if key is None else f"vs_baseline_{key}_"
+        for row in rows:
+            if row["group"] in results:
+                row.update(significance.as_row(results[row["group"]], prefix))
 
 
 def fmt(mean: float, std: float) -> str:

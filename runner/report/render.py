@@ -1,0 +1,121 @@
+"""``runner report --format table``: the report's tables on the terminal (rich)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from runner.report.publish import Report
+from runner.report.stats import fmt
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _ci(row: dict[str, Any], prefix: str) -> str:
+    low, high = _nan(row.get(f"{prefix}ci_low")), _nan(row.get(f"{prefix}ci_high"))
+    return "-" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _p(value: float | None) -> str:
+    v = _nan(value)
+    return "-" if math.isnan(v) else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+
+
+def print_report(console: Console, report: Report, title: str, baseline: str | None) -> None:
+    has_test = any(r.get("test_dice_mean") is not None for r in report.groups)
+    table = Table(
+        title=f"{title}: best val Dice over seeds ({report.cells_done} of "
+        f"{report.cells_total} cells done); ranked by validation"
+        + ("; test reported beside it, never ranked on" if has_test else ""),
+        title_justify="left",
+    )
+    cols = ["group", "n", "val Dice mean ± std", "val 95% CI"]
+    if has_test:
+        cols += ["test Dice mean ± std", "test 95% CI"]
+    cols += [*report.classes, *(["Δ val vs baseline"] if baseline else [])]
+    for col in cols:
+        table.add_column(col)
+    for r in report.groups:
+        cells = [r["group"], str(r["n"]), fmt(_nan(r["dice_mean"]), _nan(r["dice_std"]))]
+        cells.append(_ci(r, "dice_"))
+        if has_test:
+            mean, std = _nan(r.get("test_dice_mean")), _nan(r.get("test_dice_std"))
+            cells += [fmt(mean, std) + (f" (n={r['test_n']})" if r.get("test_n") else "")]
+            cells.append(_ci(r, "test_dice_"))
+        cells += [fmt(_nan(r[f"dice_{c}_mean"]), _nan(r[f"dice_{c}_std"])) for c in report.classes]
+        if baseline:
+            cells.append(f"{_nan(r.get('delta_mean')):+.4f}")
+        table.add_row(*cells)
+    console.print(table)
+    if baseline and any("vs_baseline_p" in r for r in report.groups):
+        _print_paired(console, report, baseline)
+    if report.per_class:
+        _print_per_class(console, report)
+    effects = Table(
+        title="marginal effect of each axis value (vs the mean of all groups)",
+        title_justify="left",
+    )
+    for col in ("axis", "value", "mean Dice", "effect", "groups"):
+        effects.add_column(col)
+    for e in report.effects:
+        effects.add_row(
+            e["axis"], e["value"], f"{e['mean']:.4f}", f"{e['effect']:+.4f}", str(e["groups"])
+        )
+    console.print(effects)
+
+
+def _print_paired(console: Console, report: Report, baseline: str) -> None:
+    table = Table(
+        title=f"test Dice against {baseline}, paired over the test cases: mean difference, "
+        "bootstrap 95% CI, Wilcoxon signed-rank p, Holm-adjusted across groups",
+        title_justify="left",
+    )
+    for col in ("group", "cases", "Δ test Dice", "95% CI", "p", "p (Holm)", "holds"):
+        table.add_column(col)
+    for r in report.groups:
+        if "vs_baseline_p" not in r:
+            continue
+        table.add_row(
+            r["group"],
+            str(r["vs_baseline_n_cases"]),
+            f"{_nan(r['vs_baseline_delta']):+.4f}",
+            _ci(r, "vs_baseline_"),
+            _p(r["vs_baseline_p"]),
+            _p(r["vs_baseline_p_holm"]),
+            "yes" if r["vs_baseline_holds"] else "no",
+        )
+    console.print(table)
+
+
+def _print_per_class(console: Console, report: Report) -> None:
+    rows = report.per_class
+    source = "test" if rows[0]["source"] == "test" else "best val"
+    csv = rows[0]["baseline"] == "csv"
+    table = Table(
+        title=f"per-class {source} Dice against the baseline ({report.baseline})"
+        + ("; a CSV holds no cases: difference of means, no test" if csv else ""),
+        title_justify="left",
+    )
+    cols = ["group", "class", "mean ± std (n)", "baseline mean ± std", "Δ", "Δ %"]
+    paired = any("p_holm" in r for r in rows)
+    cols += ["p (Holm)", "holds"] if paired else []
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        cells = [
+            r["group"],
+            r["class"],
+            f"{fmt(_nan(r['mean']), _nan(r['std']))} ({r['n']})",
+            fmt(_nan(r["baseline_mean"]), _nan(r["baseline_std"])),
+            f"{_nan(r['delta']):+.4f}",
+            f"{_nan(r['delta_pct']):+.1f}%",
+        ]
+        if paired:
+            cells += [_p(r.get("p_holm")), "yes" if r.get("holds") else "no"]
+        table.add_row(*cells)
+    console.print(table)

@@ -1,0 +1,142 @@
+"""Which trained cells a test-time command uses, and how the recipe is reached.
+
+A cell is named by its id, an id prefix (4+ characters) or its run name; ``--best [GROUP]``
+takes the cell with the best validation Dice (the ledger's ``best_val_dice``: selection is on
+validation, never on test), overall or within a report group (every axis but ``seed``).
+``--ensemble seeds|folds`` adds the done cells that differ from it only in ``seed`` or only
+in ``data.fold``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipes.contract import ModelRef
+from runner.errors import RunnerError, did_you_mean, format_choices
+from runner.ledger import CellState
+from runner.matrix.cells import Cell
+from runner.plan import Plan
+from runner.recipe import Recipe
+from runner.report.stats import group_label
+
+ENSEMBLE_AXES = {"seeds": "seed", "folds": "data.fold"}
+CHECKPOINTS = ("best", "last")
+
+
+def recipe_entry(recipe: str, attr: str) -> Callable[..., Any]:
+    """A recipe's ``PREDICT`` / ``EVALUATE`` function, through its package surface."""
+    entry = Recipe.load(recipe).entry(attr)
+    if entry is None:
+        raise RunnerError(
+            f"recipe '{recipe}' has no {attr} entry (recipes/{recipe}/__init__.py); "
+            "see recipes/__init__.py for the surface a recipe exposes"
+        )
+    return entry  # type: ignore[no-any-return]
+
+
+def group_of(plan: Plan, cell: Cell) -> str:
+    return group_label(cell.values, set(plan.recipe.groups))
+
+
+def find_cell(plan: Plan, text: str, flag: str = "--cell") -> Cell:
+    cells = plan.cells
+    for cell in cells:
+        if text in (cell.id, cell.run_name):
+            return cell
+    prefixed = [c for c in cells if c.id.startswith(text)] if len(text) >= 4 else []
+    if len(prefixed) == 1:
+        return prefixed[0]
+    names = [c.run_name for c in cells]
+    raise RunnerError(
+        f"{flag}: no cell '{text}' in {plan.matrix.file} (give an id, an id prefix of 4+ "
+        f"characters or a run name); run names: {format_choices(names)}"
+        f"{did_you_mean(text, [*names, *(c.id for c in cells)])}"
+    )
+
+
+def _done(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
+    return [c for c in plan.cells if states[c.id].state == "done"]
+
+
+def require_done(plan: Plan, cell: Cell, states: dict[str, CellState]) -> Cell:
+    state = states[cell.id]
+    if state.state != "done":
+        done = [c.run_name for c in _done(plan, states)]
+        raise RunnerError(
+            f"cell {cell.id} ({cell.run_name}) is {state.state}, not done: only trained cells "
+            f"predict; done cells: {format_choices(done) if done else 'none yet'}"
+        )
+    return cell
+
+
+def best_cell(plan: Plan, states: dict[str, CellState], group: str | None) -> Cell:
+    """The done cell with the best validation Dice, in ``group`` when given."""
+    done = [c for c in _done(plan, states) if states[c.id].best_val_dice is not None]
+    if not done:
+        raise RunnerError(f"no cell of {plan.matrix.file} is done yet: nothing to predict with")
+    if group is not None:
+        labels = sorted({group_of(plan, c) for c in done})
+        done = [c for c in done if group_of(plan, c) == group]
+        if not done:
+            raise RunnerError(
+                f"--best: no done cell in group '{group}'; groups: "
+                f"{format_choices(labels)}{did_you_mean(group, labels)}"
+            )
+    return max(done, key=lambda c: (states[c.id].best_val_dice or 0.0, c.id))
+
+
+def best_per_group(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
+    best: dict[str, Cell] = {}
+    for cell in _done(plan, states):
+        label, score = group_of(plan, cell), states[cell.id].best_val_dice
+        if score is None:
+            continue
+        if label not in best or score > (states[best[label].id].best_val_dice or 0.0):
+            best[label] = cell
+    return list(best.values())
+
+
+def siblings(plan: Plan, anchor: Cell, kind: str, states: dict[str, CellState]) -> list[Cell]:
+    """``anchor`` and the done cells equal to it but for the ensemble's axis."""
+    axis = ENSEMBLE_AXES[kind]
+    if axis not in anchor.values:
+        axes = list(anchor.values)
+        raise RunnerError(
+            f"--ensemble {kind}: the matrix has no '{axis}' axis to ensemble over; its axes: "
+            f"{', '.join(axes) or 'none'}"
+        )
+    rest = {k: v for k, v in anchor.values.items() if k != axis}
+    return [
+        c for c in _done(plan, states) if {k: v for k, v in c.values.items() if k != axis} == rest
+    ]
+
+
+def checkpoint(plan: Plan, cell: Cell, which: str) -> Path:
+    folder = plan.ledger.cell(cell.id).checkpoint_dir
+    path = folder / f"{which}.pt"
+    if not path.is_file():
+        present = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+        raise RunnerError(
+            f"cell {cell.id} ({cell.run_name}): no {path}; checkpoints there: "
+            f"{', '.join(present) or 'none'} (--checkpoint best|last)"
+        )
+    return path
+
+
+@dataclass
+class Member:
+    cell: Cell
+    ref: ModelRef
+
+
+def members(plan: Plan, cells: list[Cell], which: str) -> list[Member]:
+    """Each cell's composed config (base + its overrides, as its job saw it) and checkpoint."""
+    out = []
+    for cell in cells:
+        cfg = plan.recipe.compose([*plan.matrix.spec.base, *cell.overrides])
+        ref = ModelRef(cfg, checkpoint(plan, cell, which), cell.run_name)
+        out.append(Member(cell, ref))
+    return out
