@@ -27,6 +27,7 @@ NAMES = (
     "makespan",
     "docker_makespan",
     "diffusion",
+    "asha",
 )
 
 
@@ -57,6 +58,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "makespan": makespan.run,
         "docker_makespan": docker_makespan.run,
         "diffusion": diffusion.run,
+        "asha": lambda o: __import__("bench.asha", fromlist=["run"]).run(o),
     }
 
 

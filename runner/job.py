@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from runner import tracking
 from runner.ledger import Attempt, CellRecord, write_json_atomic
+from runner.search.prune import Reporter, SearchSpec
 
 HEARTBEAT_S = 10.0
 
@@ -120,6 +121,8 @@ class CellJob:
     executor: str
     workdir: str
     commit: str | None = None
+    #: A searched or pruned matrix: the metric to track, the cell's trial, ASHA's settings.
+    search: SearchSpec | None = None
 
     def recast(self, cls: type[J]) -> J:
         """This payload as ``cls``, a backend's own job type (a subclass), field for field."""
@@ -157,18 +160,22 @@ class CellJob:
             return outcome
         attempt.write("status", {**base, "state": "running", "time": started})
         run_id = None
+        reporter = None
         with _Heartbeat(attempt) as heartbeat:
             try:
                 run_id = self._ensure_run(record)
                 base["run_id"] = run_id
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
+                if self.search is not None:
+                    reporter = Reporter(self.search, _previous_objective(record, self.attempt))
                 ctx = RunContext(
                     spool_dir=record.dir / "spool",
                     tracking_uri=self.tracking_uri,
                     run_id=run_id,
                     checkpoint_dir=record.checkpoint_dir,
                     progress=heartbeat.beat,
+                    should_prune=reporter,
                 )
                 result = recipe.train_fn()(cfg, ctx)
             except BaseException as exc:
@@ -187,6 +194,7 @@ class CellJob:
                         "ended": time.time(),
                         "error_tail": traceback.format_exc()[-4000:],
                         "time": time.time(),
+                        "objective": reporter.best if reporter else None,
                     },
                 )
                 if run_id:
@@ -208,6 +216,14 @@ class CellJob:
             "ended": time.time(),
             "time": time.time(),
         }
+        if reporter is not None:
+            outcome.update(objective=reporter.best, rung=reporter.pruned_rung)
+            try:
+                reporter.finish(state)
+            except Exception:
+                # The journal is unreachable: the ledger holds the outcome; the study only
+                # misses this trial's end (TPE sees one result fewer).
+                traceback.print_exc()
         try:
             tracking.finish_run(self.tracking_uri, run_id, state, reason)
         except Exception:
@@ -223,6 +239,9 @@ class CellJob:
         tags = tracking.cell_tags(
             self.matrix, self.cell_id, self.values, self.executor, self.commit
         )
+        if self.search is not None and self.search.trial_number is not None:
+            tags["runner.study"] = str(self.search.study)
+            tags["runner.trial"] = str(self.search.trial_number)
         run_id = record.run_id or tracking.find_run(
             self.tracking_uri, self.experiment_id, self.cell_id
         )
@@ -232,6 +251,17 @@ class CellJob:
             return run_id
         run_id = tracking.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
         return record.set_run_id(run_id)
+
+
+def _previous_objective(record: CellRecord, attempt: int) -> float | None:
+    """The best value of the search metric reached by the cell's earlier attempts (a resumed
+    cell does not validate those epochs again)."""
+    best = None
+    for a in record.attempts():
+        if a.number < attempt:
+            value = (a.read("status") or {}).get("objective")
+            best = value if value is not None else best
+    return best
 
 
 def current_job_id() -> str | None:

@@ -33,7 +33,9 @@ from typing import Any
 
 from runner.matrix.cells import Cell
 
-TERMINAL = ("done", "failed", "diverged", "cancelled")
+#: ``pruned``: stopped at a rung by the pruner (runner.search.asha); a verdict, like done,
+#: that only ``resume --only pruned`` reverses.
+TERMINAL = ("done", "pruned", "failed", "diverged", "cancelled")
 #: Claimed or submitted, or running (``cancelling``: asked to stop, and a process of it may
 #: still run): a sweep submits none of these again and ``resume`` leaves them alone.
 IN_FLIGHT = ("queued", "submitted", "running", "cancelling")
@@ -102,6 +104,8 @@ class CellState:
     reason: str | None = None
     job_id: str | None = None
     best_val_dice: float | None = None
+    #: The best value of the search metric (a searched or pruned matrix's cells).
+    objective: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     updated: float | None = None
 
@@ -199,6 +203,7 @@ class CellRecord:
             out.state = status["state"]
             out.reason = status.get("reason")
             out.best_val_dice = status.get("best_val_dice")
+            out.objective = status.get("objective")
         elif job:
             out.state = "submitted"
         elif claim and _dead_here(claim):
@@ -218,7 +223,8 @@ class CellRecord:
                 stopping = time.time() - (beat.get("time") or 0) < STOPPED_AFTER_S
             out.state, out.reason = ("cancelling" if stopping else "cancelled"), "cancelled"
         elif monitor:
-            out.state, out.reason = "failed", monitor.get("reason", "lost")
+            # How the watcher (a sweep) or the executor (runner.sweep.reconcile) saw it end.
+            out.state, out.reason = monitor.get("state", "failed"), monitor.get("reason", "lost")
         elif out.state == "running" and status and _dead_here(status):
             final = last.read("status") or {}
             if final.get("state") in TERMINAL:
@@ -226,6 +232,7 @@ class CellRecord:
                 # it lost would let `resume` run a finished cell again.)
                 out.state, out.reason = final["state"], final.get("reason")
                 out.best_val_dice = final.get("best_val_dice")
+                out.objective = final.get("objective")
             else:
                 out.state, out.reason = "failed", "lost: the job's process is gone"
         elif out.state == "running" and time.time() - (beat.get("time") or 0) > LOST_AFTER_S:

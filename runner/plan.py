@@ -18,6 +18,8 @@ from runner.matrix.load import load_matrix
 from runner.matrix.schema import LoadedMatrix
 from runner.matrix.validate import validate_matrix
 from runner.recipe import Recipe
+from runner.search.trials import SearchPlan
+from runner.search.trials import build as build_search
 
 
 @dataclass
@@ -29,10 +31,19 @@ class Plan:
     expansion: Expansion
     ledger: Ledger
     workdir: Path
+    #: A matrix with ``search`` or ``pruner``: its studies, trial slots and restarts. Its
+    #: cells (trials, restarts) are ``cells``; the grid's points are in ``grid``.
+    search: SearchPlan | None = None
+    grid: list[Cell] | None = None
 
     @property
     def cells(self) -> list[Cell]:
         return self.expansion.cells
+
+    def add_cells(self, cells: list[Cell]) -> None:
+        """Cells that came into being during a sweep (asked trials, chosen restarts)."""
+        known = {c.id for c in self.expansion.cells}
+        self.expansion.cells.extend(c for c in cells if c.id not in known)
 
     def states(self) -> dict[str, CellState]:
         try:
@@ -55,4 +66,8 @@ def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
     recipe, expansion = validate_matrix(m)
     sweep_dir = Path(m.spec.sweep_dir)
     ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)
-    return Plan(m, recipe, expansion, ledger, workdir)
+    grid = expansion.cells
+    cells, search = build_search(m, grid, set(recipe.groups), ledger.root)
+    if search is not None and m.spec.search is not None:
+        expansion = Expansion(cells, expansion.warnings)
+    return Plan(m, recipe, expansion, ledger, workdir, search, grid)

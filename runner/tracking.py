@@ -147,5 +147,5 @@ def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> 
     c.set_tag(run_id, TAG_STATE, state)
     if reason:
         c.set_tag(run_id, "runner.reason", reason[:5000])
-    status = {"done": "FINISHED", "cancelled": "KILLED"}.get(state, "FAILED")
+    status = {"done": "FINISHED", "cancelled": "KILLED", "pruned": "KILLED"}.get(state, "FAILED")
     c.set_terminated(run_id, status=status)

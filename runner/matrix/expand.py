@@ -16,6 +16,7 @@ from typing import Any
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
 from runner.matrix.cells import Cell, assign_run_names, cell_id, include_origin, override
 from runner.matrix.schema import MAX_CELLS, LoadedMatrix
+from runner.search.checks import check_search
 
 
 @dataclass
@@ -32,7 +33,7 @@ def _key(value: Any) -> str:
 def _check_axes(m: LoadedMatrix) -> list[Problem]:
     problems = []
     spec = m.spec
-    if not spec.axes and not spec.include:
+    if not spec.axes and not spec.include and spec.search is None:
         problems.append(m.problem(("axes",), "the matrix has no axes and no include: no cells"))
     for name, values in spec.axes.items():
         if not values:
@@ -80,7 +81,7 @@ def _check_axes(m: LoadedMatrix) -> list[Problem]:
             problems.append(
                 m.problem(("zip", z), f"zipped axes must have equal lengths; got {shown}")
             )
-    return problems
+    return problems + check_search(m)
 
 
 def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
@@ -103,6 +104,21 @@ def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
     return units
 
 
+def _trials_per_point(m: LoadedMatrix) -> int:
+    from runner.search.space import Space
+
+    s = m.spec.search
+    assert s is not None
+    trials = s.trials or Space(s.space).grid_size()
+    r = m.spec.restarts
+    if r is not None:
+        per = r.seeds
+        for values in r.axes.values():
+            per *= max(1, len(values))
+        trials += r.top * per
+    return trials
+
+
 def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in values and _key(values[k]) == _key(v) for k, v in pattern.items())
 
@@ -111,7 +127,7 @@ def count_product(m: LoadedMatrix, cap: int = 10**18) -> int:
     """Cells in the product; past ``cap`` the partial product (a huge number of axes must
     not build an integer too long to print)."""
     if not m.spec.axes:
-        return 0
+        return 1 if m.spec.search is not None else 0
     total = 1
     for unit in _units(m):
         total *= len(unit)
@@ -122,6 +138,8 @@ def count_product(m: LoadedMatrix, cap: int = 10**18) -> int:
 
 def _iter_product(m: LoadedMatrix) -> Iterator[dict[str, Any]]:
     if not m.spec.axes:
+        if m.spec.search is not None:
+            yield {}  # a search without axes: one point, the base config
         return
     order = list(m.spec.axes)
     for parts in itertools.product(*_units(m)):
@@ -140,6 +158,8 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
     if problems:
         raise MatrixError(m.file, problems)
     total = count_product(m)
+    if m.spec.search is not None:  # each point of the grid gets its own search
+        total *= _trials_per_point(m)
     if total > MAX_CELLS:
         count = f"{total:,}" if total <= 10**18 else "more than 10^18"
         raise MatrixError(
@@ -147,7 +167,8 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
             [
                 m.problem(
                     ("axes",),
-                    f"the axes multiply to {count} cells; the limit is "
+                    f"the axes {'times the trials ' if m.spec.search else ''}multiply to "
+                    f"{count} cells; the limit is "
                     f"{MAX_CELLS:,} (split the matrix or zip axes)",
                 )
             ],

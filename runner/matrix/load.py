@@ -3,10 +3,11 @@ every structural problem reported at once, each pointing at its line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
 from runner.matrix.schema import EXECUTOR_KINDS, EXECUTOR_MODELS, LoadedMatrix, Matrix
@@ -21,11 +22,23 @@ def _fields_at(loc: Path_) -> list[str]:
         if fields is None or part not in fields:
             return []
         annotation = fields[part].annotation
-        model = annotation if isinstance(annotation, type) else None
+        # ``SearchOptions | None``: the model inside the optional.
+        members = [annotation, *get_args(annotation)]
+        model = next((a for a in members if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(getattr(model, "model_fields", {}))
 
 
 _VALUE_KEYS = ("axes", "include", "exclude")
+
+
+def _value_base(loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The loc of a value under an axis-like key (``axes.k[i]``, ``restarts.axes.k[i]``),
+    when pydantic has appended a union member's name to it; else None."""
+    if loc and loc[0] in _VALUE_KEYS and len(loc) > 3:
+        return loc[:3]
+    if loc[:2] == ("restarts", "axes") and len(loc) > 4:
+        return loc[:4]
+    return None
 
 
 def _collapse_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -34,8 +47,8 @@ def _collapse_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for err in errors:
         loc = tuple(err["loc"])
-        if loc and loc[0] in _VALUE_KEYS and len(loc) > 3:
-            base = loc[:3]
+        base = _value_base(loc)
+        if base is not None:
             got = err.get("input")
             out[base] = {
                 **err,
@@ -80,6 +93,10 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Path_, int], data: A
         return Problem("name", msg, line)
     if kind == "missing":
         return Problem(dotted(loc), "required key is missing", line)
+    if kind == "literal_error":
+        valid = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        msg = f"invalid value {got!r}; valid choices: {format_choices(valid)}"
+        return Problem(dotted(loc), msg + did_you_mean(got, valid), line)
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     if len(shown) > 80:
         shown = shown[:77] + "..."

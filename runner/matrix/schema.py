@@ -9,14 +9,23 @@ that point at lines; whether axis values exist in the recipe's config groups is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from runner.errors import Problem, did_you_mean
 from runner.executors import KINDS, options_model
 from runner.matrix.yaml_lines import Path_, dotted
+from runner.search.space import check as check_distribution
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_CELLS = 100_000
@@ -63,6 +72,47 @@ class TrackingOptions(_Strict):
         return uri
 
 
+#: The recipe key the pruner's epochs are: schedules are defined over it, so a pruned run is
+#: a prefix of the full run.
+FIDELITY_KEY = "training.max_epochs"
+METRIC_PATTERN = r"^[A-Za-z0-9_./-]{1,200}$"
+Distribution = Annotated[str, BeforeValidator(check_distribution)]
+
+
+class SearchOptions(_Strict):
+    """Sampled trials instead of (or within each point of) the grid; see runner.search."""
+
+    space: dict[str, Distribution] = Field(min_length=1)
+    method: Literal["random", "tpe", "grid"] = "tpe"
+    trials: PositiveInt | None = Field(None, description="required but for grid (default: all)")
+    seed: int = Field(0, ge=0, lt=2**63)
+    metric: str = Field("val_dice", pattern=METRIC_PATTERN)
+    mode: Literal["max", "min"] = "max"
+    batch: PositiveInt | None = Field(None, description="trials per SLURM array chunk")
+    startup: PositiveInt | None = Field(None, description="tpe: random trials first")
+
+
+class PrunerOptions(_Strict):
+    """Asynchronous successive halving over epochs (runner.search.asha)."""
+
+    kind: Literal["asha"]
+    min_epochs: PositiveInt
+    max_epochs: PositiveInt
+    reduction_factor: int = Field(4, ge=2, le=100)  # Optuna's and Orion's default
+    brackets: PositiveInt = 1
+    metric: str | None = Field(None, pattern=METRIC_PATTERN)
+    mode: Literal["max", "min"] | None = None
+
+
+class RestartOptions(_Strict):
+    """After the search: ``seeds`` runs of each of the ``top`` best configurations (times
+    ``axes``, e.g. the folds); the report keeps the best restart of each."""
+
+    seeds: PositiveInt = Field(le=1000)
+    top: PositiveInt = 1
+    axes: dict[str, list[Value]] = Field(default_factory=dict)
+
+
 class Matrix(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     recipe: str
@@ -74,6 +124,21 @@ class Matrix(_Strict):
     executor: ExecutorOptions = Field(default_factory=lambda: EXECUTOR_MODELS["local"]())
     tracking: TrackingOptions = Field(default_factory=TrackingOptions)
     sweep_dir: str = Field("sweeps", description="where cell states and logs live")
+    search: SearchOptions | None = None
+    pruner: PrunerOptions | None = None
+    restarts: RestartOptions | None = None
+
+    @model_validator(mode="after")
+    def _pruner_sets_the_epochs(self) -> Matrix:
+        """Every cell of a pruned matrix trains over the pruner's max_epochs (a conflicting
+        value in base is reported by runner.search.checks, with its line)."""
+        if self.pruner is None:
+            return self
+        if any(b.lstrip("+").partition("=")[0] == FIDELITY_KEY for b in self.base):
+            return self
+        return self.model_copy(
+            update={"base": [*self.base, f"{FIDELITY_KEY}={self.pruner.max_epochs}"]}
+        )
 
     @field_validator("sweep_dir")
     @classmethod

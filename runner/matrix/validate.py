@@ -18,6 +18,7 @@ from runner.matrix.expand import Expansion, expand
 from runner.matrix.schema import LoadedMatrix
 from runner.matrix.yaml_lines import Path_
 from runner.recipe import Composer, Recipe, UnknownRecipe
+from runner.search.probes import distribution_hint, probe_cells
 
 
 def _type_problem(current: Any, new: Any) -> str | None:
@@ -79,6 +80,9 @@ class _Collector:
 
 
 def _value_path(m: LoadedMatrix, cell: Cell, key: str) -> Path_:
+    special = _search_path(m, cell, key)
+    if special is not None:
+        return special
     if cell.include_index is not None:
         return ("include", cell.include_index, key)
     values = m.spec.axes.get(key, [])
@@ -101,7 +105,22 @@ def _check_base(m: LoadedMatrix, recipe: Recipe, out: _Collector) -> None:
             )
 
 
+def _search_path(m: LoadedMatrix, cell: Cell, key: str) -> Path_ | None:
+    """Where a searched key or a restart axis of a probe cell is written."""
+    if m.spec.search is not None and key in m.spec.search.space:
+        return ("search", "space", key)
+    if m.spec.restarts is not None and key in m.spec.restarts.axes:
+        for i, v in enumerate(m.spec.restarts.axes[key]):
+            if type(v) is type(cell.values[key]) and v == cell.values[key]:
+                return ("restarts", "axes", key, i)
+        return ("restarts", "axes", key)
+    return None
+
+
 def _key_path(m: LoadedMatrix, cell: Cell, key: str) -> Path_:
+    special = _search_path(m, cell, key)
+    if special is not None:
+        return special[:3]
     if cell.include_index is not None:
         return ("include", cell.include_index, key)
     return ("axes", key)
@@ -168,7 +187,7 @@ def _check_cells(m: LoadedMatrix, recipe: Recipe, cells: Iterable[Cell], out: _C
                 if why is None and not isinstance(value, (list, dict)):
                     type_ok.add(type_key)
                 if why:
-                    out.add(_value_path(m, cell, key), why)
+                    out.add(_value_path(m, cell, key), why + distribution_hint(m, key, current))
     for key, (path, absent, present, siblings) in missing.items():
         if not absent:
             continue
@@ -194,7 +213,10 @@ def validate_matrix(m: LoadedMatrix) -> tuple[Recipe, Expansion]:
     out = _Collector(m)
     _check_base(m, recipe, out)
     if not out.problems:
-        _check_cells(m, recipe, expansion.cells, out)
+        cells = expansion.cells
+        if m.spec.search is not None or m.spec.restarts is not None:
+            cells = probe_cells(m, cells, set(recipe.groups))
+        _check_cells(m, recipe, cells, out)
     for i, pattern in enumerate([*m.spec.exclude]):
         for key in pattern:
             if key not in m.spec.axes:

@@ -172,3 +172,16 @@ def load_yaml(file: Path) -> tuple[Any, dict[Path_, int]]:
     if builder is not None and builder.problems:
         raise MatrixError(file, builder.problems)
     return data, (builder.lines if builder else {})
+
+
+def load_value(text: str) -> Any:
+    """One YAML value read the way a matrix is (``1e-3`` is a float, no tags, no aliases
+    bombs): for values written inside strings, such as a distribution's arguments."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return _Builder(loader).build(node) if node is not None else None
+    except _Abort as abort:
+        raise ValueError(abort.problem.message) from None
+    finally:
+        loader.dispose()

@@ -48,11 +48,14 @@ def running_scheduler(plan: Plan) -> dict[str, Any] | None:
     return None
 
 
-def hand_off(plan: Plan, attempts_seen: dict[str, int], outcome: SweepOutcome) -> None:
+def hand_off(
+    plan: Plan, attempts_seen: dict[str, int], outcome: SweepOutcome, refill: bool = False
+) -> None:
     """Start the background scheduler for these cells and wait until it has claimed them.
 
     ``attempts_seen``: cell id → the attempts this sweep saw, so that the scheduler's
-    claims race other sweeps exactly as this sweep's own would."""
+    claims race other sweeps exactly as this sweep's own would. ``refill``: a search's
+    sweep; the scheduler asks new trials as slots free up and then chooses restarts."""
     log_dir = plan.ledger.root / "scheduler"
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -67,6 +70,7 @@ def hand_off(plan: Plan, attempts_seen: dict[str, int], outcome: SweepOutcome) -
             "attempts_seen": attempts_seen,
             "experiment_id": outcome.experiment_id,
             "ready": str(ready),
+            "refill": refill,
         },
     )
     with open(log, "ab") as out:
@@ -116,7 +120,12 @@ def _serve(spec_file: Path) -> int:
     backend = make_backend(plan.matrix.spec.executor, plan.ledger.logs_dir)
     console = Console(file=sys.stdout, width=160, force_terminal=False)
     console.print(f"background scheduler pid {os.getpid()}: {len(jobs)} cells")
-    run_queue(plan, backend, jobs, outcome, True, LiveProgress(console, plan.cells))
+    refill = None
+    if spec.get("refill"):
+        from runner.search.refill import make_refill
+
+        refill = make_refill(plan, spec["experiment_id"], outcome)
+    run_queue(plan, backend, jobs, outcome, True, LiveProgress(console, plan.cells), refill)
     console.print(f"queue empty, every job ended; submitted {len(outcome.submitted)} cells")
     return 0
 

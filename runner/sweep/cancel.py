@@ -13,15 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from recipes.contract import SPOOL_FINAL
 from runner import tracking
 from runner.executors import make_backend
-from runner.ledger import TERMINAL, CellRecord
+from runner.ledger import TERMINAL, CellRecord, write_json_atomic
 from runner.plan import Plan
 from runner.sweep.selection import for_cancel
 
@@ -98,7 +98,16 @@ def _mark_stopped(record: CellRecord, tracking_uri: str) -> None:
     request = attempt.read("cancel") or {"time": time.time()}
     attempt.write("cancel", {**request, "stopped": time.time()})
     status = attempt.read("status") or {}
-    if status.get("state") not in TERMINAL and record.run_id:
-        # The store may be down: the ledger holds the truth either way.
-        with contextlib.suppress(Exception):
+    if status.get("state") in TERMINAL or not record.run_id:
+        return
+    for delay in (0.0, 1.0, 2.0, 4.0):
+        # A job killed inside a write can leave a sqlite store locked for a moment.
+        time.sleep(delay)
+        try:
             tracking.finish_run(tracking_uri, record.run_id, "cancelled", "cancelled")
+            return
+        except Exception:
+            continue
+    # The store stays unusable: `runner sync` ends the run from the spool, as for a job.
+    final = {"run_id": record.run_id, "state": "cancelled", "reason": "cancelled"}
+    write_json_atomic(record.dir / "spool" / SPOOL_FINAL, {**final, "time": time.time()})

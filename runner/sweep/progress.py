@@ -20,6 +20,7 @@ STATE_STYLE = {
     "running": "yellow",
     "cancelling": "yellow",
     "done": "green",
+    "pruned": "blue",
     "failed": "red",
     "diverged": "magenta",
     "cancelled": "red",
@@ -40,6 +41,13 @@ def _epoch_text(state: CellState) -> str:
     return out
 
 
+def _show(value: object) -> str:
+    """A value as a table shows it: sampled floats with 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | None) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("cell", style="bold")
@@ -51,7 +59,7 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
             table.add_column(col)
     keys = list(dict.fromkeys(k for c in cells for k in c.values))
     for c in cells:
-        row = [c.id, escape(c.run_name), *(escape(str(c.values.get(k, ""))) for k in keys)]
+        row = [c.id, escape(c.run_name), *(escape(_show(c.values.get(k, ""))) for k in keys)]
         if states is not None:
             s = states[c.id]
             note = _epoch_text(s) or (s.reason or "")
@@ -67,7 +75,8 @@ def cell_table(title: str, cells: list[Cell], states: dict[str, CellState] | Non
 
 def summary(states: dict[str, CellState]) -> str:
     counts = Counter(s.state for s in states.values())
-    order = ["done", "running", "cancelling", "submitted", "queued", "pending", "failed"]
+    order = ["done", "pruned", "running", "cancelling", "submitted", "queued", "pending"]
+    order += ["failed"]
     order += ["diverged", "cancelled"]
     return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
 
@@ -77,11 +86,14 @@ class LiveProgress:
 
     def __init__(self, console: Console, cells: list[Cell]) -> None:
         self.console = console
+        self.cells = cells  # the plan's own list: a search adds trials to it as it goes
         self.names = {c.id: c.run_name for c in cells}
         self.seen: dict[str, tuple[str, Any]] = {}
         self.start = time.monotonic()
 
     def __call__(self, states: dict[str, CellState]) -> None:
+        if len(self.names) != len(self.cells):
+            self.names = {c.id: c.run_name for c in self.cells}
         for cid, s in states.items():
             key = (s.state, s.progress.get("epoch"))
             if self.seen.get(cid) == key:

@@ -22,6 +22,9 @@ from runner.plan import Plan
 POLL_S = 1.0
 
 Observer = Callable[[dict[str, CellState]], None]
+#: Called when slots are free and the queue is empty, with the number of free slots: new
+#: claimed jobs (a search asks trials as results come in), or none.
+Refill = Callable[[int], list[CellJob]]
 
 
 @dataclass
@@ -76,6 +79,8 @@ def claim_jobs(
             executor=spec.executor.kind,
             workdir=str(plan.workdir),
             commit=commit,
+            # A trial's Optuna trial is created here, on its first claim.
+            search=plan.search.spec_for(c) if plan.search else None,
         )
         for c, n in claimed
     ]
@@ -88,38 +93,63 @@ def run_queue(
     outcome: SweepOutcome,
     follow: bool,
     observe: Observer | None,
+    refill: Refill | None = None,
 ) -> None:
-    """Submit ``jobs`` as slots free up; with ``follow``, watch them to their end."""
+    """Submit ``jobs`` as slots free up; with ``follow``, watch them to their end.
+    ``refill`` (a following queue with slots) adds jobs whenever slots are free and the
+    queue is empty; a cancelled cell stops it (``runner cancel`` ends a search too)."""
     queue = list(jobs)
     active: list[tuple[CellJob, Any]] = []
-    ids = [c.id for c in plan.cells]
-    while queue or (follow and active):
+    while True:
         room = len(queue) if backend.slots is None else backend.slots - len(active)
         # A cell cancelled while it waited in the queue is not started.
-        queue = [
-            j for j in queue if not plan.ledger.cell(j.cell_id).attempt(j.attempt).read("cancel")
-        ]
+        kept = [j for j in queue if not _cancelled(plan, j)]
+        if len(kept) < len(queue):
+            refill = None
+        queue = kept
+        if refill is not None and follow and backend.slots is not None and room > len(queue):
+            queue += refill(room - len(queue))
         if room > 0 and queue:
             batch, queue = queue[:room], queue[room:]
             for job, sj in zip(batch, backend.submit(batch), strict=True):
                 _record_submission(plan, job, sj, outcome)
                 active.append((job, sj))
         if not follow:
+            if not queue:
+                break
             continue
         still = []
         for job, sj in active:
             if backend.finished(sj):
                 _check_outcome(plan, backend, job, sj)
                 backend.release(sj)
+                if (_status(plan, job).get("state")) == "cancelled":
+                    refill = None
             else:
                 still.append((job, sj))
         active = still
         if observe:
-            observe(plan.ledger.states(ids))
-        if queue or active:
-            time.sleep(POLL_S)
+            observe(plan.ledger.states([c.id for c in plan.cells]))
+        if not queue and not active and refill is None:
+            break
+        if not queue and not active:
+            # Everything ended: one more look for work (the last trial's result may let a
+            # search choose its restarts); none means the sweep is over.
+            queue += refill(backend.slots or 1) if refill is not None else []
+            if not queue:
+                break
+            continue
+        time.sleep(POLL_S)
     if observe:
-        observe(plan.ledger.states(ids))
+        observe(plan.ledger.states([c.id for c in plan.cells]))
+
+
+def _cancelled(plan: Plan, job: CellJob) -> bool:
+    return bool(plan.ledger.cell(job.cell_id).attempt(job.attempt).read("cancel"))
+
+
+def _status(plan: Plan, job: CellJob) -> dict[str, Any]:
+    return plan.ledger.cell(job.cell_id).attempt(job.attempt).read("status") or {}
 
 
 def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
@@ -132,6 +162,5 @@ def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome)
 def _check_outcome(plan: Plan, backend: Backend, job: CellJob, sj: Any) -> None:
     """A job that ended without a terminal status (killed, crashed) is recorded as lost."""
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
-    status = attempt.read("status") or {}
-    if status.get("state") not in TERMINAL:
+    if _status(plan, job).get("state") not in TERMINAL:
         attempt.write("monitor", {"reason": backend.end_reason(sj), "time": time.time()})

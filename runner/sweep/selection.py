@@ -1,5 +1,6 @@
 """Which cells a command acts on: ``sweep`` takes cells that never ran; ``resume`` takes
-failed, cancelled and lost cells (and never-submitted ones); ``cancel`` takes cells in flight.
+failed, cancelled and lost cells (and never-submitted ones; diverged and pruned ones only with
+``--only``); ``cancel`` takes cells in flight.
 Filters by failure reason (``--only oom,timeout``) and by id (``--cells ID,...``).
 """
 
@@ -19,13 +20,15 @@ REASON_KINDS = (
     "timeout",
     "preempted",
     "cancelled",
-    "node_failure",
+    "node_fail",
+    "slurm",
     "diverged",
+    "pruned",
 )
 
 
 def reason_kind(state: CellState) -> str:
-    if state.state in ("diverged", "cancelled"):
+    if state.state in ("diverged", "cancelled", "pruned"):
         return state.state
     return (state.reason or "lost").split(":", 1)[0].strip()
 
@@ -73,7 +76,10 @@ def for_resume(
                 f"{f' as job {s.job_id}' if s.job_id else ''}: not resubmitted "
                 "(cancel it first if it is stuck)"
             )
-        retry = s.state in ("failed", "cancelled") or (s.state == "diverged" and bool(only))
+        # Diverged and pruned cells are verdicts: retried only when --only names them.
+        retry = s.state in ("failed", "cancelled") or (
+            s.state in ("diverged", "pruned") and bool(only)
+        )
         if (s.state == "pending" and not only) or (retry and (not only or reason_kind(s) in only)):
             out.append(cell)
     return out

@@ -11,6 +11,7 @@ from runner.executors import make_backend
 from runner.ledger import CellState
 from runner.matrix.cells import Cell
 from runner.plan import Plan
+from runner.search import refill as search_refill
 from runner.sweep.background import hand_off
 from runner.sweep.queue import Observer, SweepOutcome, claim_jobs, run_queue
 
@@ -38,12 +39,16 @@ def submit(
         pending = choose(plan.cells, states)
     chosen = {c.id for c in pending}
     outcome.skipped.update(s.state for cid, s in states.items() if cid not in chosen)
-    if not pending:
+    # A sweep of a search also asks new trials and chooses restarts (never resume).
+    searching = plan.search is not None and plan.matrix.spec.search is not None
+    searching = searching and choose is None
+    if not pending and not (searching and _search_has_work(plan, states)):
         return outcome
     # Everything that can refuse comes before anything is written (logs, claims, runs).
     uri = plan.tracking_uri
     tracking.check_reachable(uri)
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
+    backend.preflight()  # a cluster that can't take jobs: say so, claim nothing
     follow = backend.waits if wait is None else wait
     detach = not follow and backend.slots is not None
     if detach and not backend.detachable:
@@ -55,10 +60,29 @@ def submit(
     experiment_id = tracking.ensure_experiment(uri, spec.name, artifact_root)
     outcome.experiment_id = experiment_id
     outcome.followed = follow
-    attempts_seen = {c.id: states[c.id].attempts for c in pending}
+    if searching:
+        pending = search_refill.initial(plan, pending, backend.slots)
+        if not pending:
+            return outcome
+    attempts_seen = {c.id: states[c.id].attempts if c.id in states else 0 for c in pending}
     if detach:
-        hand_off(plan, attempts_seen, outcome)
+        hand_off(plan, attempts_seen, outcome, refill=searching)
         return outcome
     jobs = claim_jobs(plan, pending, attempts_seen, experiment_id, outcome)
-    run_queue(plan, backend, jobs, outcome, follow, observe)
+    refill = None
+    if searching and follow and backend.slots is not None:
+        refill = search_refill.make_refill(plan, experiment_id, outcome)
+    run_queue(plan, backend, jobs, outcome, follow, observe, refill)
     return outcome
+
+
+def _search_has_work(plan: Plan, states: dict[str, CellState]) -> bool:
+    """Trials still to ask, or a study that ended without its restarts chosen yet."""
+    search = plan.search
+    if search is None:
+        return False
+    if search.unasked():
+        return True
+    return plan.matrix.spec.restarts is not None and any(
+        st.key not in search.restarts_frozen and search.ended(st, states) for st in search.studies
+    )

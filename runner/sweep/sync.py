@@ -1,10 +1,10 @@
 """``runner sync``: upload what cells kept locally while the tracking server was unreachable.
 
-A cell whose metric upload fails appends them to ``cells/<id>/spool/metrics.jsonl`` (tags to
-``tags.jsonl``; its final state to ``final.json``) and trains on. Sync sends each spooled
-metric that the run's history does not already hold (same key, step, timestamp and value),
-so running it twice, or after an interrupted sync, doubles nothing; then it moves the spool
-files aside into ``spool/synced/``.
+A cell whose metric upload fails appends them to its ``cells/<id>/spool/`` (the file names and
+formats are in :mod:`recipes.contract`: metrics, tags, and its final state) and trains on.
+Sync sends each spooled metric that the run's history does not already hold (same key, step,
+timestamp and value), so running it twice, or after an interrupted sync, doubles nothing; then
+it moves the spool files aside into ``spool/synced/``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recipes.contract import SPOOL_FINAL, SPOOL_METRICS, SPOOL_TAGS
 from runner import tracking
 from runner.plan import Plan
 
@@ -51,7 +52,7 @@ def sync(plan: Plan) -> SyncOutcome:
     for cell in plan.cells:
         record = plan.ledger.cell(cell.id)
         spool = record.dir / "spool"
-        files = [spool / n for n in ("metrics.jsonl", "tags.jsonl", "final.json")]
+        files = [spool / n for n in (SPOOL_METRICS, SPOOL_TAGS, SPOOL_FINAL)]
         if not any(f.exists() for f in files) or not record.run_id:
             continue
         run_id = record.run_id

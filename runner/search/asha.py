@@ -1,0 +1,85 @@
+"""Asynchronous successive halving (ASHA, Li et al. 2020), as Optuna's
+``SuccessiveHalvingPruner`` does it, with brackets.
+
+A cell of bracket ``b`` is compared at the rungs ``min_epochs * eta**(b + k)`` below
+``max_epochs``. Reaching a rung, it records its value there and goes on only when that value
+is in the top ``1/eta`` of all values recorded at that rung so far (itself included; while
+fewer than ``eta`` are there, only the best goes on), else it stops: **pruned**. Nothing
+waits for a rung to fill, so cells never idle; early arrivals are judged against fewer
+results, which is the asynchronous trade. Brackets (Hyperband's idea) hedge against a
+``min_epochs`` too small to tell configurations apart: bracket 1 first compares at
+``min_epochs * eta``. A cell's bracket follows from its id, so it never changes.
+
+This module is pure (no Optuna, no files): :mod:`runner.search.prune` keeps the rung values
+in the study's journal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Asha:
+    min_epochs: int
+    max_epochs: int
+    eta: int = 3
+    brackets: int = 1
+
+    def bracket_of(self, cell_id: str) -> int:
+        return int(cell_id[:8], 16) % self.brackets
+
+    def rungs(self, bracket: int = 0) -> list[int]:
+        """The epochs at which a cell of ``bracket`` is compared (all below max_epochs)."""
+        out, epoch = [], self.min_epochs * self.eta**bracket
+        while epoch < self.max_epochs:
+            out.append(epoch)
+            epoch *= self.eta
+        return out
+
+
+def rung_key(bracket: int, rung: int) -> str:
+    """The trial system attribute holding a cell's value at a rung."""
+    return f"asha:b{bracket}:r{rung}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    cutoff: float
+    kept: int  # how many of the results at the rung go on
+    seen: int  # results at the rung, this one included
+
+
+def _rankable(value: float, mode: str) -> float:
+    """NaN ranks last whatever the mode."""
+    if math.isnan(value):
+        return -math.inf if mode == "max" else math.inf
+    return value
+
+
+def decide(value: float, at_rung: list[float], eta: int, mode: str) -> Verdict:
+    """Whether ``value`` goes on, given every value at the rung (``value`` among them)."""
+    ranked = sorted((_rankable(v, mode) for v in at_rung), reverse=mode == "max")
+    kept = max(1, len(ranked) // eta)
+    cutoff = ranked[kept - 1]
+    mine = _rankable(value, mode)
+    promote = not math.isnan(value) and (mine >= cutoff if mode == "max" else mine <= cutoff)
+    return Verdict(promote, cutoff, kept, len(ranked))
+
+
+def reason(metric: str, value: float, rung: int, epoch: int, eta: int, v: Verdict) -> str:
+    """The ledger reason (and MLflow ``runner.reason``) of a pruned cell."""
+    return (
+        f"asha: rung {rung} (epoch {epoch}): {metric} {value:.4f} is not in the top 1/{eta} "
+        f"({v.kept} of {v.seen}) at this rung, cutoff {v.cutoff:.4f}"
+    )
+
+
+def rung_of_reason(text: str | None) -> int | None:
+    """The rung a pruned cell stopped at, from its reason."""
+    if not text or not text.startswith("asha: rung "):
+        return None
+    head = text[len("asha: rung ") :].split(" ", 1)[0]
+    return int(head) if head.isdigit() else None

@@ -1,0 +1,97 @@
+"""Checks and adjustments before a sweep submits anything: the executor it runs on, and
+whether the recipe can read the data at all (everything that can refuse comes before
+anything is written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from runner.errors import RunnerError
+from runner.executors import options_model
+from runner.matrix.data_check import data_problems
+from runner.plan import Plan
+
+
+def run_elsewhere(plan: Plan, kind: str, slots: int | None) -> None:
+    """`--executor KIND [--slots N]`: run the matrix's cells on another executor than its
+    file says (a workstation instead of the cluster). The executor is not part of a cell's
+    identity, so ids, run names and the ledger stay the same."""
+    fields = {"kind": kind, **({"slots": slots} if slots is not None else {})}
+    model = options_model(kind)
+    if slots is not None and "slots" not in model.model_fields:
+        raise RunnerError(f"--slots: executor '{kind}' has no slots (its own queue decides)")
+    try:
+        options = model.model_validate(fields)
+    except ValidationError as exc:
+        missing = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise RunnerError(
+            f"--executor {kind}: needs settings the command line can't give ({missing}); "
+            f"set them in the matrix's executor block"
+        ) from None
+    spec = plan.matrix.spec.model_copy(update={"executor": options})
+    plan.matrix = plan.matrix.model_copy(update={"spec": spec})
+
+
+def check_data(plan: Plan, submitting: bool) -> list[str]:
+    """Refuse a matrix whose data can't be read before anything is submitted (a missing file,
+    an extension no installed reader opens): on a cluster that is every job failing after
+    queueing. `plan` may look at a matrix without its data: a dataset it can't find at all
+    (no data root here) is a warning there, an error for `sweep` and `resume`."""
+    spec = plan.matrix.spec
+    problems = data_problems(plan.recipe, list(spec.base), plan.cells, listing=False)
+    if not problems:
+        unlisted = data_problems(plan.recipe, list(spec.base), plan.cells, listing=True)
+        if not submitting:
+            return [f"{problem} (`runner sweep` refuses this)" for problem in unlisted]
+        problems = unlisted
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise RunnerError(f"{plan.matrix.file}: the data can't be read:\n{shown}{more}")
+    return []
+
+
+#: Filesystems where sqlite's locking can't be trusted (and MLflow then fails with
+#: "database is locked" under concurrent writers).
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "cephfs")
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    path = path.resolve()
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and path.is_relative_to(parts[1]) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+def tracking_warnings(plan: Plan) -> list[str]:
+    """An sqlite store written by many SLURM tasks at once: safe only on a local disk of a
+    single node; on a network filesystem its locking fails. Say so, with the fix."""
+    uri = plan.tracking_uri
+    if plan.matrix.spec.executor.kind != "slurm" or not uri.startswith("sqlite:///"):
+        return []
+    db = Path(uri.removeprefix("sqlite:///"))
+    fs = filesystem_of(db.parent if db.parent.exists() else Path.cwd())
+    fix = (
+        "run `mlflow server --backend-store-uri sqlite:///PATH/mlruns.db --host 0.0.0.0` on "
+        "the submit host and set tracking.uri: http://HOST:5000 (cells that can't reach it "
+        "keep their metrics in their spool; `runner sync` uploads them)"
+    )
+    if fs.split(".")[-1] in NETWORK_FS or fs.startswith("fuse"):
+        return [
+            f"tracking.uri {uri} is an sqlite file on {fs}: its locking is not reliable "
+            f"there and concurrent SLURM tasks fail with 'database is locked'; {fix}"
+        ]
+    return [
+        f"tracking.uri {uri} is an sqlite file on this host's {fs} disk: SLURM tasks on "
+        f"other nodes can't write it; for a multi-node cluster, {fix}"
+    ]

@@ -1,0 +1,54 @@
+"""Reconciling the ledger with the executor's own view: a job that ended without writing an
+outcome (killed before the cell started, a node failure, a time-out past its requeues, an
+admin's scancel) gets its end written into the ledger, so that it reads ``failed`` (or
+``cancelled``) with the executor's reason, and ``resume`` takes it.
+
+Asked in one go for the whole matrix (SLURM: one sacct call, whatever the number of cells),
+by ``status``, ``sweep`` and ``resume`` before they read the states.
+"""
+
+from __future__ import annotations
+
+import time
+
+from runner.executors import backend_class, make_backend
+from runner.executors.base import Backend
+from runner.ledger import LOST_AFTER_S, TERMINAL, CellState
+from runner.plan import Plan
+
+#: States whose job may have ended without a word.
+OPEN = ("submitted", "running")
+
+
+def reconcile(plan: Plan, states: dict[str, CellState] | None = None) -> str | None:
+    """Write the end of every open attempt whose job the executor says is over; return a
+    warning when the executor could not be asked in full."""
+    executor = plan.matrix.spec.executor
+    if backend_class(executor.kind).ended is Backend.ended:
+        return None  # a queue that lives in the runner: the sweep itself records the ends
+    states = plan.states() if states is None else states
+    open_jobs = {str(s.job_id): cid for cid, s in states.items() if s.state in OPEN and s.job_id}
+    if not open_jobs:
+        return None
+    backend = make_backend(executor, plan.ledger.logs_dir)
+    ends, warning = backend.ended(list(open_jobs))
+    now = time.time()
+    for job_id, end in ends.items():
+        record = plan.ledger.cell(open_jobs[job_id])
+        attempt = record.attempts()[-1]
+        if (attempt.read("status") or {}).get("state") in TERMINAL or attempt.read("monitor"):
+            continue  # the job wrote its outcome after all, or the end is known already
+        last_sign = states[open_jobs[job_id]].updated or 0.0
+        if not end.certain and now - last_sign < LOST_AFTER_S:
+            continue
+        attempt.write(
+            "monitor",
+            {
+                "state": end.state,
+                "reason": end.reason,
+                "log": end.log,
+                "tail": end.tail,
+                "time": now,
+            },
+        )
+    return warning
