@@ -1,5 +1,6 @@
 # One entry point for users and CI. Everything installs itself, idempotently.
-#   make sweep [MATRIX=matrix/demo.yaml]   run a matrix (default: the demo, local, CPU ok)
+#   make sweep [MATRIX=matrix/demo.yaml] [EXECUTOR=local]   run a matrix (default: the demo,
+#                                           local, CPU ok); EXECUTOR= runs it elsewhere
 #   make test                               the whole suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -34,7 +35,7 @@ data/demo/dataset.json: | $(STAMP)
 demo-data: data/demo/dataset.json
 
 sweep: install demo-data
-	$(BIN)/runner sweep $(MATRIX)
+	$(BIN)/runner sweep $(MATRIX) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 plan: install
 	$(BIN)/runner plan $(MATRIX)

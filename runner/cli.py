@@ -7,6 +7,8 @@
     runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
     runner report MATRIX [--baseline G] [--format F]   mean ± std over seeds, axis effects
     runner sync MATRIX                            upload metrics kept while MLflow was down
+    runner predict MATRIX (--cell C | --best [G]) -i DIR -o DIR   label maps for new images
+    runner evaluate --pred DIR --labels DIR | MATRIX    summary.json; test metrics per cell
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,18 +35,36 @@ err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 def _plan(args: argparse.Namespace) -> Any:
     from runner.plan import make_plan
+    from runner.sweep.preflight import check_data, run_elsewhere, tracking_warnings
 
     plan = make_plan(args.matrix)
     for w in plan.expansion.warnings:
         err.print("[yellow]warning:[/]", end=" ")
         err.print(w.render(plan.matrix.file), markup=False)
+    if getattr(args, "executor", None):
+        run_elsewhere(plan, args.executor, args.slots)
+    if getattr(args, "command", None) in ("plan", "sweep", "resume"):
+        for warning in [*check_data(plan, args.command != "plan"), *tracking_warnings(plan)]:
+            err.print("[yellow]warning:[/]", end=" ")
+            err.print(warning, markup=False)
     return plan
+
+
+def _reconcile(plan: Any) -> None:
+    """Write into the ledger the ends the executor knows of and the cells did not say (a
+    SLURM job that died before its cell started, an admin's scancel): one query in all."""
+    from runner.sweep.reconcile import reconcile
+
+    if warning := reconcile(plan):
+        err.print("[yellow]warning:[/]", end=" ")
+        err.print(warning, markup=False)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from runner.sweep.progress import cell_table, summary
 
     plan = _plan(args)
+    _reconcile(plan)
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     if fmt in ("json", "parquet"):
         from runner.report.tables import rows, write_parquet
@@ -72,6 +94,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     console.print(cell_table(title, plan.cells, states))
     console.print(f"{len(plan.cells)} cells: {summary(states)}")
+    if plan.search is not None:
+        console.print(plan.search.describe())
     if spec.executor.kind == "slurm":
         _slurm_summary(states)
     from runner.sweep.background import running_scheduler
@@ -103,6 +127,7 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
     from runner.sweep.submit import submit
 
     plan = _plan(args)
+    _reconcile(plan)
     spec = plan.matrix.spec
     console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
     outcome = submit(plan, wait=args.wait, observe=LiveProgress(console, plan.cells), choose=choose)
@@ -143,9 +168,13 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
     uri = plan.tracking_uri
     console.print(f"MLflow store: {uri}  (experiment '{spec.name}')")
     if uri.startswith(("sqlite:", "file:")):
+        ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        # `make ui` serves the repository's default store only; say it only when it is this one.
+        default = f"sqlite:///{(Path(__file__).resolve().parents[1] / 'mlruns.db')}"
         console.print(
-            f"open the UI with: make ui   (or: mlflow ui --backend-store-uri {uri} "
-            "--host 127.0.0.1 --port 5000)"
+            f"open the UI with: make ui   (or: {ui})"
+            if uri == default
+            else f"open the UI with: {ui}"
         )
     mine = [states[c] for c in outcome.submitted]
     return 1 if any(s.state in ("failed", "diverged", "cancelled") for s in mine) else 0
@@ -191,13 +220,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from runner.report import publish
-    from runner.report.stats import fmt
+    from runner.report import search as search_report
+    from runner.report.render import print_report
 
     plan = _plan(args)
-    report, groups = publish.build(plan, args.baseline)
+    baseline_csv = Path(args.baseline_csv) if args.baseline_csv else None
+    report, groups = publish.build(plan, args.baseline, baseline_csv)
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
     report.files = publish.write(report, groups, out_dir, args.format)
     if not args.no_mlflow and report.groups:
@@ -207,39 +236,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         print((out_dir / "groups.csv").read_text(), end="")
     elif args.format == "table":
-        table = Table(
-            title=f"{plan.matrix.spec.name}: best val Dice over seeds "
-            f"({report.cells_done} of {report.cells_total} cells done)",
-            title_justify="left",
-        )
-        for col in [
-            "group",
-            "n",
-            "Dice mean ± std",
-            *report.classes,
-            *(["Δ vs baseline"] if args.baseline else []),
-        ]:
-            table.add_column(col)
-        for r in report.groups:
-            cells = [r["group"], str(r["n"]), fmt(r["dice_mean"], _nan(r["dice_std"]))]
-            cells += [
-                fmt(_nan(r[f"dice_{c}_mean"]), _nan(r[f"dice_{c}_std"])) for c in report.classes
-            ]
-            if args.baseline:
-                cells.append(f"{r['delta_mean']:+.4f}")
-            table.add_row(*cells)
-        console.print(table)
-        effects = Table(
-            title="marginal effect of each axis value (vs the mean of all groups)",
-            title_justify="left",
-        )
-        for col in ("axis", "value", "mean Dice", "effect", "groups"):
-            effects.add_column(col)
-        for e in report.effects:
-            effects.add_row(
-                e["axis"], e["value"], f"{e['mean']:.4f}", f"{e['effect']:+.4f}", str(e["groups"])
-            )
-        console.print(effects)
+        print_report(console, report, plan.matrix.spec.name, args.baseline)
+        search_report.render(console, report.search)
     if not report.groups:
         console.print("no cell is done yet: nothing to compare.")
     console.print(
@@ -264,8 +262,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nan(value: float | None) -> float:
-    return float("nan") if value is None else value
+def cmd_predict(args: argparse.Namespace) -> int:
+    from runner.testtime.commands import predict
+
+    return predict(_plan(args), args, console)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from runner.testtime.commands import evaluate
+
+    return evaluate(_plan(args) if args.matrix else None, args, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,12 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, text in commands:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("matrix", type=Path, help="the matrix YAML file")
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, command=name)
         if name in ("plan", "status"):
             p.add_argument("--json", action="store_true", help="same as --format json")
             p.add_argument("--format", choices=("table", "json", "parquet"), default="table")
             p.add_argument("-o", "--output", help="file for json/parquet output")
         if name in ("sweep", "resume"):
+            from runner.executors import KINDS
+
+            p.add_argument(
+                "--executor",
+                choices=sorted(KINDS),
+                help="run the cells on this executor instead of the matrix's (ids unchanged)",
+            )
+            p.add_argument("--slots", type=int, help="with --executor local: cells at once")
             p.add_argument(
                 "--wait",
                 action=argparse.BooleanOptionalAction,
@@ -306,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
             p.add_argument("--baseline", help="a group label: per-class deltas against it")
+            p.add_argument(
+                "--baseline-csv",
+                help="a CSV of per-class statistics (class, dice_mean[, dice_std, n]) to "
+                "compare every group's per-class Dice with",
+            )
             p.add_argument(
                 "-o",
                 "--output",
@@ -326,11 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds a running cell gets to finish its checkpoint and stop before "
                 "it is killed (default 30)",
             )
+    from runner.testtime.commands import add_parsers
+
+    add_parsers(sub, cmd_predict, cmd_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow's own INFO lines (store creation, migrations) are not the runner's output; it
+    # reads the variable when imported (lazily, later), the logger level covers an earlier one.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         try:
             return int(args.fn(args))
@@ -345,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: cells already submitted keep running; `runner status` shows them.")
         return 130
+    except BrokenPipeError:
+        # `runner status ... | head`: the reader is gone; say nothing more, like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

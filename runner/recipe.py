@@ -103,6 +103,15 @@ class Recipe:
         module, _, attr = self.train_entry.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    def entry(self, name: str) -> Any | None:
+        """An optional entry of the recipe's package surface (``CHECK_DATA``, ``PREDICT``,
+        ``EVALUATE``: ``"module:function"``), loaded; None when the recipe has none."""
+        path = getattr(importlib.import_module(f"recipes.{self.name}"), name, None)
+        if not path:
+            return None
+        module, _, attr = str(path).partition(":")
+        return getattr(importlib.import_module(module), attr)
+
 
 class Composer:
     """Compose many configs in one Hydra context (composition dominates planning time)."""

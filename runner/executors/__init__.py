@@ -40,6 +40,10 @@ def options_model(kind: str) -> type[BaseModel]:
     return _load(KINDS[kind].options)
 
 
+def backend_class(kind: str) -> type[Backend]:
+    return _load(KINDS[kind].backend)
+
+
 def make_backend(options: Any, folder: Path) -> Backend:
     """The backend for a matrix's ``executor`` options."""
     if options.kind not in KINDS:

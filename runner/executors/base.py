@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import submitit
 
 from runner.job import CellJob
+
+
+@dataclass
+class JobEnd:
+    """How the executor saw a job end that wrote no outcome of its own."""
+
+    state: str  # the ledger state it ends in: "failed" or "cancelled"
+    reason: str  # "<kind>: ...": the kind is what `resume --only` selects
+    log: str | None = None  # the job's stderr log, when there is one
+    tail: str = ""  # its last lines
+    #: False when the executor only knows the job is gone (not how): the ledger then
+    #: waits until the cell has been silent for its lost-after delay.
+    certain: bool = True
 
 
 class Backend(ABC):
@@ -34,6 +48,11 @@ class Backend(ABC):
     def slots(self) -> int | None:
         """Cells the runner may have in flight at once; None lets the backend queue them."""
         return None
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Raise a RunnerError saying what is wrong when this backend can't take jobs now
+        (no cluster controller, no engine). Called before anything is claimed or written,
+        so that a submission that can't happen leaves no trace in the ledger."""
 
     @abstractmethod
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
@@ -64,6 +83,12 @@ class Backend(ABC):
 
     def kill(self, job_ids: list[str]) -> None:  # noqa: B027 - optional hook
         """Stop these jobs now, every process of them (after ``cancel``'s grace period)."""
+
+    def ended(self, job_ids: list[str]) -> tuple[dict[str, JobEnd], str | None]:
+        """The ends of those of ``job_ids`` that are over for the executor, asked in one go
+        (for backends whose queue outlives the sweep: a cluster), and a warning when it
+        could not be asked in full. Default: nothing known."""
+        return {}, None
 
     def release(self, job: submitit.Job[Any]) -> None:  # noqa: B027 - optional hook
         """Give back what ``submit`` reserved for this job (a GPU, a slot)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from runner.executors.base import Backend
 from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
 from runner.job import CellJob
+
+#: How long ``kill`` waits for SIGKILLed processes to be gone.
+KILL_REAP_S = 10.0
 
 
 class LocalExecutorOptions(BaseModel):
@@ -90,16 +94,29 @@ class LocalBackend(Backend):
 
     def kill(self, job_ids: list[str]) -> None:
         """SIGKILL every process under each controller (the tasks and their DataLoader
-        workers), deepest first; the controller then sees its task end and exits."""
+        workers), deepest first, and wait until they are gone: the controller's shell may
+        end before a killed grandchild has (``alive`` would then say nothing runs)."""
+        doomed: list[int] = []
         for job_id in job_ids:
-            if not _is_controller(job_id):
-                continue
-            for pid in reversed(_descendants(int(job_id))):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            if _is_controller(job_id):
+                doomed += _descendants(int(job_id))
+        for pid in reversed(doomed):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_REAP_S
+        while any(_running(pid) for pid in doomed) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def release(self, job: submitit.Job[Any]) -> None:
         self.gpus.release(job.job_id)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has released everything; its parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
 
 
 def _cmdline_has(pid: int, text: bytes) -> bool:

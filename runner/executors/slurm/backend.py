@@ -30,8 +30,12 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable
 
-from runner.executors.base import Backend
+from runner.errors import RunnerError
+from runner.executors.base import Backend, JobEnd
 from runner.executors.slurm.cluster import (
+    END_KINDS,
+    controller_problem,
+    job_ends,
     live_jobs,
     max_array_size,
     query_states,
@@ -71,7 +75,26 @@ class SlurmCellJob(CellJob, Checkpointable):
         self._started = time.time()
         self._note_start()
         self._wrap_requeue_signal()
+        self._cancel_on_sigterm()
         return super().__call__()
+
+    def _cancel_on_sigterm(self) -> None:
+        """`runner cancel` records its request, then scancels the job: SLURM sends SIGTERM
+        and, after the cluster's KillWait, SIGKILL. submitit ignores SIGTERM (it waits for
+        SLURM's own kill); under a cancel request the cell takes it as the interrupt it is,
+        so it finishes the checkpoint it may be writing, records cancelled and ends its run,
+        and SLURM still calls the job CANCELLED. Any other SIGTERM goes to submitit."""
+        inner = signal.getsignal(signal.SIGTERM)
+        attempt = self._record().attempt(self.attempt)
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            if attempt.read("cancel"):
+                raise KeyboardInterrupt("cancelled: runner cancel (scancel)")
+            if callable(inner):
+                inner(signum, frame)
+
+        with contextlib.suppress(ValueError):  # not the main thread: submitit's stays
+            signal.signal(signal.SIGTERM, on_term)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -204,6 +227,18 @@ class SlurmBackend(Backend):
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return executor
 
+    def preflight(self) -> None:
+        """The controller must answer before a cell is claimed: otherwise every sweep would
+        record an attempt for a submission that never happened."""
+        problem = controller_problem(timeout_s=10.0)
+        if problem:
+            raise RunnerError(
+                f"executor kind 'slurm': the SLURM controller can't be reached here: {problem}\n"
+                "check the cluster with `sinfo` and `scontrol ping` (and $SLURM_CONF); for this "
+                "machine's test cluster run `make slurm-up`; or run the cells elsewhere with "
+                "`runner sweep --executor local` (cell ids don't change)"
+            )
+
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
         return self.submit_callables([self._checkpointable(j) for j in jobs])
 
@@ -243,17 +278,14 @@ class SlurmBackend(Backend):
         return cell
 
     def cancel(self, job_ids: list[str]) -> list[str]:
-        """Remove the pending ones and interrupt the running ones (SIGINT to the job steps,
-        which the cell handles like a local cancel); return those SLURM did not refuse.
-        ``kill`` then ends what still runs after the grace period."""
+        """scancel these jobs in one call: pending ones are removed, running ones get SIGTERM,
+        which a cell under a cancel request takes as its interrupt (see SlurmCellJob), then
+        SIGKILL after the cluster's KillWait; SLURM calls them CANCELLED. Returns those
+        scancel did not refuse (unknown ids, no answer)."""
         if not job_ids:
             return []
-        # Pending tasks can't be signalled, only removed; running ones are signalled.
-        refused_pending = _scancel(["--state=PENDING"], job_ids)
-        refused_running = _scancel(["--signal=INT", "--state=RUNNING"], job_ids)
-        if refused_pending is None or refused_running is None:
-            return []
-        return [j for j in job_ids if not (j in refused_pending and j in refused_running)]
+        refused = _scancel([], job_ids)
+        return [] if refused is None else [j for j in job_ids if j not in refused]
 
     def alive(self, job_ids: list[str]) -> list[str]:
         return live_jobs(job_ids)
@@ -261,6 +293,37 @@ class SlurmBackend(Backend):
     def kill(self, job_ids: list[str]) -> None:
         _scancel(["--signal=KILL", "--full"], job_ids)
         _scancel([], job_ids)
+
+    def ended(self, job_ids: list[str]) -> tuple[dict[str, JobEnd], str | None]:
+        """One sacct call for every job; with accounting down, squeue alone: a job it no
+        longer lists whose last sign of life is older than ``lost_after_min`` is lost."""
+        ends, problem = job_ends(job_ids)
+        out = {}
+        for job_id, (state, code) in ends.items():
+            kind = END_KINDS[state.split()[0]]
+            log = self.folder / f"{job_id}_0_log.err"  # submitit's name: job (or task) 0
+            reason = f"slurm: {state} (exit {code})"
+            if kind == "lost":
+                reason += " without writing an outcome"
+            if kind != "slurm":  # the kind first: what `resume --only` selects
+                reason = f"{kind}: {reason}"
+            where = f"log {log}" if log.exists() else f"no log at {log}"
+            out[job_id] = JobEnd(
+                state="cancelled" if kind == "cancelled" else "failed",
+                reason=f"{reason}; {where}",
+                log=str(log) if log.exists() else None,
+                tail=_tail(log),
+            )
+        if problem is None:
+            return out, None
+        live = set(live_jobs(job_ids))
+        for job_id in set(job_ids) - live:
+            reason = "lost: no longer in squeue, and SLURM accounting could not say how it ended"
+            out[job_id] = JobEnd("failed", reason, certain=False)
+        return out, (
+            f"SLURM accounting is unavailable ({problem}): ends come from squeue alone; a job "
+            "it no longer lists is lost once its cell is silent past the lost-after delay"
+        )
 
     def end_reason(self, job: submitit.Job[Any]) -> str:
         # submitit's cached state can be stale; ask SLURM once more for the message.
@@ -283,3 +346,11 @@ def _scancel(args: list[str], job_ids: list[str]) -> set[str] | None:
     # Only --verbose names the ids it could not act on when given several:
     # "scancel: error: Kill job error on job id 12_3: Invalid job id specified"
     return set(re.findall(r"job id (\S+?):", out.stderr))
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    """The last lines of a job's log; empty when it is missing (said in the reason)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -36,6 +36,20 @@ def show_config(timeout_s: float = CALL_TIMEOUT_S) -> dict[str, str]:
     return config
 
 
+def controller_problem(timeout_s: float = CALL_TIMEOUT_S) -> str | None:
+    """None when the controller answers ``sinfo``; else what went wrong, in SLURM's words
+    (``sbatch: fatal: Could not establish a configuration source``, ...)."""
+    try:
+        out = _run(["sinfo", "-h", "-o", "%P"], timeout_s)
+    except FileNotFoundError:
+        return "no SLURM client (sinfo) on PATH"
+    except subprocess.TimeoutExpired:
+        return f"sinfo did not answer within {timeout_s:.0f}s"
+    if out.returncode != 0:
+        return (out.stderr.strip() or out.stdout.strip() or f"sinfo exited {out.returncode}")[:500]
+    return None
+
+
 def max_array_size(config: dict[str, str] | None = None) -> int:
     """The most tasks one job array may have (array indices run 0 .. MaxArraySize-1)."""
     value = (config if config is not None else show_config()).get("MaxArraySize", "")
@@ -159,3 +173,60 @@ def query_states(
     if squeue_problem:
         warnings.append(f"the SLURM controller could not be asked ({squeue_problem})")
     return states, "; ".join(warnings) or None
+
+
+#: sacct states of a job that ended, and how the ledger names them (the reason's kind, which
+#: ``resume --only`` selects). CANCELLED is the ledger state ``cancelled``.
+END_KINDS = {
+    "FAILED": "slurm",
+    "BOOT_FAIL": "node_fail",
+    "NODE_FAIL": "node_fail",
+    "DEADLINE": "timeout",
+    "TIMEOUT": "timeout",
+    "OUT_OF_MEMORY": "oom",
+    "PREEMPTED": "preempted",
+    "CANCELLED": "cancelled",
+    "COMPLETED": "lost",  # it exited 0 without writing an outcome: only a kill does that
+}
+
+
+def job_ends(
+    job_ids: list[str], timeout_s: float = CALL_TIMEOUT_S
+) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """``{job id: (STATE, exit code)}`` for those of ``job_ids`` that ended (one sacct call),
+    and a problem when accounting could not be asked. ``STATE`` keeps sacct's own words
+    (``CANCELLED by 0``); the exit code is sacct's ``code:signal``."""
+    if not job_ids:
+        return {}, None
+    try:
+        out = _run(
+            [
+                "sacct",
+                "-X",
+                "-n",
+                "-P",
+                "-o",
+                "JobID,State,ExitCode",
+                "-j",
+                ",".join(_bases(job_ids)),
+            ],
+            timeout_s,
+        )
+    except FileNotFoundError:
+        return {}, "sacct not found"
+    except subprocess.TimeoutExpired:
+        return {}, f"sacct did not answer within {timeout_s:.0f}s"
+    if out.returncode != 0:
+        return {}, f"sacct failed: {out.stderr.strip()[:200]}"
+    wanted, ends = set(job_ids), {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3 or "." in parts[0]:
+            continue
+        state, code = parts[1].strip(), parts[2].strip()
+        if state.split()[0] not in END_KINDS:
+            continue  # PENDING, RUNNING, REQUEUED, ...: not ended
+        for jid in expand_job_id(parts[0]):
+            if jid in wanted:
+                ends[jid] = (state, code)
+    return ends, None
