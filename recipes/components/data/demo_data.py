@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -125,29 +126,36 @@ def write_dataset(out: Path, cases: int = 16, size: int = 48, seed: int = 0) -> 
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def ensure_demo_dataset(root: Path, cases: int = 16, size: int = 48, seed: int = 0) -> Path:
-    """Generate the demo dataset at ``root`` unless ``root/dataset.json`` already exists.
+def generate_once(root: Path, marker: str, write: Callable[[Path], None]) -> Path:
+    """Run ``write(dir)`` to generate a dataset at ``root`` unless ``root/marker`` exists.
 
     Generation happens in a temporary directory beside ``root`` that is renamed into place,
     so concurrent callers (parallel runs of a matrix) never see half a dataset: the first
     rename wins and later ones discard their copy.
     """
     root = Path(root)
-    if (root / "dataset.json").exists():
+    if (root / marker).exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        write_dataset(tmp, cases=cases, size=size, seed=seed)
+        write(tmp)
         try:
             os.rename(tmp, root)  # atomic; also replaces an empty directory
         except OSError:
-            if not (root / "dataset.json").exists():
-                raise RuntimeError(f"{root} exists but holds no dataset.json") from None
+            if not (root / marker).exists():
+                raise RuntimeError(f"{root} exists but holds no {marker}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_demo_dataset(root: Path, cases: int = 16, size: int = 48, seed: int = 0) -> Path:
+    """Generate the demo dataset at ``root`` unless ``root/dataset.json`` already exists."""
+    return generate_once(
+        root, "dataset.json", lambda out: write_dataset(out, cases=cases, size=size, seed=seed)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy import ndimage
+
+from recipes.components.data.demo_data import generate_once
 
 VOXEL_NM = (30.0, 8.0, 8.0)  # z, y, x
 SHAPE = (16, 80, 80)  # z, y, x voxels
@@ -121,24 +120,10 @@ def write_dataset(out: Path, train: int = 4, val: int = 2, seed: int = 0) -> Non
 
 
 def ensure_em_demo_dataset(root: Path, train: int = 4, val: int = 2, seed: int = 0) -> Path:
-    """Generate the dataset at ``root`` unless it is there; concurrent callers (parallel
-    cells) never see half of it: it is written beside ``root`` and renamed into place."""
-    root = Path(root)
-    if (root / MARKER).exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        write_dataset(tmp, train=train, val=val, seed=seed)
-        try:
-            os.rename(tmp, root)  # atomic; also replaces an empty directory
-        except OSError:
-            if not (root / MARKER).exists():
-                raise RuntimeError(f"{root} exists but holds no {MARKER}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    """Generate the dataset at ``root`` unless it is there (atomically: see generate_once)."""
+    return generate_once(
+        root, MARKER, lambda out: write_dataset(out, train=train, val=val, seed=seed)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
