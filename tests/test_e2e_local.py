@@ -3,6 +3,7 @@ MLflow (sqlite store, then a real ``mlflow server``) -> ledger -> status."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,12 @@ def test_failed_and_diverged_cells_are_never_done(project: Path, tiny_data: Path
     uri = f"sqlite:///{project / 'mlruns.db'}"
     path = project / "m.yaml"
     # lr=1e12 with plain SGD blows the loss up to inf/nan within a step or two (a real
-    # divergence, not an injected one); a dataset root that does not exist makes the cell raise.
+    # divergence, not an injected one); volumes that are not NIfTI inside make the cell raise
+    # (a missing data root would be refused before submission: tests/test_preflight.py).
+    corrupt = project / "corrupt"
+    shutil.copytree(tiny_data, corrupt)
+    for volume in (corrupt / "imagesTr").iterdir():
+        volume.write_bytes(b"not a NIfTI volume")
     path.write_text(
         matrix_text(
             "e2e_faults",
@@ -121,7 +127,7 @@ def test_failed_and_diverged_cells_are_never_done(project: Path, tiny_data: Path
     )
     path.write_text(
         path.read_text().replace("include: []", "")
-        + "include: [{model: unet, seed: 1, data.root: /nonexistent/x, "
+        + f"include: [{{model: unet, seed: 1, data.root: {corrupt}, "
         "data.synthetic: false}]\n"
     )
     code = main(["sweep", str(path)])
