@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from recipes.contract import SPOOL_FINAL
 from runner import tracking
 from runner.ledger import Attempt, CellRecord, write_json_atomic
 from runner.search.prune import Reporter, SearchSpec
@@ -229,7 +230,7 @@ class CellJob:
         except Exception:
             # The server went away: the ledger holds the truth; `runner sync` ends the run.
             write_json_atomic(
-                record.dir / "spool" / "final.json",
+                record.dir / "spool" / SPOOL_FINAL,
                 {"run_id": run_id, "state": state, "reason": reason, "time": time.time()},
             )
         attempt.write("status", outcome)
