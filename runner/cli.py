@@ -238,9 +238,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "table":
         print_report(console, report, plan.matrix.spec.name, args.baseline)
         search_report.render(console, report.search)
+    # Machine-readable output owns stdout (`report --format csv > groups.csv`): status on stderr.
+    say = console if args.format == "table" else err
     if not report.groups:
-        console.print("no cell is done yet: nothing to compare.")
-    console.print(
+        say.print("no cell is done yet: nothing to compare.")
+    say.print(
         f"report files in {out_dir}"
         + (f"; logged to MLflow run {report.summary_run_id}" if report.summary_run_id else "")
     )

@@ -1,15 +1,38 @@
 """The ledger as one table, one row per cell: axes, state, reason, attempts, run id, metrics.
 
-Written as Parquet (pyarrow) for pandas/polars/duckdb, or as JSON for scripts.
+Written as Parquet (pyarrow) for pandas/polars/duckdb, or as JSON for scripts: axis values
+as themselves (numbers stay numbers; NaN and infinities, which strict JSON lacks, as the
+strings "nan", "inf", "-inf") and times as ISO 8601 in UTC.
 """
 
 from __future__ import annotations
 
-import json
+import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from runner.plan import Plan
+
+
+def _native(value: Any) -> Any:
+    """A JSON-safe copy of an axis value: itself, except non-finite floats as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_native(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _native(v) for k, v in value.items()}
+    return value
+
+
+def _iso(attempt: dict[str, Any]) -> dict[str, Any]:
+    times = {
+        k: datetime.fromtimestamp(v, tz=UTC).isoformat()
+        for k in ("started", "ended")
+        if isinstance(v := attempt.get(k), (int, float))
+    }
+    return {**attempt, **times}
 
 
 def rows(plan: Plan) -> list[dict[str, Any]]:
@@ -22,11 +45,11 @@ def rows(plan: Plan) -> list[dict[str, Any]]:
             {
                 "cell_id": cell.id,
                 "run_name": cell.run_name,
-                "axes": {k: json.dumps(v) for k, v in cell.values.items()},
+                "axes": {k: _native(v) for k, v in cell.values.items()},
                 "overrides": [*plan.matrix.spec.base, *cell.overrides],
                 "state": s.state,
                 "reason": s.reason,
-                "attempts": record.history(),
+                "attempts": [_iso(a) for a in record.history()],
                 "run_id": s.run_id,
                 "best_val_dice": s.best_val_dice,
                 "epoch": s.progress.get("epoch"),
@@ -48,8 +71,8 @@ def write_parquet(plan: Plan, path: Path) -> Path:
         columns["cell_id"].append(row["cell_id"])
         columns["run_name"].append(row["run_name"])
         for key in axes:
-            raw = row["axes"].get(key)
-            columns[f"axis.{key}"].append(None if raw is None else str(json.loads(raw)))
+            value = row["axes"].get(key)
+            columns[f"axis.{key}"].append(None if value is None else str(value))
     for key in ("state", "reason", "run_id", "best_val_dice", "epoch", "overrides", "attempts"):
         columns[key] = [row[key] for row in data]
     table = pa.table(columns)
