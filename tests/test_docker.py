@@ -217,14 +217,16 @@ def _sweep_until_an_epoch(path: Path, project: Path, start: str = "terminal") ->
             proc.wait()
 
 
-def _long_matrix(name: str, project: Path, tiny_data: Path, extra: str = "") -> Path:
+def _long_matrix(
+    name: str, project: Path, tiny_data: Path, extra: str = "", epochs: int = 10
+) -> Path:
     uri = f"sqlite:///{project / 'mlruns.db'}"
     path = project / "m.yaml"
     executor = _executor(tiny_data, extra=extra)
     text = matrix_text(name, tiny_data, "  model: [unet]", executor, uri)
     # Long enough that the cell is still training whenever the fault lands, even on an
     # idle machine where an epoch takes about a second.
-    path.write_text(text.replace("training.max_epochs=2", "training.max_epochs=10"))
+    path.write_text(text.replace("training.max_epochs=2", f"training.max_epochs={epochs}"))
     return path
 
 
@@ -385,7 +387,8 @@ def test_runner_cancel_interrupts_the_container(
     from runner.cli import main
     from runner.plan import make_plan
 
-    path = _long_matrix("docker_cancel", project, tiny_data)
+    # Long enough that it is still training when the cancel lands, on an idle machine too.
+    path = _long_matrix("docker_cancel", project, tiny_data, epochs=300)
     with _sweep_until_an_epoch(path, project, start) as sweep:
         attempt, container_id = sweep.attempt, sweep.container_id
         assert main(["cancel", str(path)]) == 0

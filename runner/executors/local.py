@@ -82,8 +82,12 @@ class LocalBackend(Backend):
         for job_id in job_ids:
             if not _is_controller(job_id):
                 continue
-            for pid in _descendants(int(job_id)):
-                if _cmdline_has(pid, b"submitit.core._submit"):
+            tasks = [p for p in _descendants(int(job_id)) if _cmdline_has(p, b"core._submit")]
+            # The tasks themselves, not their DataLoader workers (forked: same command line),
+            # which the task stops as it unwinds.
+            workers = {c for t in tasks for c in _children(t)}
+            for pid in tasks:
+                if pid not in workers:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGINT)
             stopped.append(job_id)

@@ -92,18 +92,20 @@ def _wait_gone(
 
 
 def _mark_stopped(record: CellRecord, tracking_uri: str) -> None:
-    """The cell's processes are gone: say so in the request, and end the MLflow run as
-    KILLED when the job could not (it was killed, or never started)."""
+    """The cell's processes are gone: say so in the request, and make sure its MLflow run is
+    ended as KILLED: the job could not when it was killed or never started, and its own
+    attempt can fail (a store locked by a writer that was killed inside a transaction)."""
     attempt = record.attempts()[-1]
     request = attempt.read("cancel") or {"time": time.time()}
     attempt.write("cancel", {**request, "stopped": time.time()})
-    status = attempt.read("status") or {}
-    if status.get("state") in TERMINAL or not record.run_id:
-        return
+    state = (attempt.read("status") or {}).get("state")
+    if not record.run_id or (state in TERMINAL and state != "cancelled"):
+        return  # no run yet, or it ended otherwise before the cancel took effect
     for delay in (0.0, 1.0, 2.0, 4.0):
-        # A job killed inside a write can leave a sqlite store locked for a moment.
         time.sleep(delay)
         try:
+            if tracking.client(tracking_uri).get_run(record.run_id).info.status == "KILLED":
+                return
             tracking.finish_run(tracking_uri, record.run_id, "cancelled", "cancelled")
             return
         except Exception:
