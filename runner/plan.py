@@ -63,9 +63,10 @@ class Plan:
 def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
     workdir = (workdir or Path.cwd()).absolute()
     m = load_matrix(matrix_file)
-    recipe, expansion = validate_matrix(m)
     sweep_dir = Path(m.spec.sweep_dir)
     ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)
+    # A matrix that has run remembers it was valid: `status` does not compose it again.
+    recipe, expansion = validate_matrix(m, cache_dir=ledger.root)
     grid = expansion.cells
     cells, search = build_search(m, grid, set(recipe.groups), ledger.root)
     if search is not None and m.spec.search is not None:

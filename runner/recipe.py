@@ -78,10 +78,32 @@ class Recipe:
         return cls(name, Path(module.CONFIG_DIR), module.CONFIG_NAME, module.TRAIN)
 
     @cached_property
+    def search_dirs(self) -> list[Path]:
+        """The directories Hydra composes this recipe's config from."""
+        return _search_dirs(self.config_dir, self.config_name)
+
+    @cached_property
+    def default_choices(self) -> dict[str, str]:
+        """Group -> the choice the primary config's defaults list makes (``- model: unet``)."""
+        import yaml
+
+        try:
+            primary = yaml.safe_load((self.config_dir / f"{self.config_name}.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        out: dict[str, str] = {}
+        for entry in (primary or {}).get("defaults") or []:
+            if isinstance(entry, dict) and len(entry) == 1:
+                [(group, choice)] = entry.items()
+                if isinstance(choice, str) and " " not in str(group) and "/" not in str(group):
+                    out[str(group)] = choice
+        return out
+
+    @cached_property
     def groups(self) -> dict[str, list[str]]:
         """Config group -> its choices (one YAML file each), over the search path."""
         found: dict[str, set[str]] = {}
-        for root in _search_dirs(self.config_dir, self.config_name):
+        for root in self.search_dirs:
             for sub in (p for p in root.iterdir() if p.is_dir()):
                 choices = {f.stem for f in sub.glob("*.yaml")}
                 if choices:

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from runner.errors import MatrixError
-from runner.matrix.cells import cell_id, format_number, override_value
+from runner.matrix.cells import (
+    cell_id,
+    format_number,
+    format_value,
+    override_value,
+    run_name_tokens,
+)
 from runner.matrix.expand import expand
 from runner.matrix.load import load_matrix
 
@@ -191,3 +197,22 @@ def test_structural_errors(write_matrix, body: str, needle: str, line: int) -> N
         expand(load_matrix(path), GROUPS)
     [problem] = [p for p in info.value.problems if needle in p.message]
     assert problem.line == line
+
+
+def test_values_read_without_python_reprs() -> None:
+    assert [format_value(v) for v in (None, True, False, 1e-3, [2, 3])] == [
+        "none",
+        "on",
+        "off",
+        "1e-3",
+        "2x3",
+    ]
+    hydra_dict = "{early_encoder: 0.3, deep_encoder: 1.0, bottleneck: 1.0, decoder: 1.5}"
+    tokens = run_name_tokens({"optimizer": "sgd", "optimizer.layerwise": hydra_dict}, GROUPS)
+    # the dict is its own short, stable token; the same value always gets the same one
+    assert tokens[0] == "sgd" and tokens[1].startswith("layerwise-") and len(tokens[1]) == 16
+    again = run_name_tokens({"optimizer": "adamw", "optimizer.layerwise": hydra_dict}, GROUPS)
+    assert again[1] == tokens[1]
+    assert run_name_tokens({"optimizer": "sgd", "optimizer.layerwise": None}, GROUPS) == [
+        "sgdlayerwisenone"
+    ]

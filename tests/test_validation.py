@@ -80,6 +80,14 @@ def test_valid_matrix_plans(write_matrix, project: Path, capsys) -> None:
             GOOD.replace("data=demo", "data=demoo"),
             ["matrix.yaml:3: base[0]: unknown data choice 'demoo'", "did you mean 'demo'?"],
         ),
+        # a typo in a dotted base key: a suggestion, not Hydra's "+key" advice
+        (
+            GOOD.replace("base: [data=demo]", "base: [data=demo, training.max_epoch=3]"),
+            [
+                "matrix.yaml:3: base[1]: 'training.max_epoch' is not a key of the recipe's "
+                "config (did you mean 'training.max_epochs'?)",
+            ],
+        ),
         # unknown top-level key, executor kind and option
         (
             GOOD + "trackin: {uri: x}\n",

@@ -9,13 +9,41 @@ one dataset asks once.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from runner.matrix.cells import Cell
 from runner.recipe import Recipe
 
+#: Configs validation composed (or remembered, runner.matrix.cache) for the data sets of a
+#: matrix, as plain containers: the data check then needs no Hydra composition of its own.
+_KNOWN: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _composed(recipe: Recipe, overrides: tuple[str, ...]) -> Any:
+    known = _KNOWN.get((recipe.name, overrides))
+    if known is not None:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(known)
+        OmegaConf.set_struct(cfg, True)  # as Hydra composes it: a missing key raises
+        return cfg
+    return recipe.compose(list(overrides))
+
 
 def _data_overrides(overrides: Iterable[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] == "data")
+
+
+def data_sets(base: list[str], cells: list[Cell]) -> list[tuple[str, ...]]:
+    """The overrides of each distinct data config of these cells (what the check composes)."""
+    return [(*base, *own) for own in sorted({_data_overrides(c.overrides) for c in cells})]
+
+
+def remember(recipe: Recipe, configs: dict[tuple[str, ...], Any]) -> None:
+    """Configs composed elsewhere (plain containers, interpolations unresolved), by
+    overrides: the data check uses these instead of composing."""
+    for overrides, container in configs.items():
+        _KNOWN[(recipe.name, tuple(overrides))] = container
 
 
 def data_problems(
@@ -28,8 +56,8 @@ def data_problems(
     if check is None:
         return []
     problems: list[str] = []
-    for own in sorted({_data_overrides(c.overrides) for c in cells}):
-        cfg = recipe.compose([*base, *own])
+    for overrides in data_sets(base, cells):
+        cfg = _composed(recipe, overrides)
         try:
             found = check(cfg.data, listing_errors=listing)
         except OSError as exc:  # a path the OS refuses (too long, ...): it can't be listed

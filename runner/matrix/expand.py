@@ -8,13 +8,19 @@ Pure and fast (no Hydra, no I/O): checks that need the recipe's configs live in
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
-from runner.matrix.cells import Cell, assign_run_names, cell_id, include_origin, override
+from runner.matrix.cells import (
+    Cell,
+    assign_run_names,
+    cell_id,
+    include_origin,
+    override,
+    value_key,
+)
 from runner.matrix.schema import MAX_CELLS, LoadedMatrix
 from runner.search.checks import check_search
 
@@ -25,9 +31,7 @@ class Expansion:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def _key(value: Any) -> str:
-    """Hashable, type-aware identity of a value (1 and 1.0 and True differ)."""
-    return json.dumps([type(value).__name__, value], sort_keys=True, default=str)
+_key = value_key
 
 
 def _check_axes(m: LoadedMatrix) -> list[Problem]:
@@ -202,8 +206,21 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
 
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    spelled: dict[tuple[Any, ...], str] = {}  # a few values per key, spelled out once each
+
+    def spell(k: str, v: Any) -> str:
+        try:
+            mk: tuple[Any, ...] = (k, type(v).__name__, v)
+            hash(mk)
+        except TypeError:
+            return override(k, v)
+        text = spelled.get(mk)
+        if text is None:
+            text = spelled[mk] = override(k, v)
+        return text
+
     for values, origin in raw:
-        overrides = tuple(override(k, v) for k, v in values.items())
+        overrides = tuple(spell(k, v) for k, v in values.items())
         cid = cell_id(spec.recipe, [*spec.base, *overrides])
         if cid in seen:
             if origin.startswith("include"):
@@ -221,4 +238,4 @@ def expand(m: LoadedMatrix, groups: set[str] | frozenset[str] = frozenset()) -> 
         raise MatrixError(
             m.file, [m.problem(("exclude",), "every cell is excluded: nothing to run")]
         )
-    return Expansion(assign_run_names(cells, set(groups)), warnings)
+    return Expansion(assign_run_names(cells, set(groups), m.labels), warnings)

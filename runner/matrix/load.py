@@ -10,6 +10,8 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.matrix.cells import value_key
+from runner.matrix.names import LABEL_PATTERN
 from runner.matrix.schema import EXECUTOR_KINDS, EXECUTOR_MODELS, LoadedMatrix, Matrix
 from runner.matrix.yaml_lines import Path_, dotted, load_yaml
 
@@ -112,6 +114,40 @@ def _executor_fields(data: Any) -> list[str]:
     return list(model.model_fields) if model else []
 
 
+def _labelled_axes(
+    data: dict[str, Any], lines: dict[Path_, int]
+) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    """Axes written as ``{label: value}`` become lists of their values (what ids and
+    overrides are made of), their labels kept for run names; each value keeps its line, at
+    the position it now has."""
+    axes = data.get("axes")
+    labels: dict[str, dict[str, str]] = {}
+    problems: list[Problem] = []
+    if not isinstance(axes, dict):
+        return labels, problems
+    for name, choices in list(axes.items()):
+        if not isinstance(choices, dict):
+            continue
+        own: dict[str, str] = {}
+        for i, (label, value) in enumerate(choices.items()):
+            line = lines.get(("axes", name, label))
+            if line is not None:
+                lines[("axes", name, i)] = line
+            if not LABEL_PATTERN.match(label):
+                problems.append(
+                    Problem(
+                        dotted(("axes", name, label)),
+                        f"invalid label {label!r}: use letters, digits, '.', '+' and '-' "
+                        "(at most 40; '_' separates the parts of a run name)",
+                        line,
+                    )
+                )
+            own[value_key(value)] = label
+        labels[name] = own
+        axes[name] = list(choices.values())
+    return labels, problems
+
+
 def load_matrix(file: Path | str) -> LoadedMatrix:
     """Parse and structurally validate a matrix file; raise MatrixError listing every problem."""
     file = Path(file)
@@ -123,9 +159,12 @@ def load_matrix(file: Path | str) -> LoadedMatrix:
         )
     if isinstance(data.get("executor"), dict) and "kind" not in data["executor"]:
         data["executor"] = {"kind": "local", **data["executor"]}
+    labels, problems = _labelled_axes(data, lines)
     try:
         spec = Matrix.model_validate(data)
     except ValidationError as exc:
         errors = _collapse_unions(list(exc.errors()))
-        raise MatrixError(file, [_problem_from_pydantic(e, lines, data) for e in errors]) from None
-    return LoadedMatrix(spec=spec, file=file, lines=lines)
+        problems += [_problem_from_pydantic(e, lines, data) for e in errors]
+    if problems:
+        raise MatrixError(file, problems) from None
+    return LoadedMatrix(spec=spec, file=file, lines=lines, labels=labels)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from runner.errors import Problem, did_you_mean
 from runner.executors import KINDS, options_model
+from runner.matrix.names import parse_template
 from runner.matrix.yaml_lines import Path_, dotted
 from runner.search.space import check as check_distribution
 
@@ -127,6 +128,16 @@ class Matrix(_Strict):
     search: SearchOptions | None = None
     pruner: PrunerOptions | None = None
     restarts: RestartOptions | None = None
+    run_name: str | None = Field(
+        None, description="a template such as '{model}_{optimizer}{optimizer.lr}_s{seed}'"
+    )
+
+    @field_validator("run_name")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_template(value)  # its keys are checked against the recipe's config later
+        return value
 
     @model_validator(mode="after")
     def _pruner_sets_the_epochs(self) -> Matrix:
@@ -158,6 +169,8 @@ class LoadedMatrix(BaseModel):
     spec: Matrix
     file: Path
     lines: dict[Path_, int]
+    #: the labels of axes written as ``{label: value}`` (see runner.matrix.cells)
+    labels: dict[str, dict[str, str]] = {}
 
     def line(self, *path: str | int) -> int | None:
         """The line of ``path``, or of its closest ancestor that has one."""

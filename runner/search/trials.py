@@ -108,8 +108,14 @@ class SearchPlan:
         overrides = (*point.overrides, *(override(k, v) for k, v in own.items()))
         cid = cell_id(self.m.spec.recipe, [*self.m.spec.base, *overrides])
         shown = {k: rounded(v) for k, v in own.items()}
-        tokens = run_name_tokens(point.values, self.groups)
-        tokens += [f"t{index}", *run_name_tokens(shown, self.groups)]
+        labels = self.m.labels
+        # A `run_name:` template names the grid point; the trial's own values follow it.
+        head = (
+            [point.run_name]
+            if self.m.spec.run_name
+            else run_name_tokens(point.values, self.groups, labels)
+        )
+        tokens = [*head, f"t{index}", *run_name_tokens(shown, self.groups, labels)]
         name = "_".join(t for t in tokens if t)
         tags = {"search.study": study.key, "search.slot": str(index)}
         return Cell(cid, {**point.values, **own}, overrides, name, f"trial[{index}]", tags)
@@ -180,7 +186,9 @@ class SearchPlan:
             for extra in restart_points(self.m):
                 overrides = (*trial.overrides, *(override(k, v) for k, v in extra.items()))
                 cid = cell_id(self.m.spec.recipe, [*self.m.spec.base, *overrides])
-                name = "_".join([trial.run_name, *run_name_tokens(extra, self.groups)])
+                name = "_".join(
+                    [trial.run_name, *run_name_tokens(extra, self.groups, self.m.labels)]
+                )
                 tags = {
                     "search.study": study.key,
                     "restart.of": trial.id,

@@ -38,7 +38,7 @@ def recipe_entry(recipe: str, attr: str) -> Callable[..., Any]:
 
 
 def group_of(plan: Plan, cell: Cell) -> str:
-    return group_label(cell.values, set(plan.recipe.groups))
+    return group_label(cell.values, set(plan.recipe.groups), plan.matrix.labels)
 
 
 def find_cell(plan: Plan, text: str, flag: str = "--cell") -> Cell:
