@@ -150,6 +150,9 @@ def recipe_overrides(quick: bool = False) -> list[str]:
     overrides = ["data=demo", f"data.root={demo_root()}", "training.device=auto"]
     if torch.cuda.is_available():
         overrides.append("training.amp=bf16")
+    else:
+        # The published sizes are GPU work; on CPU the bench measures the demo's networks.
+        overrides.append("model.size=tiny")
     if quick:
         overrides.append("training.patch_size=[16,16,16]")
     return overrides

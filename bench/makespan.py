@@ -27,6 +27,7 @@ def mixed_cells(n: int, data: Path) -> tuple[str, list[str]]:
         "training.patch_size=[16,16,16]",
         "training.num_threads=1",
         "model=unet",
+        "model.size=tiny",
     ]
     return include, base
 

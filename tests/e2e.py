@@ -22,6 +22,8 @@ TINY = [
     "training.samples_per_volume=1",
     "training.patch_size=[16,16,16]",
     "training.num_threads=1",
+    # The CPU-sized networks (the recipes default to the published sizes).
+    "model.size=tiny",
 ]
 
 

@@ -222,6 +222,7 @@ def test_a_monitor_past_its_divergence_threshold_ends_the_run_diverged(
         f"data.root={root}",
         "data.val_fraction=0.25",
         "model=unet",
+        "model.size=tiny",  # the published UNet is GPU work (and needs 32^3 patches)
         "scheduler=cosine_warmup_epochs",
         "training.patch_size=[16,16,16]",
         "training.samples_per_volume=1",

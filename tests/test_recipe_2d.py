@@ -44,6 +44,7 @@ def _cfg(demo: Path, *overrides: str) -> DictConfig:
         "training.max_epochs=1",
         "training.val_interval=1",
         "training.num_threads=1",
+        "model.size=tiny",  # published sizes are GPU work
     ]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose(CONFIG_NAME, overrides=base + list(overrides))

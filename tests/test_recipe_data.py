@@ -489,6 +489,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _train_cfg(tiny: dict[str, Path], ckpt: Path, *overrides: str) -> DictConfig:
     base = [
+        "model.size=tiny",
         "training.patch_size=[16,16,16]",
         "training.samples_per_volume=1",
         "training.max_epochs=1",

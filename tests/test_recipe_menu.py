@@ -39,7 +39,7 @@ MATRICES = ["isles24_ablation", "meshnet_restarts", "em_vesicles", "segthor_opti
 
 
 def _compose(*overrides: str) -> DictConfig:
-    base = ["training.patch_size=[16,16,16]"]
+    base = ["training.patch_size=[16,16,16]", "model.size=tiny"]  # published sizes: GPU work
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose(CONFIG_NAME, overrides=base + list(overrides))
 

@@ -2,8 +2,10 @@
 
 The config names a network and passes everything else straight to its constructor, so a
 YAML file documents the exact MONAI arguments of a run and nothing is renamed in between.
-Two additions, both explicit: ``mednext`` takes MONAI's ``variant`` (S/B/M/L) and goes
-through ``create_mednext``; any model may set ``pad_multiple`` to be wrapped in
+Additions, all explicit: ``size`` (published | small | tiny, see ``sizes.py``) shrinks the
+published widths of any model; DynUNet plans its null kernels, strides and filters from
+``patch_size`` and ``spacing`` as nnU-Net does; ``mednext`` takes MONAI's ``variant``
+(S/B/M/L) and goes through ``create_mednext``; any model may set ``pad_multiple`` to be wrapped in
 :class:`PadToMultiple` (SwinUNETR needs sides divisible by 32; MedNeXt's per-channel norms
 need more than one voxel at the bottom).
 
@@ -40,6 +42,7 @@ from recipes.components.models.grad_checkpointing import (  # noqa: F401
     apply_grad_checkpointing,
 )
 from recipes.components.models.nets import MeshNet, RSUNet
+from recipes.components.models.sizes import apply_size, plan_dynunet
 
 
 class PadToMultiple(nn.Module):
@@ -130,6 +133,9 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
     name = kwargs.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    kwargs = apply_size(name, kwargs)  # model.size: published (default) | small | tiny
+    if name == "dynunet":
+        kwargs = plan_dynunet(kwargs)  # null kernels/strides/filters: nnU-Net's plan
     # YAML has no tuples, but MONAI's norm/act arguments expect (name, kwargs) tuples.
     for key in ("norm", "act", "norm_name"):
         if isinstance(kwargs.get(key), list):
