@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 # --- the spool: what a cell keeps under ``RunContext.spool_dir`` while MLflow is down -------
 #: One JSON object a line: {"key", "value", "timestamp", "step"}; appended by the recipe.
 SPOOL_METRICS = "metrics.jsonl"
-#: One JSON object a line: {"key", "value"}; appended by the recipe.
+#: One JSON object a line: {"key", "value"} (a tag) or {"key", "value", "kind": "param"};
+#: appended by the recipe.
 SPOOL_TAGS = "tags.jsonl"
 #: {"run_id", "state", "reason", "time"}: the cell's outcome, written by the runner's job.
 SPOOL_FINAL = "final.json"
@@ -57,7 +58,28 @@ def store_init_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-TrainStatus = Literal["done", "diverged", "pruned"]
+TrainStatus = Literal["done", "diverged", "pruned", "interrupted"]
+
+
+class StopRequest:
+    """ "Stop at the next step and save": set by the runner, read by the recipe.
+
+    The runner's job sets it from a signal handler (SLURM's time-limit warning, a preemption),
+    so it holds one plain attribute and takes no lock: a handler that ran while the main
+    thread held a lock would deadlock. The recipe checks it after every optimizer step; once
+    set it writes a step checkpoint (the position inside the epoch included), and returns
+    status "interrupted", so that the next attempt continues from that very step.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:  # the first reason is the one that counts
+            self.reason = reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
 
 
 @dataclass
@@ -76,6 +98,7 @@ class RunContext:
     should_prune: called after each validation, once that epoch's checkpoint is saved and
         its metrics logged, with the epoch and the metrics; a reason (a string) means stop
         now: the recipe returns status "pruned" with that reason (a search's pruner).
+    stop: see :class:`StopRequest`; None: nothing outside asks the recipe to stop early.
     """
 
     tracking_uri: str
@@ -84,6 +107,7 @@ class RunContext:
     progress: Callable[[dict[str, Any]], None] | None = None
     spool_dir: Path | None = None
     should_prune: Callable[[int, dict[str, float]], str | None] | None = None
+    stop: StopRequest | None = None
 
 
 @dataclass
@@ -92,7 +116,9 @@ class TrainResult:
 
     status: "done" when training ran to its end (or stopped early on purpose),
         "diverged" when the loss became NaN/inf: such a run is never "done", "pruned" when
-        ``RunContext.should_prune`` stopped it (its checkpoint can continue it later).
+        ``RunContext.should_prune`` stopped it (its checkpoint can continue it later),
+        "interrupted" when ``RunContext.stop`` was set: its step checkpoint is written and
+        the next attempt continues from it (``reason`` says why it stopped).
     """
 
     status: TrainStatus

@@ -55,6 +55,7 @@ def tiny_cfg(workdir: Path, ckpt: Path, *overrides: str, data: Path | None = Non
     base = [
         f"data.root={data or workdir / 'demo'}",
         "data.val_fraction=0.25",
+        "model.size=tiny",
         f"training.patch_size=[{patch},{patch},{patch}]",
         "training.samples_per_volume=1",
         "training.max_epochs=1",
@@ -209,6 +210,7 @@ def test_hydra_entry_point_trains_standalone(workdir: Path, tmp_path: Path) -> N
     cfg = tiny_cfg(workdir, tmp_path / "ckpt")
     overrides = [
         "model=unet",
+        "model.size=tiny",
         "optimizer=sgd",
         "training.max_epochs=1",
         f"data.root={cfg.data.root}",

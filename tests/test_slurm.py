@@ -368,6 +368,7 @@ def test_end_to_end_matrix_through_slurm(cluster: None, tmp_path: Path) -> None:
                     "data=demo",
                     "training.max_epochs=1",
                     "model=basic_unet",
+                    "model.size=tiny",
                     "training.num_threads=1",
                 ],
                 "axes": {"seed": [0, 1]},
@@ -429,6 +430,7 @@ def test_recipe_under_hydra_multirun_on_submitit_slurm(cluster: None, tmp_path: 
         f"hydra.launcher.setup=['export PYTHONPATH={ROOT}']",
         f"hydra.sweep.dir={tmp_path}/multirun",
         "model=unet,segresnet",
+        "model.size=tiny",
         f"data.root={data}",
         "training.max_epochs=1",
         "training.batch_size=1",
@@ -451,6 +453,171 @@ def test_recipe_under_hydra_multirun_on_submitit_slurm(cluster: None, tmp_path: 
     assert sorted(r.data.params["model.name"] for r in runs) == ["segresnet", "unet"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.info.run_name for r in runs} == {
-        "model=segresnet,training.batch_size=1,training.max_epochs=1,training.patch_size=[16,16,16]",
-        "model=unet,training.batch_size=1,training.max_epochs=1,training.patch_size=[16,16,16]",
+        "model.size=tiny,model=segresnet,training.batch_size=1,training.max_epochs=1,"
+        "training.patch_size=[16,16,16]",
+        "model.size=tiny,model=unet,training.batch_size=1,training.max_epochs=1,"
+        "training.patch_size=[16,16,16]",
     }
+
+
+# --- the real recipe stopped mid-epoch by the time limit and by a preemption ----------------
+
+
+def _real_cell(tmp_path: Path, name: str, epochs: int, epoch_s: float) -> tuple[Any, ...]:
+    """A claimed ledger cell that trains the segmentation recipe for ``epochs`` epochs of
+    about ``epoch_s`` seconds each on this machine now, an MLflow store, and the reference:
+    the same config trained in this process without interruption.
+
+    An epoch's length in steps is chosen from a short calibration run here: a test that
+    needs an epoch to outlast what one attempt can train must not depend on how busy the
+    machine is."""
+    from mlflow import MlflowClient
+
+    from recipes.components.data.demo_data import ensure_demo_dataset
+    from recipes.contract import RunContext
+    from runner import tracking
+    from runner.job import CellJob
+    from runner.ledger import Ledger
+    from runner.recipe import Recipe
+
+    recipe = Recipe.load("segmentation")
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+
+    def settings(cases: int) -> list[str]:
+        data = ensure_demo_dataset(tmp_path / f"demo{cases}", cases=cases, size=24)
+        return [
+            f"data.root={data}",
+            "data.val_fraction=0.05",  # few validation volumes: the epochs are the point
+            "training.patch_size=[16,16,16]",
+            "training.samples_per_volume=1",
+            "training.batch_size=1",  # one step per training volume
+            f"training.max_epochs={epochs}",
+            "training.val_interval=1",
+            "training.num_threads=1",
+            "model.dropout_prob=0.2",  # the global RNG matters at every step
+        ]
+
+    def train_here(overrides: list[str], experiment: str, ckpt: str) -> Any:
+        exp_id = tracking.ensure_experiment(uri, experiment, tmp_path / "mlartifacts")
+        run_id = MlflowClient(uri).create_run(exp_id).info.run_id
+        ctx = RunContext(uri, run_id, tmp_path / ckpt)
+        return run_id, recipe.train_fn()(recipe.compose(overrides), ctx)
+
+    _, probe = train_here([*settings(20), "training.max_epochs=1"], "calibration", "probe")
+    steps = max(40, round(epoch_s * probe.metrics["samples_per_s"]))
+    overrides = settings(round(steps / 0.95) + 1)
+
+    exp = tracking.ensure_experiment(uri, name, tmp_path / "mlartifacts")
+    ledger = Ledger(tmp_path / "sweeps", name)
+    attempt = ledger.cell("c1").claim("slurm", 0)
+    assert attempt is not None
+    cell = CellJob(
+        matrix=name,
+        recipe="segmentation",
+        cell_id="c1",
+        run_name="c1",
+        values={},
+        overrides=overrides,
+        cells_dir=str(ledger.cells_dir),
+        attempt=attempt.number,
+        tracking_uri=uri,
+        experiment_id=exp,
+        executor="slurm",
+        workdir=str(tmp_path),
+    )
+
+    def reference() -> str:
+        run_id, result = train_here(overrides, "reference", "reference")
+        assert result.status == "done"
+        return run_id
+
+    return cell, ledger, attempt, uri, exp, reference
+
+
+def _assert_one_run_same_epochs(uri: str, exp: str, reference: str, epochs: int) -> Any:
+    """The cell's single MLflow run finished with every epoch logged once, each equal to the
+    uninterrupted reference (1e-6); returns the run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "FINISHED"
+    for key in ("train_loss", "val_dice"):
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        want = sorted((m.step, m.value) for m in client.get_metric_history(reference, key))
+        assert [s for s, _ in got] == list(range(1, epochs + 1)), (key, got)
+        for (step, value), (_, expected) in zip(got, want, strict=True):
+            assert value == pytest.approx(expected, abs=1e-6), (key, step)
+    return run
+
+
+def _resumed_at(uri: str, run_id: str) -> list[str]:
+    """The points the cell's attempts resumed from: config_resumed_epochE[_batchB].yaml."""
+    from mlflow import MlflowClient
+
+    names = [f.path for f in MlflowClient(uri).list_artifacts(run_id)]
+    return sorted(
+        n.removeprefix("config_resumed_").removesuffix(".yaml")
+        for n in names
+        if n.startswith("config_resumed_")
+    )
+
+
+def test_time_limit_stops_the_recipe_mid_epoch_and_resumes_exactly(
+    backend: Callable[..., SlurmBackend], tmp_path: Path
+) -> None:
+    """The real recipe under a 2-minute limit: warned 15-45 s before it (SLURM's 30 s tick),
+    it writes a step checkpoint, requeues and continues from that step; the cell needs more
+    than one attempt, ends done in one MLflow run, and its epochs equal an uninterrupted
+    run's. An epoch here takes longer than one attempt can train, so finishing at all takes
+    mid-epoch resumes."""
+    epochs = 2
+    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "midepoch", epochs, 100)
+    b = backend(time_min=2, signal_delay_s=15, max_requeues=8)
+    (job,) = b.submit([cell])
+    ref = reference()  # meanwhile, here
+    outcome = job.result()
+    assert outcome["state"] == "done", outcome
+    record = attempt.read("slurm") or {}
+    kinds = [e["kind"] for e in record["requeues"]]
+    assert kinds and set(kinds) == {"timeout"}, record
+    run = _assert_one_run_same_epochs(uri, exp, ref, epochs)
+    assert any("_batch" in at for at in _resumed_at(uri, run.info.run_id)), record
+    assert ledger.cell("c1").state().state == "done"
+
+
+def test_preempted_cell_requeues_and_resumes_mid_epoch(
+    backend: Callable[..., SlurmBackend], tmp_path: Path
+) -> None:
+    """A cell in the preemptible partition; once its first epoch is logged, a job in the
+    high-priority partition needs the whole node: SLURM preempts the cell (SIGTERM, then
+    REQUEUE after GraceTime), which writes a step checkpoint, restarts once the node is
+    free, resumes mid-epoch and ends done in the same MLflow run."""
+    epochs = 2
+    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "preempt", epochs, 40)
+    b = backend(time_min=30, partition="preemptible")
+    (job,) = b.submit([cell])
+    deadline = time.time() + 600
+    while int((attempt.read("heartbeat") or {}).get("epoch", 0)) < 1:
+        assert time.time() < deadline and not job.done(), attempt.read("status")
+        time.sleep(1)
+    time.sleep(5)  # well into epoch 2 (~40 s)
+    # The whole node for 5 s (its output nowhere: sbatch would write it to the cwd).
+    sbatch = ["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-t", "2", "-o", "/dev/null"]
+    urgent = subprocess.run(
+        [*sbatch, "--wrap", "sleep 5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    ref = reference()
+    outcome = job.result()
+    assert outcome["state"] == "done", outcome
+    record = attempt.read("slurm") or {}
+    assert [e["kind"] for e in record["requeues"]] == ["preempted"], record
+    assert record["restarts"] >= 1 and record["starts"] == 2, record
+    run = _assert_one_run_same_epochs(uri, exp, ref, epochs)
+    assert [at for at in _resumed_at(uri, run.info.run_id) if "_batch" in at], record
+    assert wait_states([urgent], lambda s: s in ENDED, 60)[urgent] == "COMPLETED"
+    assert ledger.cell("c1").state().state == "done"

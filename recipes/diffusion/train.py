@@ -180,7 +180,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     status = "FAILED"
     try:
         result = _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, logger, ckpt_dir)
-        status = "FINISHED" if result.status == "done" else "FAILED"
+        status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         return result
     except KeyboardInterrupt:
         status = "KILLED"
@@ -247,6 +247,10 @@ def _train_loop(
     # --- steps -------------------------------------------------------------------------------
     metrics: dict[str, float] = {}
     window = _Window()
+    if progress.in_epoch:  # stopped between two reports: the logged means stay exact
+        window.load(progress.in_epoch)
+    progress.in_epoch = None
+    stop = ctx.stop if ctx is not None else None
     for step, batch in _batches(data, progress.global_step, max_steps):
         try:
             window.add(train_step(t, batch, step), batch["image"].shape[0])
@@ -272,8 +276,14 @@ def _train_loop(
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], step
                 save_checkpoint(ckpt_dir / BEST, t.net, t.optimizer, t.schedule, progress, t.scaler)
             _log_examples(logger, val, step)
-        if validating or step % int(tcfg.checkpoint_every) == 0:
+        # RunContext.stop (a time limit, a preemption): save this step, then stop.
+        stopping = stop is not None and bool(stop) and step < max_steps
+        progress.in_epoch = window.state()  # the steps since the last report
+        if validating or stopping or step % int(tcfg.checkpoint_every) == 0:
             save_checkpoint(ckpt_dir / LAST, t.net, t.optimizer, t.schedule, progress, t.scaler)
+        if stopping:
+            log.warning("stopped at step %d: %s", step, stop.reason)  # type: ignore[union-attr]
+            return result("interrupted", stop.reason, metrics)  # type: ignore[union-attr]
         if reporting:
             logger.log_metrics(metrics, step=step)
             log.info("step %d/%d %s", step, max_steps, _fmt(metrics))
@@ -325,6 +335,12 @@ class _Window:
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
         self.steps, self.slices, self.start = 0, 0, time.perf_counter()
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "steps": self.steps, "slices": self.slices}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.sums, self.steps, self.slices = dict(state["sums"]), state["steps"], state["slices"]
 
     def add(self, parts: dict[str, float], slices: int) -> None:
         for key, value in parts.items():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from recipes.components.models.build import (
     build_model,
     load_plain_state_dict,
 )
+from recipes.components.models.sizes import effective_model_config
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -52,10 +52,18 @@ from recipes.components.training.checkpoint import (
     save_checkpoint,
 )
 from recipes.components.training.early_stopping import EarlyStopping
+from recipes.components.training.loop import (
+    EpochState,
+    Interrupted,
+    StepCheckpoints,
+    Trainee,
+    checkpoint_every_steps,
+    train_one_epoch,
+)
 from recipes.components.training.losses import build_loss
 from recipes.components.training.lr_finder import find_lr
 from recipes.components.training.mlflow_logging import RunLogger, flatten_config
-from recipes.components.training.optim import Schedule, build_optimizer, build_scheduler
+from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.components.training.setup import (
     avoid_onednn_bf16_backward,
     checkpoint_dir,
@@ -67,9 +75,7 @@ from recipes.components.training.setup import (
 from recipes.components.training.step import (
     Diverged,
     LoaderClock,
-    as_float,
     autocast,
-    on_device,
     optimizer_steps_per_epoch,
     throughput,
 )
@@ -79,61 +85,6 @@ from recipes.contract import RunContext, TrainResult
 __all__ = ["Diverged", "Trainee", "autocast", "train", "train_one_epoch", "validate"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Trainee:
-    """What one optimisation step touches: the model and everything that updates it."""
-
-    model: nn.Module
-    loss_fn: nn.Module
-    optimizer: Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    tcfg: DictConfig
-
-
-def train_one_epoch(
-    t: Trainee, loader: Any, epoch: int, progress: Progress
-) -> tuple[float, int, float]:
-    """One pass over the training patches; returns (mean loss, patches seen, last lr)."""
-    t.model.train()
-    accumulate = max(1, int(t.tcfg.get("accumulate_steps", 1)))
-    clip = t.tcfg.get("grad_clip_norm")
-    total_loss, patches, lr = 0.0, 0, t.optimizer.param_groups[0]["lr"]
-    t.optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(loader, start=1):
-        image = on_device(batch["image"], t.device)
-        # em_instance trains on the derived target maps; a mask restricts the loss.
-        label = on_device(batch["target" if "target" in batch else "label"], t.device)
-        mask = on_device(batch["mask"], t.device) if "mask" in batch else None
-        if hasattr(t.loss_fn, "inner") and hasattr(t.loss_fn.inner, "set_step"):
-            t.loss_fn.inner.set_step(progress.global_step)  # per-term loss warm-up
-        with autocast(t.device, t.tcfg.amp):
-            logits = t.model(image)
-        # The loss in fp32 for stable reductions.
-        args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
-        loss = t.loss_fn(*args)
-        if not torch.isfinite(loss):
-            # Before the optimizer step: last.pt keeps the last good weights.
-            raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
-        t.scaler.scale(loss / accumulate).backward()
-        total_loss += loss.item()
-        patches += image.shape[0]
-        if step % accumulate and step != len(loader):
-            continue
-        if clip:
-            t.scaler.unscale_(t.optimizer)
-            torch.nn.utils.clip_grad_norm_(t.model.parameters(), float(clip))
-        lr = t.optimizer.param_groups[0]["lr"]
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        t.optimizer.zero_grad(set_to_none=True)
-        if t.schedule.interval == "step":
-            t.schedule.scheduler.step()
-        progress.global_step += 1
-    return total_loss / max(1, len(loader)), patches, lr
 
 
 @torch.no_grad()
@@ -161,8 +112,9 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     """Train ``cfg`` to ``training.max_epochs`` (resuming from ``last.pt``); see the module doc.
 
     The MLflow run is ended in one place: FINISHED when the loop returns "done", FAILED when
-    it diverged or raised, KILLED on an interrupt (a cancel). Under a runner ``end`` is a
-    no-op: the runner owns the run.
+    it diverged or raised, KILLED on an interrupt (a cancel) or a stop request (status
+    "interrupted": a step checkpoint to continue from). Under a runner ``end`` is a no-op:
+    the runner owns the run.
     """
     tcfg = cfg.training
     # --- setup: everything from the config, the model before the data (a model that can't
@@ -174,6 +126,8 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     avoid_onednn_bf16_backward(device, tcfg.amp)
     slice_axis = slice_axis_of(cfg)  # None: 3D; else 2D slices across this axis
     check_task(cfg)
+    # The widths the network is built with (size preset, DynUNet's plan), as MLflow logs them.
+    cfg.model = effective_model_config(cfg.model)
     model = build_model(cfg.model).to(device)
     if tcfg.grad_checkpointing:
         apply_grad_checkpointing(model)
@@ -197,7 +151,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
             result = _train_loop(
                 cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir
             )
-        status = "FINISHED" if result.status == "done" else "FAILED"
+        status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         return result
     except KeyboardInterrupt:
         status = "KILLED"
@@ -230,6 +184,11 @@ def _train_loop(
     trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, tcfg)
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
     stopper = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
+    every = checkpoint_every_steps(tcfg)
+    stop = ctx.stop if ctx is not None else None
+
+    def save_last() -> None:
+        save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
 
     # --- resume or start fresh -------------------------------------------------------------
     progress, resumed_from = Progress(), None
@@ -238,6 +197,9 @@ def _train_loop(
         resumed_from = progress.epoch
         stopper.load(ckpt_dir, progress.epoch)
         log.info("resumed from %s at epoch %d", ckpt_dir / LAST, resumed_from)
+    # A step checkpoint: the epoch after progress.epoch is partly trained.
+    in_epoch, progress.in_epoch = progress.in_epoch, None
+    at = f"epoch{resumed_from}" + (f"_batch{in_epoch['batches']}" if in_epoch else "")
     # A tag, not a param: an attempt resumed elsewhere may train on another device.
     logger.set_tag("device", describe_device(device))
     if resumed_from is None or logger.owns_run:
@@ -247,7 +209,7 @@ def _train_loop(
         _log_split(logger, data)
         logger.log_config(cfg)
     else:
-        logger.log_config(cfg, f"config_resumed_epoch{resumed_from}.yaml")
+        logger.log_config(cfg, f"config_resumed_{at}.yaml")
 
     def result(status: str, epochs: int, reason: str | None, metrics: dict[str, float]) -> Any:
         best = progress.best_metric if progress.best_epoch is not None else None
@@ -264,18 +226,29 @@ def _train_loop(
     # --- epochs ----------------------------------------------------------------------------
     metrics: dict[str, float] = {}
     stop_reason: str | None = None
-    stop = None
+    early = None
     for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
+        if stop:  # asked between epochs (e.g. during a validation): last.pt is this point
+            return result("interrupted", epoch - 1, stop.reason, metrics)
         start = time.perf_counter()
-        data.set_epoch(epoch)  # shuffle + augmentation follow (seed, epoch, case) only
+        state = EpochState.from_dict(in_epoch) if in_epoch else None
+        in_epoch = None
+        # Shuffle + augmentation follow (seed, epoch, case) only; a resumed epoch skips the
+        # batches it trained on.
+        data.set_epoch(epoch, state.batches if state else 0)
         try:
-            clock = LoaderClock(data.train_loader)
-            train_loss, patches, lr = train_one_epoch(trainee, clock, epoch, progress)
+            clock = LoaderClock(data.train_loader, state.wait_s if state else 0.0)
+            before = state.seconds if state else 0.0  # this epoch's training in earlier attempts
+            hook = StepCheckpoints(save_last, progress, every, stop, clock, before)
+            train_loss, patches, lr = train_one_epoch(trainee, clock, epoch, progress, state, hook)
         except Diverged as err:
             log.error("%s", err)
             logger.set_tag("divergence", str(err))
             return result("diverged", epoch - 1, str(err), metrics)
-        train_seconds = time.perf_counter() - start
+        except Interrupted as stopped:
+            log.warning("%s; %s holds that step", stopped, ckpt_dir / LAST)
+            return result("interrupted", epoch - 1, stopped.reason, metrics)
+        train_seconds = time.perf_counter() - start + before
         if schedule.interval == "epoch":
             schedule.scheduler.step()
         metrics = {"train_loss": train_loss, "lr": lr}
@@ -290,24 +263,24 @@ def _train_loop(
             metrics.update(extra)
             if schedule.interval == "val":
                 schedule.scheduler.step(_monitored(metrics, schedule.monitor, "scheduler"))
-            stop = stopper.update(progress, metrics, epoch)
-            stop_reason = stop.reason if stop else None
+            early = stopper.update(progress, metrics, epoch)
+            stop_reason = early.reason if early else None
             if metrics["val_dice"] > progress.best_metric:
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
                 save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
             if stopper.es:  # before last.pt: a resume finds the history of its epoch
                 stopper.save(ckpt_dir)
-        save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
-        metrics["epoch_seconds"] = time.perf_counter() - start
+        save_last()
+        metrics["epoch_seconds"] = time.perf_counter() - start + before
 
         logger.log_metrics(metrics, step=epoch)
         log.info("epoch %d/%d %s", epoch, tcfg.max_epochs, _fmt(metrics))
         if ctx is not None and ctx.progress is not None:
             ctx.progress({"epoch": epoch, "max_epochs": tcfg.max_epochs, **metrics})
-        if stop is not None and stop.diverged:
-            log.error("diverged: %s", stop.reason)
-            logger.set_tag("divergence", stop.reason)
-            return result("diverged", epoch, stop.reason, metrics)
+        if early is not None and early.diverged:
+            log.error("diverged: %s", early.reason)
+            logger.set_tag("divergence", early.reason)
+            return result("diverged", epoch, early.reason, metrics)
         # A search's pruner, after each validation (last.pt is saved: resume continues it).
         prune = ctx.should_prune if ctx is not None and "val_dice" in metrics else None
         if prune is not None and (pruned := prune(epoch, metrics)):

@@ -205,7 +205,14 @@ JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 GresTypes=gpu
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# Preemption by partition priority, for the preemption test only: a job in "urgent"
+# requeues running jobs of "preemptible" (SIGTERM at once, SIGKILL and REQUEUE after
+# GraceTime). "debug", the default every other test uses, is never preempted.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=preemptible Nodes=$host MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=60
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
 
     if write_if_changed "$ETC/gres.conf" 644 <<EOF; then CONF_CHANGED=1; fi

@@ -16,11 +16,13 @@ file fails at start-up with its name rather than inside a worker.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import itertools
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import (
     AsDiscreted,
@@ -74,9 +76,33 @@ class DataBundle:
     info: DatasetInfo
     train_dataset: EpochSeeded
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each training epoch: its shuffle and augmentation follow (seed, epoch)."""
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        """Call before each training epoch: its shuffle and augmentation follow (seed, epoch).
+
+        ``batches_done``: an earlier attempt trained on that many batches of this epoch (a
+        step checkpoint); the loader yields the rest of the epoch's batches only."""
         self.train_dataset.set_epoch(epoch)
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, ResumableSampler):
+            sampler.skip = batches_done * int(self.train_loader.batch_size or 1)
+        elif batches_done:
+            raise ValueError("this train loader cannot start an epoch mid-way")
+
+
+class ResumableSampler(EpochSampler):
+    """The epoch's permutation after its first ``skip`` indices: a batch is a run of
+    consecutive indices, so skipping whole batches leaves the same remaining batches, and
+    the skipped items are never loaded."""
+
+    def __init__(self, source: EpochSeeded) -> None:
+        super().__init__(source)
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return max(0, len(self.source) - self.skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
 
 
 class SelectChannelsd(MapTransform):
@@ -321,8 +347,14 @@ def build_data(
         data_cfg, train_cfg, aug_cfg, slice_axis, select, keys, task_cfg, files
     )
     train_ds = EpochSeeded(_dataset(train_items, train_tf, rate), train_tf, seed)
+    # Its own generator: the worker seeds it draws at each epoch's start would otherwise
+    # advance torch's global RNG, which a step checkpoint restores *after* that draw.
     train_loader = DataLoader(
-        train_ds, batch_size=train_cfg.batch_size, sampler=EpochSampler(train_ds), **kwargs
+        train_ds,
+        batch_size=train_cfg.batch_size,
+        sampler=ResumableSampler(train_ds),
+        generator=torch.Generator().manual_seed(int(seed)),
+        **kwargs,
     )
     val_tf = Compose(load_transforms(data_cfg, select, keys, task_cfg, files))
     if task == "em_instance":

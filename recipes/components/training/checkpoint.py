@@ -5,6 +5,11 @@ weights, optimizer and scheduler state, counters, the best metric so far, and th
 of python, numpy and torch. Files are written to a temporary file in the same directory and
 moved into place with ``os.replace``, so a crash mid-write (or a kill from the runner)
 leaves the previous ``last.pt`` intact rather than a truncated one.
+
+A *step* checkpoint (``last.pt`` written inside an epoch: on a stop request, or every
+``training.checkpoint_every_steps``) also holds ``in_epoch``: the epoch in progress, the
+batches it has consumed and its running sums, so that a resume trains the rest of that
+epoch on the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Progress:
     best_epoch: int | None = None
     # Last epoch whose val_dice beat the best by more than early_stopping.min_delta.
     improved_epoch: int | None = None
+    # Set by a step checkpoint: where the epoch after ``epoch`` stood (loop.EpochState).
+    in_epoch: dict[str, Any] | None = None
 
 
 def rng_states() -> dict[str, Any]:
@@ -128,6 +135,7 @@ def save_checkpoint(
             "best_metric": progress.best_metric,
             "best_epoch": progress.best_epoch,
             "improved_epoch": progress.improved_epoch,
+            "in_epoch": progress.in_epoch,
             "rng": rng_states(),
             **(
                 {"scaler": scaler.state_dict()}
@@ -161,6 +169,7 @@ def load_checkpoint(
         best_metric=ckpt["best_metric"],
         best_epoch=ckpt["best_epoch"],
         improved_epoch=ckpt.get("improved_epoch"),
+        in_epoch=ckpt.get("in_epoch"),
     )
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])

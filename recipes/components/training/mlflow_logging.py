@@ -3,6 +3,13 @@
 The client API addresses runs by id and never touches MLflow's global "active run", so a
 recipe can log into a run that its runner created (and will end) without interfering with
 anything else in the process.
+
+Many cells write one store at once (a SLURM array on one sqlite file, a busy tracking
+server): a write that fails for a reason that passes ("database is locked", a refused
+connection) is tried again with a growing pause, and when the store stays unusable the
+values go to the cell's spool, which ``runner status``/``sweep``/``resume`` (and ``runner
+sync``) upload once the cell has ended. The recipe's logging never fails its cell, and
+never loses a metric, because of the tracking store.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -73,6 +82,30 @@ def spool_tag(spool_dir: Path, key: str, value: str) -> None:
     _append(spool_dir / SPOOL_TAGS, [{"key": key, "value": value}])
 
 
+def spool_params(spool_dir: Path, params: list[Param]) -> None:
+    """Params share the tags' file, marked ``"kind": "param"`` (sync logs them as params)."""
+    _append(
+        spool_dir / SPOOL_TAGS, [{"key": p.key, "value": p.value, "kind": "param"} for p in params]
+    )
+
+
+T = TypeVar("T")
+
+#: Tries of one store write before its values go to the spool, and the pause after the
+#: first failure (doubled each time). MLflow's sqlite sessions already wait 20 s on a lock.
+ATTEMPTS = 3
+PAUSE_S = 1.0
+#: MLflow error codes of a store that may answer in a moment (a locked sqlite file, a
+#: server under load); any other MlflowException is the request's own fault.
+TRANSIENT = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+
+
+def transient(exc: Exception) -> bool:
+    """A failure worth trying again: connection and OS errors, or a transient MLflow code."""
+    code = getattr(exc, "error_code", None)
+    return code is None or code in TRANSIENT
+
+
 def metric_key(name: str) -> str:
     """MLflow keys allow alphanumerics and ``_-./ ``; anything else becomes ``_``."""
     return re.sub(r"[^\w\-./ ]", "_", name)
@@ -86,12 +119,49 @@ class RunLogger:
     """
 
     def __init__(
-        self, tracking_uri: str, run_id: str, owns_run: bool, spool_dir: Path | None = None
+        self,
+        tracking_uri: str,
+        run_id: str,
+        owns_run: bool,
+        spool_dir: Path | None = None,
+        attempts: int = ATTEMPTS,
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self.owns_run = owns_run
         self.spool_dir = spool_dir
+        self.attempts = attempts
+        #: The last write went to the spool: try the store once per write, not ``attempts``
+        #: times, until it answers again (an epoch must not wait on a store that is down).
+        self.store_down = False
+
+    def _write(self, call: Callable[[], T]) -> T:
+        """``call`` against the store, tried again on transient failures; raises the last."""
+        tries = 1 if self.store_down else self.attempts
+        for i in range(tries):
+            try:
+                out = call()
+            except Exception as exc:
+                if i == tries - 1 or not transient(exc):
+                    self.store_down = True
+                    raise
+                time.sleep(PAUSE_S * 2**i)
+            else:
+                self.store_down = False
+                return out
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _write_or_spool(self, call: Callable[[], None], spool: Callable[[Path], None]) -> None:
+        try:
+            self._write(call)
+        except Exception as exc:
+            if self.spool_dir is None:
+                raise
+            # Training goes on: the epoch's work is worth more than a live chart, and the
+            # spool is uploaded once the cell has ended.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            print(f"mlflow_logging: store unusable ({first}); spooled", file=sys.stderr)
+            spool(self.spool_dir)
 
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, run_name: str | None = None) -> RunLogger:
@@ -106,10 +176,22 @@ class RunLogger:
     def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+            batch = items[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            self._write_or_spool(
+                lambda b=batch: self.client.log_batch(self.run_id, params=b),
+                lambda spool, b=batch: spool_params(spool, b),
+            )
 
     def log_config(self, cfg: DictConfig, artifact_file: str = "config.yaml") -> None:
-        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), artifact_file)
+        """The resolved config as an artifact; under a runner a store that stays unusable
+        skips it (the ledger and the matrix hold the config) rather than fail the cell."""
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+        try:
+            self._write(lambda: self.client.log_text(self.run_id, text, artifact_file))
+        except Exception as exc:
+            if self.spool_dir is None:
+                raise
+            print(f"mlflow_logging: {artifact_file} not logged ({exc})", file=sys.stderr)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """One batch per call; non-finite values are skipped (MLflow stores them badly)."""
@@ -121,24 +203,20 @@ class RunLogger:
         ]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             batch = items[i : i + MAX_METRICS_PER_BATCH]
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception:
-                if self.spool_dir is None:
-                    raise
-                # The server is unreachable: keep the metrics for `runner sync`; training goes
-                # on (the epoch's work is worth more than a live chart).
-                spool_metrics(self.spool_dir, batch)
+            # A retried batch that had reached the store is not doubled: the store keeps one
+            # row per (key, step, timestamp, value), and so does sync.
+            self._write_or_spool(
+                lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
+                lambda spool, b=batch: spool_metrics(spool, b),
+            )
 
     def set_tag(self, key: str, value: str) -> None:
-        try:
-            self.client.set_tag(self.run_id, key, value)
-        except Exception:
-            if self.spool_dir is None:
-                raise
-            spool_tag(self.spool_dir, key, value)
+        self._write_or_spool(
+            lambda: self.client.set_tag(self.run_id, key, value),
+            lambda spool: spool_tag(spool, key, value),
+        )
 
     def end(self, status: str) -> None:
         """End the run with ``status`` (FINISHED/FAILED/KILLED) if this logger created it."""
         if self.owns_run:
-            self.client.set_terminated(self.run_id, status=status)
+            self._write(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -57,9 +57,9 @@ class LoaderClock:
     prefetch, caching). Iterates and measures exactly what the wrapped loader yields.
     """
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, wait_s: float = 0.0) -> None:
         self.loader = loader
-        self.wait_s = 0.0
+        self.wait_s = wait_s  # an epoch resumed mid-way starts from what it had waited
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -5,8 +5,10 @@
   waits for the previous to end (``afterany``) so that the throttle holds for the whole sweep.
 * Each cell runs as :class:`SlurmCellJob`, a :class:`~runner.job.CellJob` that is also
   submitit-``Checkpointable``: SLURM warns it ``signal_delay_s`` before its time limit (or on
-  preemption through ``scancel --signal``), submitit requeues the same job id, and the recipe
-  resumes from ``last.pt`` into the same MLflow run (the ledger's ``run_id``).
+  preemption: SIGTERM, or the warning signal through ``scancel --signal``); the recipe stops
+  at its next step and writes a step checkpoint, submitit requeues the same job id (SLURM
+  itself, for a preemption by SIGTERM), and the recipe resumes from that step into the same
+  MLflow run (the ledger's ``run_id``).
 * Requeues are recorded in the attempt's ``slurm.json`` (see :class:`SlurmCellJob`).
 * The sweep does not wait (``waits = False``): the cluster keeps the queue, ``runner status``
   reads the ledger, and :func:`query_states` asks SLURM about the whole matrix at once.
@@ -21,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,11 +68,29 @@ class SlurmCellJob(CellJob, Checkpointable):
 
     #: The job's limit, for telling a time-out from a preemption in the record.
     time_limit_min: int = 0
+    #: Seconds between the warning signal and the kill: the recipe gets half to stop.
+    signal_delay_s: int = 90
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Nothing to save here: the recipe writes last.pt every epoch and resumes from it,
-        # and the MLflow run is found again through the ledger. Requeue the same cell.
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+        # Nothing to save here: the recipe has written its step checkpoint by now (or last.pt
+        # at its last epoch end), and the MLflow run is found again through the ledger.
+        # A copy without this start's private state: its handlers and stop request are
+        # neither picklable nor meant for the next start.
+        cell = type(self).__new__(type(self))
+        cell.__dict__.update({k: v for k, v in vars(self).items() if not k.startswith("_")})
+        return submitit.helpers.DelayedSubmission(cell, *args, **kwargs)
+
+    def on_interrupted(self, result: Any) -> None:
+        """The recipe stopped at a step on the warning signal or SIGTERM: requeue now the
+        way submitit does (and exit), or, preempted by SIGTERM alone, let SLURM requeue."""
+        warning = getattr(self, "_warning", None)
+        if warning is not None:
+            self._requeue_handler(*warning)  # exits after a requeue; else raises
+        self._note_requeued("preempted")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(max(60, self.signal_delay_s))  # SLURM's kill ends this wait
+        raise RuntimeError("preempted by SIGTERM, but SLURM neither killed nor requeued it")
 
     def __call__(self) -> dict[str, Any]:
         self._started = time.time()
@@ -77,6 +98,10 @@ class SlurmCellJob(CellJob, Checkpointable):
         self._wrap_requeue_signal()
         self._cancel_on_sigterm()
         return super().__call__()
+
+    def _grace_over(self, signum: int) -> None:
+        if self._in_recipe:  # still training: requeue now, from the last checkpoint
+            os.kill(os.getpid(), signum)
 
     def _cancel_on_sigterm(self) -> None:
         """`runner cancel` records its request, then scancels the job: SLURM sends SIGTERM
@@ -90,7 +115,8 @@ class SlurmCellJob(CellJob, Checkpointable):
         def on_term(signum: int, frame: FrameType | None) -> None:
             if attempt.read("cancel"):
                 raise KeyboardInterrupt("cancelled: runner cancel (scancel)")
-            if callable(inner):
+            # Else a preemption (or the time limit itself): save the step while we can.
+            if not self.request_stop("preempted: SIGTERM") and callable(inner):
                 inner(signum, frame)
 
         with contextlib.suppress(ValueError):  # not the main thread: submitit's stays
@@ -128,13 +154,14 @@ class SlurmCellJob(CellJob, Checkpointable):
         except Exception as exc:
             print(f"could not tag the MLflow run with its restarts: {exc}", file=sys.stderr)
 
-    def _note_requeued(self) -> None:
-        """Called once submitit has requeued this job: record it, before SLURM kills us."""
+    def _note_requeued(self, kind: str | None = None) -> None:
+        """Called once this job is requeued: record it, before SLURM kills us."""
         attempt = self._record().attempt(self.attempt)
         ran_s = time.time() - getattr(self, "_started", time.time())
         limit_s = self.time_limit_min * 60
         # submitit's own rule for whether this was the time limit (and uses up a requeue).
-        kind = "timeout" if limit_s and ran_s >= min(0.8 * limit_s, limit_s - 600) else "preempted"
+        timed_out = limit_s and ran_s >= min(0.8 * limit_s, limit_s - 600)
+        kind = kind or ("timeout" if timed_out else "preempted")
         data = attempt.read(SLURM_FILE) or {"requeues": []}
         events = [*data.get("requeues", []), {"time": time.time(), "kind": kind, "ran_s": ran_s}]
         events[-1]["job_id"] = current_job_id()
@@ -154,14 +181,19 @@ class SlurmCellJob(CellJob, Checkpointable):
         )
 
     def _wrap_requeue_signal(self) -> None:
-        """Record a requeue and leave at once, instead of unwinding through the cell.
+        """Stop the recipe at a step, then requeue; record the requeue and leave at once.
 
-        submitit's handler for the warning signal checkpoints, runs ``scontrol requeue`` and
-        raises SystemExit. Unwound through :meth:`CellJob.__call__`, that exit would be
-        recorded as a failure (ledger and MLflow) of a cell that is in fact requeued; so the
-        handler is wrapped: after a successful requeue the job records it and exits here.
-        When submitit does not requeue (too many time-outs), its error still unwinds and
-        the cell is recorded as failed, as it should be.
+        While the recipe trains, the warning signal only asks it to stop at its next step
+        (``request_stop``); once its step checkpoint is written, :meth:`on_interrupted`
+        runs submitit's handler. Should the recipe not stop within half of
+        ``signal_delay_s`` (a long validation, a recipe that ignores the request), the signal
+        is raised again and requeues at once: the cell then resumes from its last checkpoint.
+
+        submitit's handler checkpoints, runs ``scontrol requeue`` and raises SystemExit.
+        Unwound through :meth:`CellJob.__call__`, that exit would be recorded as a failure
+        (ledger and MLflow) of a cell that is in fact requeued; so after a successful requeue
+        the job records it and exits here. When submitit does not requeue (too many
+        time-outs), its error still unwinds and the cell is recorded as failed.
         """
         sig = submitit.JobEnvironment._usr_sig()
         inner = signal.getsignal(sig)
@@ -169,7 +201,7 @@ class SlurmCellJob(CellJob, Checkpointable):
             return
         handler: Callable[[int, FrameType | None], Any] = inner
 
-        def on_warning(signum: int, frame: FrameType | None) -> None:
+        def requeue(signum: int, frame: FrameType | None) -> None:
             try:
                 handler(signum, frame)
             except SystemExit:
@@ -180,6 +212,17 @@ class SlurmCellJob(CellJob, Checkpointable):
                     sys.stderr.flush()
                     os._exit(0)
 
+        def on_warning(signum: int, frame: FrameType | None) -> None:
+            if self._warning is None and self.request_stop("time limit or preemption warning"):
+                self._warning = (signum, None)
+                grace = threading.Timer(self.signal_delay_s / 2, self._grace_over, (signum,))
+                grace.daemon = True
+                grace.start()
+                return
+            requeue(signum, frame)
+
+        self._warning: tuple[int, FrameType | None] | None = None  # (signal, frame)
+        self._requeue_handler = requeue
         # Outside the main thread signal.signal raises: submitit's handler then stays.
         with contextlib.suppress(ValueError):
             signal.signal(sig, on_warning)
@@ -275,6 +318,7 @@ class SlurmBackend(Backend):
     def _checkpointable(self, job: CellJob) -> SlurmCellJob:
         cell = job.recast(SlurmCellJob)
         cell.time_limit_min = self.options.time_min
+        cell.signal_delay_s = self.options.signal_delay_s
         return cell
 
     def cancel(self, job_ids: list[str]) -> list[str]:

@@ -1,0 +1,190 @@
+"""One training epoch that can stop after any optimizer step and be continued exactly.
+
+``train_one_epoch`` runs the step logic (autocast, fp32 loss, gradient accumulation and
+clipping, fp16 scaling, per-step schedules). After each optimizer step inside the epoch it
+hands an :class:`EpochState` (batches consumed and running sums) to an ``after_step`` hook.
+:class:`StepCheckpoints` is that hook in the recipes: it writes ``last.pt`` with the state as
+``in_epoch`` every ``training.checkpoint_every_steps`` steps (a crash loses at most that
+many), and when ``RunContext.stop`` is set (SLURM's time-limit warning, a preemption) it
+writes one and raises :class:`Interrupted`.
+
+Why a resumed epoch is the same epoch: its batches come from a per-epoch permutation and
+per-item augmentation seeds (``data/seeding.py``), so skipping the consumed batches in the
+sampler (``DataBundle.set_epoch(epoch, batches)``) yields exactly the remaining ones without
+loading the skipped ones; the train loader draws its worker seeds from its own generator,
+not torch's global RNG, so the RNG states saved at the step are the ones the next step sees;
+model, optimizer, scheduler and scaler states are in the checkpoint. Only optimizer-step
+boundaries are checkpointed: a half-accumulated gradient is not saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim import Optimizer
+
+from recipes.components.training.checkpoint import Progress
+from recipes.components.training.optim import Schedule
+from recipes.components.training.step import Diverged, LoaderClock, as_float, autocast, on_device
+from recipes.contract import StopRequest
+
+__all__ = [
+    "EpochState",
+    "Interrupted",
+    "StepCheckpoints",
+    "Trainee",
+    "checkpoint_every_steps",
+    "train_one_epoch",
+]
+
+
+@dataclass
+class Trainee:
+    """What one optimisation step touches: the model and everything that updates it."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    tcfg: DictConfig
+
+
+@dataclass
+class EpochState:
+    """Where an epoch in progress stands; plain numbers, so a checkpoint holds it as is."""
+
+    epoch: int
+    batches: int = 0  # batches consumed, always an optimizer-step boundary
+    total_loss: float = 0.0  # sum of the batch losses so far: the epoch mean stays exact
+    patches: int = 0
+    lr: float = 0.0
+    seconds: float = 0.0  # training time so far, earlier attempts included
+    wait_s: float = 0.0  # of which waiting for the loader
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Interrupted(Exception):
+    """A stop was requested: the step checkpoint is written; ``reason`` says who asked."""
+
+    def __init__(self, reason: str, state: EpochState) -> None:
+        super().__init__(f"stopped at epoch {state.epoch} batch {state.batches}: {reason}")
+        self.reason, self.state = reason, state
+
+
+def checkpoint_every_steps(tcfg: DictConfig) -> int | None:
+    """``training.checkpoint_every_steps``: null (epoch ends only) or an integer >= 1."""
+    every = tcfg.get("checkpoint_every_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(
+            "training.checkpoint_every_steps must be an integer >= 1 (optimizer steps between "
+            f"step checkpoints) or null (at epoch ends only), got {every!r}"
+        )
+    return every
+
+
+class StepCheckpoints:
+    """The ``after_step`` hook: a step checkpoint every ``every`` optimizer steps, and on a
+    stop request one more, then :class:`Interrupted`.
+
+    ``save`` writes ``last.pt`` from ``progress`` (whose ``in_epoch`` is set around the
+    call); ``clock`` and ``started``/``offset_s`` give the epoch's time so far.
+    """
+
+    def __init__(
+        self,
+        save: Callable[[], None],
+        progress: Progress,
+        every: int | None,
+        stop: StopRequest | None,
+        clock: LoaderClock,
+        offset_s: float = 0.0,
+    ) -> None:
+        self.save, self.progress, self.every, self.stop = save, progress, every, stop
+        self.clock, self.offset_s, self.started = clock, offset_s, time.perf_counter()
+
+    def __call__(self, state: EpochState) -> None:
+        stopping = self.stop is not None and bool(self.stop)
+        if not stopping and not (self.every and self.progress.global_step % self.every == 0):
+            return
+        state.seconds = self.offset_s + time.perf_counter() - self.started
+        state.wait_s = self.clock.wait_s
+        self.progress.in_epoch = state.as_dict()
+        try:
+            self.save()
+        finally:
+            self.progress.in_epoch = None  # an epoch-end checkpoint never carries it
+        if stopping:
+            raise Interrupted(str(self.stop.reason), state)  # type: ignore[union-attr]
+
+
+def train_one_epoch(
+    t: Trainee,
+    loader: Any,
+    epoch: int,
+    progress: Progress,
+    state: EpochState | None = None,
+    after_step: Callable[[EpochState], None] | None = None,
+) -> tuple[float, int, float]:
+    """One pass over the training patches; returns (mean loss, patches seen, last lr).
+
+    ``state``: the epoch was started by an earlier attempt; ``loader`` yields the batches
+    after ``state.batches`` only. ``after_step``: called after each optimizer step but the
+    epoch's last, with the state so far (it may raise :class:`Interrupted`).
+    """
+    t.model.train()
+    accumulate = max(1, int(t.tcfg.get("accumulate_steps", 1)))
+    clip = t.tcfg.get("grad_clip_norm")
+    if state is None:
+        state = EpochState(epoch, lr=t.optimizer.param_groups[0]["lr"])
+    total = state.batches + len(loader)
+    t.optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(loader, start=state.batches + 1):
+        image = on_device(batch["image"], t.device)
+        # em_instance trains on the derived target maps; a mask restricts the loss.
+        label = on_device(batch["target" if "target" in batch else "label"], t.device)
+        mask = on_device(batch["mask"], t.device) if "mask" in batch else None
+        if hasattr(t.loss_fn, "inner") and hasattr(t.loss_fn.inner, "set_step"):
+            t.loss_fn.inner.set_step(progress.global_step)  # per-term loss warm-up
+        with autocast(t.device, t.tcfg.amp):
+            logits = t.model(image)
+        # The loss in fp32 for stable reductions.
+        args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
+        loss = t.loss_fn(*args)
+        if not torch.isfinite(loss):
+            # Before the optimizer step: last.pt keeps the last good weights.
+            raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
+        t.scaler.scale(loss / accumulate).backward()
+        state.total_loss += loss.item()
+        state.patches += image.shape[0]
+        if step % accumulate and step != total:
+            continue
+        if clip:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.model.parameters(), float(clip))
+        state.lr = t.optimizer.param_groups[0]["lr"]
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.schedule.interval == "step":
+            t.schedule.scheduler.step()
+        progress.global_step += 1
+        state.batches = step
+        if after_step is not None and step != total:
+            after_step(state)
+    return state.total_loss / max(1, total), state.patches, state.lr
