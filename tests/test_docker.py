@@ -12,6 +12,7 @@ Run: ``.venv/bin/python -m pytest tests/test_docker.py -m docker``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -516,3 +517,52 @@ def test_a_cell_trains_on_a_real_gpu_in_a_container(
     (run,) = client.search_runs([client.get_experiment_by_name("docker_gpu").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["device"].startswith("cuda:0 "), run.data.tags
+
+
+def test_asha_search_in_containers(engine: Any, project: Path, tiny_data: Path) -> None:
+    """A TPE search with ASHA through the docker executor: the trials after the first two
+    are asked as the two slots free up; each container reports to the study's journal in
+    the sweep directory (mounted), so a rung weighs the other containers' values; trailing
+    cells end ``pruned`` (ledger and MLflow run), the others ``done``."""
+    from mlflow import MlflowClient
+
+    from runner.cli import main
+    from runner.search import study as journal
+
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    path = project / "asha.yaml"
+    tiny_net = ["model=meshnet", "model.width=4", "model.dilations=[1,2,1]"]
+    text = matrix_text("docker_asha", tiny_data, "  seed: [0]", _executor(tiny_data), uri, tiny_net)
+    # Learning rates that learn and ones that don't (those tie on a plateau at the rung).
+    text += (
+        "search:\n  method: tpe\n  trials: 4\n  startup: 2\n  seed: 0\n"
+        "  space: {optimizer.lr: 'loguniform(1.0e-7, 1.0e-1)'}\n"
+        "pruner: {kind: asha, min_epochs: 1, max_epochs: 2, reduction_factor: 2}\n"
+    )
+    path.write_text(text)
+    assert len(make_plan(path).cells) == 2  # the startup trials; TPE asks the others
+    assert main(["sweep", str(path), "--wait"]) == 0
+    plan = make_plan(path)
+    states = plan.states()
+    assert len(plan.cells) == 4
+    by_state = {s: [c for c in plan.cells if states[c.id].state == s] for s in ("pruned", "done")}
+    assert len(by_state["pruned"]) + len(by_state["done"]) == 4, states
+    assert by_state["pruned"] and by_state["done"]
+    assert main(["sync", str(path)]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    for cell in plan.cells:
+        run = client.get_run(states[cell.id].run_id)
+        assert run.data.tags["runner.executor"] == "docker"
+        assert run.data.tags["runner.state"] == states[cell.id].state
+    for cell in by_state["pruned"]:
+        run = client.get_run(states[cell.id].run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags["runner.reason"].startswith("asha: rung 0 (epoch 1)")
+    [st] = plan.search.studies
+    trials = {t.number: t for t in journal.trials(plan.search.journal, st.name)}
+    assert {t.state.name for t in trials.values()} == {"COMPLETE", "PRUNED"}
+    # The asked trials started once a cell had ended: their rung saw its value too.
+    asked = [json.loads(p.read_text()) for p in sorted((st.dir / "slots").iterdir())]
+    assert [a["index"] for a in asked] == [2, 3]
+    assert all(trials[a["number"]].system_attrs["asha:b0:r0:seen"] >= 2 for a in asked)
+    assert _ours(engine) == []

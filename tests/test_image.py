@@ -36,7 +36,7 @@ __all__ = ["engine"]  # the suite's Docker Engine fixture, shared with tests/tes
 TAG = "runner-trainer:test"
 # The package's CLI (another one first on PATH may lack BuildKit: notes, real docker).
 DOCKER_CLI = "/usr/bin/docker"
-IMPORTS = "runner, recipes, torch, monai, mlflow, submitit"
+IMPORTS = "runner, recipes, torch, monai, mlflow, submitit, optuna"
 
 
 def _torch_pin() -> str:

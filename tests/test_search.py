@@ -17,7 +17,7 @@ from runner.ledger import TERMINAL, CellState
 from runner.matrix.cells import format_number
 from runner.plan import make_plan
 from runner.search import study as journal
-from runner.search.asha import Asha, decide, rung_of_reason
+from runner.search.asha import Asha, decide, reason, rung_of_reason
 from runner.search.prune import Reporter, SearchSpec
 from runner.search.refill import ask_new
 from runner.search.space import Space, parse, rounded
@@ -242,6 +242,32 @@ def test_decide_keeps_the_top_third() -> None:
     assert {Asha(1, 9, 3, 2).bracket_of(f"{i:08x}0000") for i in range(4)} == {0, 1}
 
 
+def test_a_tie_at_the_cutoff_goes_to_the_earlier_arrival() -> None:
+    """Top 1/eta is a count: a plateau (every cell still predicting background scores the
+    same Dice at an early rung) does not all go on, only as many as the rung keeps."""
+    plateau = [0.019] * 8
+    # 9 at the rung keep 3; ahead of this one: the better value and 7 of the plateau.
+    assert not decide(0.019, [0.2, *plateau], 3, "max").promote
+    assert decide(0.019, [0.2, 0.019, 0.019], 3, "max").kept == 1
+    assert not decide(0.019, [0.2, 0.019, 0.019], 3, "max").promote
+    assert decide(0.019, [0.2, 0.1, 0.1, 0.1, 0.1, 0.019], 3, "min").promote
+    # Under the count, a strictly better value still goes on, and the first tie is the best.
+    assert decide(0.3, [0.2, *plateau, 0.3], 3, "max").promote
+    assert not decide(0.5, [0.5, 0.5], 3, "max").promote
+    promoted = 0
+    seen: list[float] = []
+    for value in plateau:  # arriving one after another
+        seen.append(value)
+        promoted += decide(value, seen, 3, "max").promote
+    assert promoted == 1  # the first: what arrived later never beat it
+    verdict = decide(0.019, [0.2, *plateau], 3, "max")
+    assert "cutoff 0.0190 (a tie: " in reason("val_dice", 0.019, 0, 1, 3, verdict)
+    assert "tie" not in reason("val_dice", 0.01, 0, 1, 3, decide(0.01, [0.2, 0.01, 0.1], 3, "max"))
+    # Ties go to the trials started first: one started before the tied ones still goes on.
+    assert decide(0.019, [0.2, *plateau], 3, "max", tied_ahead=1).promote
+    assert not decide(0.019, [0.2, *plateau], 3, "max", tied_ahead=2).promote
+
+
 def test_a_cell_below_the_top_third_is_pruned_at_that_rung(project: Path) -> None:
     """Six cells reach rung 0 (epoch 1) in turn, on a real journal: each goes on only when
     it is in the top 1/3 of the values seen there so far."""
@@ -304,6 +330,39 @@ def test_pruned_is_terminal_and_resumed_only_on_request(project: Path) -> None:
     assert for_resume(cells, states, None, None) == [cells[2]]
     assert for_resume(cells, states, ["pruned"], None) == [cells[0]]
     assert for_resume(cells, states, ["pruned", "oom"], None) == [cells[0], cells[2]]
+
+
+def test_the_groups_searched_keys_exist_in_every_optimizer(project: Path, capsys) -> None:
+    """The stroke and EM groups search the optimizer's lr, weight decay and epsilon, the
+    net's dropout and the class weights: each is a key of every optimizer config it applies
+    to (with the optimizer's own default), so such a search validates instead of exiting 2
+    with "not in the config"."""
+    body = """
+        axes:
+          optimizer: [adam, adamw, novograd]
+        search:
+          method: random
+          trials: 2
+          space:
+            optimizer.lr: loguniform(1e-4, 4e-2)
+            optimizer.weight_decay: loguniform(1e-4, 4e-2)
+            optimizer.eps: loguniform(1e-10, 1e-6)
+            model.dropout: uniform(0, 0.3)
+            loss.background_weight: uniform(0, 1)
+        """
+    assert main(["plan", str(_write(project, body))]) == 0, capsys.readouterr().err
+    body = """
+        base: [data=demo, model=meshnet, loss=ce_weighted, optimizer=sgd, optimizer.nesterov=false]
+        search:
+          method: random
+          trials: 2
+          space:
+            optimizer.momentum: uniform(0.9, 0.99)
+            optimizer.dampening: uniform(0, 0.1)
+        """
+    path = project / "sgd.yaml"
+    path.write_text(HEAD.split("base:")[0] + textwrap.dedent(body).lstrip())
+    assert main(["plan", str(path)]) == 0, capsys.readouterr().err
 
 
 def test_readme_search_example_plans(project: Path) -> None:

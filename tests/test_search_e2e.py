@@ -17,6 +17,7 @@ from runner.cli import main
 from runner.plan import make_plan
 from runner.search import study as journal
 from tests.e2e import TINY, make_tiny_dataset, wait_for
+from tests.test_slurm import cluster  # noqa: F401  (the real SLURM cluster fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +167,76 @@ def test_a_pruned_plain_grid(project: Path, tiny_data: Path) -> None:
     [st] = plan.search.studies
     trials = journal.trials(plan.search.journal, st.name)
     assert sorted(t.user_attrs["cell_id"] for t in trials) == sorted(c.id for c in plan.cells)
+
+
+# --- across SLURM array tasks --------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+def test_asha_search_across_slurm_array_chunks(project: Path, tiny_data: Path) -> None:
+    """On the real cluster: each ``runner sweep`` submits the next ``search.batch`` trials as
+    one array; the array tasks report to the study's journal in the sweep directory, so the
+    second array's cells are judged against the first's rung values; a trailing cell ends
+    ``pruned`` in the ledger and in its MLflow run, the others ``done``."""
+    from tests.test_slurm import ROOT, wait_states
+
+    executor = (
+        "{kind: slurm, cpus_per_task: 1, gpus_per_task: 0, time_min: 10, "
+        f"setup: ['export PYTHONPATH={ROOT}']}}"
+    )
+    # Two learning rates that learn and two that don't (they tie on a plateau at the rung).
+    path = _matrix(
+        project,
+        tiny_data,
+        "asha_slurm",
+        "search:\n  method: grid\n  seed: 0\n  batch: 2\n"
+        "  space: {optimizer.lr: 'choice(3.0e-2, 1.0e-2, 1.0e-6, 1.0e-7)'}\n"
+        "pruner: {kind: asha, min_epochs: 1, max_epochs: 2, reduction_factor: 2}\n"
+        f"executor: {executor}\n",
+    )
+    ended = ("done", "pruned", "failed", "diverged", "cancelled")
+
+    def settled(n: int) -> bool:
+        return sum(s.state in ended for s in make_plan(path).states().values()) >= n
+
+    arrays = []
+    for n in (2, 4):
+        assert main(["sweep", str(path)]) == 0  # returns once submitted: SLURM keeps the queue
+        wait_for(lambda n=n: settled(n), 300, f"{n} trials to end on the cluster")
+        plan = make_plan(path)
+        jobs = {
+            c.id: plan.ledger.cell(c.id).attempt(1).read("job")["job_id"]
+            for c in plan.cells
+            if plan.ledger.cell(c.id).attempts()
+        }
+        arrays.append(jobs)
+    first, both = arrays
+    assert len(first) == 2 and len(both) == 4
+    base = {cid: job.split("_")[0] for cid, job in both.items()}
+    # Two arrays (one sbatch each), one per sweep, of the two chunks.
+    assert len(set(base.values())) == 2 and len({base[c] for c in first}) == 1
+    # The ledger says so before the tasks exit; SLURM follows a moment later. A pruned cell
+    # is a task that ended as it should: COMPLETED, not FAILED.
+    ended_jobs = wait_states(list(both.values()), lambda s: s not in ("PENDING", "RUNNING"), 60)
+    assert set(ended_jobs.values()) == {"COMPLETED"}, ended_jobs
+
+    plan = make_plan(path)
+    states = plan.states()
+    by_state = {s: [c for c in plan.cells if states[c.id].state == s] for s in ("pruned", "done")}
+    assert len(by_state["pruned"]) + len(by_state["done"]) == 4, states
+    assert by_state["pruned"] and by_state["done"]
+    assert main(["sync", str(path)]) == 0
+    client = MlflowClient(tracking_uri=plan.tracking_uri)
+    for cell in by_state["pruned"]:
+        run = client.get_run(states[cell.id].run_id)
+        assert run.data.tags["runner.state"] == "pruned" and run.info.status == "KILLED"
+        assert run.data.tags["runner.reason"].startswith("asha: rung 0 (epoch 1)")
+    # Rung values live in the sweep dir's journal: the second array's tasks weighed the
+    # first array's values (and each other's, as they came in).
+    [st] = plan.search.studies
+    trials = {t.user_attrs["cell_id"]: t for t in journal.trials(plan.search.journal, st.name)}
+    assert set(trials) == set(both)
+    assert all("asha:b0:r0" in t.system_attrs for t in trials.values())
+    assert all(trials[c].system_attrs["asha:b0:r0:seen"] >= 3 for c in both if c not in first)
+    assert {t.state.name for t in trials.values()} == {"COMPLETE", "PRUNED"}

@@ -2,13 +2,18 @@
 ``SuccessiveHalvingPruner`` does it, with brackets.
 
 A cell of bracket ``b`` is compared at the rungs ``min_epochs * eta**(b + k)`` below
-``max_epochs``. Reaching a rung, it records its value there and goes on only when that value
-is in the top ``1/eta`` of all values recorded at that rung so far (itself included; while
-fewer than ``eta`` are there, only the best goes on), else it stops: **pruned**. Nothing
-waits for a rung to fill, so cells never idle; early arrivals are judged against fewer
-results, which is the asynchronous trade. Brackets (Hyperband's idea) hedge against a
-``min_epochs`` too small to tell configurations apart: bracket 1 first compares at
-``min_epochs * eta``. A cell's bracket follows from its id, so it never changes.
+``max_epochs``. Reaching a rung, it records its value there and goes on only when that
+value is in the top ``1/eta`` of all values recorded at that rung so far (itself included;
+while fewer than ``eta`` are there, only the best goes on), else it stops: **pruned**. A
+tie goes to the trial started first (the lower Optuna trial number: the order cells were
+claimed in, so two cells tied at the same moment never both stop): "top 1/eta" is a count,
+and letting every value equal to the cutoff through (Optuna's ``>=``) promotes whole
+plateaus (at an early rung, every cell that still predicts one class everywhere scores the
+same Dice). Nothing waits for a rung to fill, so cells never idle; early arrivals are
+judged against fewer results, which is the asynchronous trade. Brackets (Hyperband's idea)
+hedge against a ``min_epochs`` too small to tell configurations apart: bracket 1 first
+compares at ``min_epochs * eta``. A cell's bracket follows from its id, so it never
+changes.
 
 This module is pure (no Optuna, no files): :mod:`runner.search.prune` keeps the rung values
 in the study's journal.
@@ -50,6 +55,7 @@ class Verdict:
     cutoff: float
     kept: int  # how many of the results at the rung go on
     seen: int  # results at the rung, this one included
+    tied: bool = False  # equal to the cutoff: a tie the trials started earlier won
 
 
 def _rankable(value: float, mode: str) -> float:
@@ -59,14 +65,21 @@ def _rankable(value: float, mode: str) -> float:
     return value
 
 
-def decide(value: float, at_rung: list[float], eta: int, mode: str) -> Verdict:
-    """Whether ``value`` goes on, given every value at the rung (``value`` among them)."""
+def decide(
+    value: float, at_rung: list[float], eta: int, mode: str, tied_ahead: int | None = None
+) -> Verdict:
+    """Whether ``value`` goes on, given every value at the rung (``value`` among them).
+    ``tied_ahead``: how many of the other values equal to it win the tie (those of trials
+    started earlier); by default all of them (``value`` arrived last)."""
     ranked = sorted((_rankable(v, mode) for v in at_rung), reverse=mode == "max")
     kept = max(1, len(ranked) // eta)
     cutoff = ranked[kept - 1]
     mine = _rankable(value, mode)
-    promote = not math.isnan(value) and (mine >= cutoff if mode == "max" else mine <= cutoff)
-    return Verdict(promote, cutoff, kept, len(ranked))
+    better = sum(1 for v in ranked if (v > mine if mode == "max" else v < mine))
+    ties = sum(1 for v in ranked if v == mine) - 1
+    ahead = ties if tied_ahead is None else min(tied_ahead, ties)
+    promote = not math.isnan(value) and better + ahead + 1 <= kept
+    return Verdict(promote, cutoff, kept, len(ranked), tied=not promote and mine == cutoff)
 
 
 def reason(metric: str, value: float, rung: int, epoch: int, eta: int, v: Verdict) -> str:
@@ -74,6 +87,7 @@ def reason(metric: str, value: float, rung: int, epoch: int, eta: int, v: Verdic
     return (
         f"asha: rung {rung} (epoch {epoch}): {metric} {value:.4f} is not in the top 1/{eta} "
         f"({v.kept} of {v.seen}) at this rung, cutoff {v.cutoff:.4f}"
+        + (" (a tie: it goes to the trials started first)" if v.tied else "")
     )
 
 

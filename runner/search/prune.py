@@ -84,11 +84,18 @@ class Reporter:
             # Recorded before comparing: a cell arriving later at this rung sees this one.
             self.store.set_trial_system_attr(trial_id, key, value)
             seen = [
-                float(t.system_attrs[key])
+                (float(t.system_attrs[key]), t.number)
                 for t in self.store.get_all_trials(study_id, deepcopy=False)
                 if key in t.system_attrs
             ]
-            verdict = decide(value, seen, eta, self.spec.mode)
+            mine = self.spec.trial_number
+            assert mine is not None
+            # A tie goes to the trial started first: a fixed order, so that cells tied at the
+            # same moment (each seeing the other) do not both stop.
+            ahead = sum(1 for v, n in seen if n < mine and v == value)
+            verdict = decide(value, [v for v, _ in seen], eta, self.spec.mode, ahead)
+            # How many results the verdict weighed: what an asynchronous rung is judged by.
+            self.store.set_trial_system_attr(trial_id, f"{key}:seen", verdict.seen)
             if not verdict.promote:
                 self.pruned_rung = rung
                 return reason(self.spec.metric, value, rung, at, eta, verdict)
