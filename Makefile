@@ -43,23 +43,27 @@ plan: install
 status: install
 	$(BIN)/runner status $(MATRIX)
 
-# The MLflow UI over the default sqlite store, on loopback only.
+# The MLflow UI over the default sqlite store, on loopback only. First the link to each swept
+# matrix's saved view (its runs grouped over seeds, sorted by best val Dice), written if missing.
 ui: install
+	-$(BIN)/python -m runner.report.mlflow_view --store sqlite:///$(CURDIR)/mlruns.db \
+	  --sweep-dir sweeps --ui http://127.0.0.1:$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(UI_PORT)
 
 lint: install
 	$(BIN)/ruff check runner recipes tests bench
 	$(BIN)/ruff format --check runner recipes tests bench
 
-# What the tests need from Debian, installed once as root: the SLURM cluster's packages and
-# real NIfTI volumes (insighttoolkit5-examples). Elsewhere those tests skip and say why.
+# What the tests need from Debian, installed once as root: the SLURM cluster's packages, real
+# NIfTI volumes (insighttoolkit5-examples) and a headless browser for the MLflow UI test
+# (chromium). Elsewhere those tests skip and say why.
 test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  tests/infra/slurm_cluster.sh install && \
-	  { dpkg -s insighttoolkit5-examples >/dev/null 2>&1 || \
+	  { dpkg -s insighttoolkit5-examples chromium >/dev/null 2>&1 || \
 	    { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
 	      apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-	      insighttoolkit5-examples; }; }; \
+	      insighttoolkit5-examples chromium; }; }; \
 	fi
 
 test: install lint test-deps

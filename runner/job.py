@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from recipes.contract import SPOOL_FINAL
+from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
 from runner.ledger import Attempt, CellRecord, write_json_atomic
+from runner.report.gpu_meter import gpus_from_env, ledger_hours, log_gpu_hours
 from runner.search.prune import Reporter, SearchSpec
 
 HEARTBEAT_S = 10.0
@@ -130,8 +131,24 @@ class CellJob:
         return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def __call__(self) -> dict[str, Any]:
+        # Fresh each start: a requeued payload is pickled with its previous start's request.
+        self._stop, self._in_recipe = StopRequest(), False
         with interruptible():
             return self._run()
+
+    def request_stop(self, reason: str) -> bool:
+        """Ask the recipe to stop at its next step and save (from a signal handler); False
+        when no recipe is training now, so that the caller acts at once instead."""
+        if not getattr(self, "_in_recipe", False):
+            return False
+        self._stop.request(reason)
+        return True
+
+    def on_interrupted(self, result: TrainResult) -> None:
+        """The recipe stopped at a step checkpoint because :meth:`request_stop` asked: a
+        backend that asks continues the cell elsewhere here (SLURM requeues and never
+        returns). Reaching this base version means nothing will continue it: a failure."""
+        raise RuntimeError(f"the recipe stopped ({result.reason}) and nothing requeues it")
 
     def _run(self) -> dict[str, Any]:
         from recipes.contract import RunContext
@@ -150,6 +167,8 @@ class CellJob:
             "pid": os.getpid(),
             "started": started,
             "job_id": current_job_id(),
+            # The GPUs its executor gave this process, for GPU-hours (runner.report.gpu_hours).
+            "gpus": gpus_from_env(os.environ),
         }
         if attempt.read("cancel"):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -164,7 +183,8 @@ class CellJob:
         reporter = None
         with _Heartbeat(attempt) as heartbeat:
             try:
-                run_id = self._ensure_run(record)
+                # Retried: an array's cells start together on one store.
+                run_id = tracking.retrying(lambda: self._ensure_run(record))
                 base["run_id"] = run_id
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
@@ -177,8 +197,15 @@ class CellJob:
                     checkpoint_dir=record.checkpoint_dir,
                     progress=heartbeat.beat,
                     should_prune=reporter,
+                    stop=self._stop,
                 )
-                result = recipe.train_fn()(cfg, ctx)
+                self._in_recipe = True
+                try:
+                    result = recipe.train_fn()(cfg, ctx)
+                finally:
+                    self._in_recipe = False
+                if result.status == "interrupted":
+                    self.on_interrupted(result)
             except BaseException as exc:
                 reason = _reason(exc)
                 if attempt.read("cancel"):
@@ -199,6 +226,7 @@ class CellJob:
                     },
                 )
                 if run_id:
+                    _log_hours(self.tracking_uri, run_id, record, base.get("gpus"))
                     _safe_finish(self.tracking_uri, run_id, state, reason)
                 raise
         state, reason = result.status, result.reason
@@ -225,8 +253,9 @@ class CellJob:
                 # The journal is unreachable: the ledger holds the outcome; the study only
                 # misses this trial's end (TPE sees one result fewer).
                 traceback.print_exc()
+        _log_hours(self.tracking_uri, run_id, record, base.get("gpus"))
         try:
-            tracking.finish_run(self.tracking_uri, run_id, state, reason)
+            tracking.retrying(lambda: tracking.finish_run(self.tracking_uri, run_id, state, reason))
         except Exception:
             # The server went away: the ledger holds the truth; `runner sync` ends the run.
             write_json_atomic(
@@ -277,6 +306,16 @@ def current_job_id() -> str | None:
                 else os.environ[var]
             )
     return None
+
+
+def _log_hours(uri: str, run_id: str, record: CellRecord, gpus: int | None) -> None:
+    """The cell's GPU-hours so far (the ledger's attempts) on its run; ``runner report``
+    refines them with SLURM accounting. Best effort: the ledger keeps what it is made of."""
+    try:
+        gpu_h, wall_h = ledger_hours(record, gpus)
+        log_gpu_hours(uri, run_id, gpu_h, wall_h)
+    except Exception:
+        traceback.print_exc()
 
 
 def _safe_finish(uri: str, run_id: str, state: str, reason: str) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from recipes.contract import redact, store_init_lock
 from runner.errors import RunnerError
@@ -128,18 +130,45 @@ def find_run(uri: str, experiment_id: str, cell_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def axis_params(tags: dict[str, str]) -> dict[str, str]:
+    """The ``axis.*`` tags again as params: the UI's compare view ("show diff only") and
+    parallel-coordinates chart read params, not tags. Values are the tags' (redacted)."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    return {k: v[:MAX_PARAM_VAL_LENGTH] for k, v in tags.items() if k.startswith(AXIS_PREFIX)}
+
+
+def _log_params(c: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        c.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+
 def start_cell_run(uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-    run = client(uri).create_run(experiment_id, run_name=run_name, tags=tags)
-    return run.info.run_id
+    c = client(uri)
+    run_id = c.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    _log_params(c, run_id, axis_params(tags))
+    return run_id
 
 
 def reopen_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    """Mark a resumed run as running again, refreshing host/executor tags."""
+    """Mark a resumed run as running again, refreshing host/executor tags.
+
+    Axis params the run lacks (it was created before they were logged, or its job died
+    between creating it and logging them) are added; those it has are left alone, since
+    MLflow refuses to change a param's value."""
     c = client(uri)
     c.update_run(run_id, status="RUNNING")
     for k in ("runner.host", "runner.executor"):
         if k in tags:
             c.set_tag(run_id, k, tags[k])
+    wanted = axis_params(tags)
+    if wanted:
+        have = c.get_run(run_id).data.params
+        _log_params(c, run_id, {k: v for k, v in wanted.items() if k not in have})
 
 
 def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> None:
@@ -149,3 +178,23 @@ def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> 
         c.set_tag(run_id, "runner.reason", reason[:5000])
     status = {"done": "FINISHED", "cancelled": "KILLED", "pruned": "KILLED"}.get(state, "FAILED")
     c.set_terminated(run_id, status=status)
+
+
+T = TypeVar("T")
+#: MLflow error codes of a store that may answer in a moment (a locked sqlite file, a busy
+#: server); the recipe's logger (recipes/components/training/mlflow_logging.py) uses the same.
+TRANSIENT = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+
+
+def retrying(call: Callable[[], T], attempts: int = 3, pause_s: float = 1.0) -> T:
+    """``call`` against the store, again after a growing pause when it fails for a reason
+    that passes: an array's cells start together, and one that can't create its run fails."""
+    for i in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            code = getattr(exc, "error_code", None)
+            if i == attempts - 1 or (code is not None and code not in TRANSIENT):
+                raise
+            time.sleep(pause_s * 2**i)
+    raise AssertionError("unreachable")

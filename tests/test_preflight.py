@@ -75,9 +75,29 @@ def test_an_sqlite_store_for_slurm_cells_is_warned_about_with_the_fix(
     assert main(["plan", str(path)]) == 0
     err = capsys.readouterr().err
     assert "is an sqlite file on" in err and "mlflow server" in err and "tracking.uri" in err
+    assert "the fix: run `mlflow server" in err and "tracking.uri: http://" in err, err
     path.write_text(body + "tracking: {uri: 'http://127.0.0.1:5999'}\n")
     assert main(["plan", str(path)]) == 0
     assert "sqlite" not in capsys.readouterr().err
+
+
+def test_plan_says_which_store_the_cells_write_to_and_how(project: Path) -> None:
+    """The line `runner plan` prints: the resolved store, the filesystem of an sqlite file,
+    and that a refused write is retried, spooled and uploaded by status/sweep/resume."""
+    from runner.plan import make_plan
+    from runner.sweep.preflight import describe_store, filesystem_of
+
+    path = project / "m.yaml"
+    body = "name: tracked\nrecipe: segmentation\naxes: {seed: [0]}\n"
+    path.write_text(body)  # the default store
+    line = describe_store(make_plan(path, project))
+    db = f"sqlite:///{project}/mlruns.db"
+    assert line.startswith(f"tracking: cells write to {db} (an sqlite file on "), line
+    assert filesystem_of(project) in line and "directly" in line
+    assert "spool" in line and "`runner status`" in line and "`runner sync`" in line
+    path.write_text(body + "tracking: {uri: 'http://127.0.0.1:5999'}\n")
+    line = describe_store(make_plan(path, project))
+    assert line.startswith("tracking: cells write to the MLflow server http://127.0.0.1:5999;")
 
 
 @pytest.mark.slow

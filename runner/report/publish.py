@@ -1,11 +1,18 @@
-"""Write a report's tables and plots to disk and log them to MLflow as the matrix's summary
-run (one run per matrix, tagged ``runner.summary``; a new report replaces its artifacts)."""
+"""Write a report's tables and plots to disk and log them to MLflow.
+
+Each ``runner report`` logs a fresh run, ended at once, into the experiment
+``<matrix>/reports`` (``REPORTS``), never into the cells' experiment: the cells' runs table
+holds cells only (what the saved view groups and averages), and no report reopens an earlier
+one (a reopened run's duration would grow with every report). The latest report is the
+newest run there; older ones stay as a history. Each cell's run also gets its ``gpu_hours``
+and ``wall_hours`` (``runner.report.gpu_hours``)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +20,10 @@ from typing import Any
 from runner import tracking
 from runner.errors import RunnerError
 from runner.plan import Plan
+from runner.report import gpu_hours as gh
 from runner.report import search as search_report
 from runner.report.baseline import label_order, per_class_rows, read_csv
-from runner.report.plots import dice_by_axis, learning_curves, per_class_vs_baseline
+from runner.report.plots import dice_by_axis, group_colors, learning_curves, per_class_vs_baseline
 from runner.report.stats import collect, group_rows, make_groups, marginal_effects
 
 
@@ -31,6 +39,9 @@ class Report:
     per_class: list[dict[str, Any]] = field(default_factory=list)  # vs the baseline
     baseline: str | None = None  # a group label, or the CSV's path
     search: dict[str, Any] | None = None  # a search or pruned grid (runner.report.search)
+    #: The matrix's GPU-hours (gpu_hours.totals, plus "warning") and each cell's.
+    gpu_hours: dict[str, Any] = field(default_factory=dict)
+    cell_hours: dict[str, gh.CellHours] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
@@ -55,7 +66,20 @@ def build(
     report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
     report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
     report.search = search_report.build(plan)
+    _add_hours(plan, report, groups)
     return report, groups
+
+
+def _add_hours(plan: Plan, report: Report, groups: list[Any]) -> None:
+    """GPU-hours: a column per group (its cells, all their attempts) and the matrix's total
+    (every cell, whatever its state: failed and pruned cells cost too)."""
+    usage, warning = gh.query_usage(plan)
+    report.cell_hours = gh.cell_hours(plan, usage=usage)
+    report.gpu_hours = {**gh.totals(report.cell_hours), "warning": warning}
+    by_label = {g.label: g for g in groups}
+    for row in report.groups:
+        cells = by_label[row["group"]].cells if row["group"] in by_label else []
+        row["gpu_hours"] = sum(report.cell_hours[c.cell.id].gpu_hours for c in cells)
 
 
 def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Path]:
@@ -70,6 +94,10 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         "ranked_by": "best val Dice (selection); test figures are reported, never ranked on",
         "baseline": report.baseline,
         "per_class_vs_baseline": report.per_class,
+        "gpu_hours": {
+            **report.gpu_hours,
+            "cells": [h.row() for h in report.cell_hours.values() if h.attempts],
+        },
     }
     (out_dir / "report.json").write_text(json.dumps(data, indent=1))
     files.append(out_dir / "report.json")
@@ -81,6 +109,9 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
     files.append(out_dir / "groups.csv")
     if report.per_class:
         files.append(_csv(report.per_class, out_dir / "per_class_vs_baseline.csv"))
+    spent = [h.row() for h in report.cell_hours.values() if h.attempts]
+    if spent:
+        files.append(_csv(spent, out_dir / "gpu_hours.csv"))
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -90,11 +121,13 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         )
         pq.write_table(table, out_dir / "groups.parquet")
         files.append(out_dir / "groups.parquet")
+    # One colour per group in every figure (a baseline group keeps its own, hatched).
+    colors = group_colors(g.label for g in groups)
     if groups:
-        files += dice_by_axis(groups, out_dir)
-        files.append(learning_curves(groups, out_dir))
+        files += dice_by_axis(groups, out_dir, colors)
+        files.append(learning_curves(groups, out_dir, colors))
     if report.per_class:
-        files.append(per_class_vs_baseline(report.per_class, out_dir))
+        files.append(per_class_vs_baseline(report.per_class, out_dir, colors))
     files += search_report.write(report.search, out_dir)
     return files
 
@@ -112,28 +145,56 @@ def _str_axis(key: str, value: Any) -> Any:
     return str(value) if key.startswith("axis.") and value is not None else value
 
 
+def reports_experiment(matrix: str) -> str:
+    """The experiment a matrix's reports go to: ``/`` can't occur in a matrix name, so this
+    never is another matrix's experiment."""
+    return f"{matrix}/reports"
+
+
 def log_summary(plan: Plan, report: Report) -> str:
-    """Log the report into the matrix's summary run, creating it on first use."""
-    uri = plan.tracking_uri
+    """Log the report as a new run of ``<matrix>/reports``, ended at once; set each cell's
+    run's GPU-hours. Returns the report run's id."""
+    uri, name = plan.tracking_uri, plan.matrix.spec.name
     client = tracking.client(uri)
-    exp_id = tracking.ensure_experiment(uri, plan.matrix.spec.name, plan.workdir / "mlartifacts")
-    id_file = plan.ledger.root / "summary_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    if run_id is None:
-        run = client.create_run(
-            exp_id,
-            run_name=f"{plan.matrix.spec.name}_summary",
-            tags={"runner.summary": "true", tracking.TAG_MATRIX: plan.matrix.spec.name},
-        )
-        run_id = run.info.run_id
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
-    for path in report.files:
-        client.log_artifact(run_id, str(path), artifact_path="report")
-    best = report.groups[0] if report.groups else None
-    if best and best.get("dice_mean") is not None:
-        client.log_metric(run_id, "best_group_dice_mean", best["dice_mean"])
-        client.set_tag(run_id, "runner.best_group", best["group"])
-    client.log_metric(run_id, "cells_done", report.cells_done)
+    exp_id = tracking.ensure_experiment(uri, reports_experiment(name), plan.workdir / "mlartifacts")
+    _retire_old_summary(plan, client)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run = client.create_run(
+        exp_id,
+        run_name=f"{name}_report_{stamp}",
+        tags={"runner.summary": "true", tracking.TAG_MATRIX: name},
+    )
+    run_id = run.info.run_id
+    try:
+        for path in report.files:
+            client.log_artifact(run_id, str(path), artifact_path="report")
+        best = report.groups[0] if report.groups else None
+        if best and best.get("dice_mean") is not None:
+            client.log_metric(run_id, "best_group_dice_mean", best["dice_mean"])
+            client.set_tag(run_id, "runner.best_group", best["group"])
+        client.log_metric(run_id, "cells_done", report.cells_done)
+        if report.gpu_hours:
+            client.log_metric(run_id, "gpu_hours", report.gpu_hours["gpu_hours"])
+            client.log_metric(run_id, "wall_hours", report.gpu_hours["wall_hours"])
+        gh.log_all(plan, report.cell_hours)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _retire_old_summary(plan: Plan, client: Any) -> None:
+    """An older runner kept one summary run among the cells (its id in ``summary_run_id``),
+    reopened by every report: delete it (MLflow's soft delete: ``mlflow gc`` purges it,
+    ``restore_run`` brings it back) so the cells' table holds cells only."""
+    id_file = plan.ledger.root / "summary_run_id"
+    if not id_file.exists():
+        return
+    old = id_file.read_text().strip()
+    try:
+        if old and client.get_run(old).info.lifecycle_stage == "active":
+            client.delete_run(old)
+    except Exception:  # gone already, or another store: nothing of it sits among the cells
+        pass
+    id_file.unlink(missing_ok=True)

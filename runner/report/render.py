@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from runner.report.gpu_hours import fmt_hours, summary_line
 from runner.report.publish import Report
 from runner.report.stats import fmt
 
@@ -37,7 +38,11 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
     cols = ["group", "n", "val Dice mean ± std", "val 95% CI"]
     if has_test:
         cols += ["test Dice mean ± std", "test 95% CI"]
-    cols += [*report.classes, *(["Δ val vs baseline"] if baseline else [])]
+    # One class: its column would repeat the overall Dice.
+    classes = report.classes if len(report.classes) > 1 else []
+    cols += [*classes, *(["Δ val vs baseline"] if baseline else [])]
+    hours = "gpu_hours" in (report.groups[0] if report.groups else {})
+    cols += ["GPU-h"] if hours else []
     for col in cols:
         table.add_column(col)
     for r in report.groups:
@@ -47,11 +52,18 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
             mean, std = _nan(r.get("test_dice_mean")), _nan(r.get("test_dice_std"))
             cells += [fmt(mean, std) + (f" (n={r['test_n']})" if r.get("test_n") else "")]
             cells.append(_ci(r, "test_dice_"))
-        cells += [fmt(_nan(r[f"dice_{c}_mean"]), _nan(r[f"dice_{c}_std"])) for c in report.classes]
+        cells += [fmt(_nan(r[f"dice_{c}_mean"]), _nan(r[f"dice_{c}_std"])) for c in classes]
         if baseline:
             cells.append(f"{_nan(r.get('delta_mean')):+.4f}")
+        if hours:
+            cells.append(fmt_hours(r["gpu_hours"]))
         table.add_row(*cells)
+    if report.gpu_hours:
+        table.caption = summary_line(report.gpu_hours) + " (all cells, every attempt)"
+        table.caption_justify = "left"
     console.print(table)
+    if report.gpu_hours.get("warning"):
+        console.print(f"warning: {report.gpu_hours['warning']}", markup=False)
     if baseline and any("vs_baseline_p" in r for r in report.groups):
         _print_paired(console, report, baseline)
     if report.per_class:

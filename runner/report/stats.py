@@ -25,9 +25,10 @@ from typing import Any
 
 from runner import tracking
 from runner.errors import RunnerError, did_you_mean
-from runner.matrix.cells import Cell, run_name_tokens
+from runner.matrix.cells import Cell, Labels, run_name_tokens
 from runner.plan import Plan
 from runner.report import significance
+from runner.report.mlflow_view import is_seed_axis
 
 
 @dataclass
@@ -132,17 +133,18 @@ def read_cases(summary: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def group_label(values: dict[str, Any], groups: set[str]) -> str:
-    rest = {k: v for k, v in values.items() if k != "seed"}
-    return "_".join(run_name_tokens(rest, groups)) or "all"
+def group_label(values: dict[str, Any], groups: set[str], labels: Labels | None = None) -> str:
+    """A group's name: its cells' run-name tokens without the seed axes (labels as runs)."""
+    rest = {k: v for k, v in values.items() if not is_seed_axis(k)}
+    return "_".join(run_name_tokens(rest, groups, labels)) or "all"
 
 
 def make_groups(plan: Plan, results: list[CellResult]) -> list[Group]:
     groups: dict[str, Group] = {}
     names = set(plan.recipe.groups)
     for r in results:
-        label = group_label(r.cell.values, names)
-        rest = {k: v for k, v in r.cell.values.items() if k != "seed"}
+        label = group_label(r.cell.values, names, plan.matrix.labels)
+        rest = {k: v for k, v in r.cell.values.items() if not is_seed_axis(k)}
         groups.setdefault(label, Group(label, rest)).cells.append(r)
     return sorted(groups.values(), key=lambda g: -g.stats()[0])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.plan import Plan
+from runner.report.gpu_hours import CellHours, cell_hours, query_usage
 
 
 def _native(value: Any) -> Any:
@@ -35,8 +36,12 @@ def _iso(attempt: dict[str, Any]) -> dict[str, Any]:
     return {**attempt, **times}
 
 
-def rows(plan: Plan) -> list[dict[str, Any]]:
+def rows(plan: Plan, hours: dict[str, CellHours] | None = None) -> list[dict[str, Any]]:
+    """One row per cell; ``hours`` (:func:`runner.report.gpu_hours.cell_hours`) is asked
+    for (one sacct call for SLURM attempts) when not given."""
     states = plan.states()
+    if hours is None:
+        hours = cell_hours(plan, states, query_usage(plan)[0])
     out = []
     for cell in plan.cells:
         s = states[cell.id]
@@ -53,6 +58,8 @@ def rows(plan: Plan) -> list[dict[str, Any]]:
                 "run_id": s.run_id,
                 "best_val_dice": s.best_val_dice,
                 "epoch": s.progress.get("epoch"),
+                "gpu_hours": hours[cell.id].gpu_hours,
+                "wall_hours": hours[cell.id].wall_hours,
             }
         )
     return out
@@ -73,7 +80,8 @@ def write_parquet(plan: Plan, path: Path) -> Path:
         for key in axes:
             value = row["axes"].get(key)
             columns[f"axis.{key}"].append(None if value is None else str(value))
-    for key in ("state", "reason", "run_id", "best_val_dice", "epoch", "overrides", "attempts"):
+    keys = ("state", "reason", "run_id", "best_val_dice", "epoch", "gpu_hours", "wall_hours")
+    for key in (*keys, "overrides", "attempts"):
         columns[key] = [row[key] for row in data]
     table = pa.table(columns)
     pq.write_table(table, path)

@@ -73,23 +73,53 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
+def _sqlite_fs(uri: str) -> str:
+    db = Path(uri.removeprefix("sqlite:///"))
+    return filesystem_of(db.parent if db.parent.exists() else Path.cwd())
+
+
+def _networked(fs: str) -> bool:
+    return fs.split(".")[-1] in NETWORK_FS or fs.startswith("fuse")
+
+
+#: How a cell gets its values to the store, whatever the store (said by ``runner plan``).
+SPOOL_NOTE = (
+    "a write that fails is retried, then kept in the cell's spool, which `runner status`, "
+    "`sweep` and `resume` upload once the cell has ended (and `runner sync` at any time)"
+)
+
+
+def describe_store(plan: Plan) -> str:
+    """One line for ``runner plan``: which store this matrix's cells write to, and how."""
+    uri = plan.tracking_uri
+    if uri.startswith("sqlite:///"):
+        fs = _sqlite_fs(uri)
+        where = f"an sqlite file on {'a network filesystem, ' if _networked(fs) else ''}{fs}"
+        return f"tracking: cells write to {uri} ({where}) directly; {SPOOL_NOTE}"
+    if uri.startswith(("http://", "https://")):
+        return f"tracking: cells write to the MLflow server {uri}; {SPOOL_NOTE}"
+    return f"tracking: cells write to {uri} directly; {SPOOL_NOTE}"
+
+
 def tracking_warnings(plan: Plan) -> list[str]:
     """An sqlite store written by many SLURM tasks at once: safe only on a local disk of a
     single node; on a network filesystem its locking fails. Say so, with the fix."""
     uri = plan.tracking_uri
     if plan.matrix.spec.executor.kind != "slurm" or not uri.startswith("sqlite:///"):
         return []
-    db = Path(uri.removeprefix("sqlite:///"))
-    fs = filesystem_of(db.parent if db.parent.exists() else Path.cwd())
+    fs = _sqlite_fs(uri)
     fix = (
-        "run `mlflow server --backend-store-uri sqlite:///PATH/mlruns.db --host 0.0.0.0` on "
-        "the submit host and set tracking.uri: http://HOST:5000 (cells that can't reach it "
-        "keep their metrics in their spool; `runner sync` uploads them)"
+        "the fix: run `mlflow server --backend-store-uri sqlite:////LOCAL/DISK/mlruns.db "
+        "--host 0.0.0.0 --port 5000` on the submit host (its sqlite file on that host's "
+        "local disk) and set tracking.uri: http://SUBMIT_HOST:5000 in the matrix (cells that "
+        "can't reach it keep their metrics in their spool; `runner status` and `runner sync` "
+        "upload them)"
     )
-    if fs.split(".")[-1] in NETWORK_FS or fs.startswith("fuse"):
+    if _networked(fs):
         return [
             f"tracking.uri {uri} is an sqlite file on {fs}: its locking is not reliable "
-            f"there and concurrent SLURM tasks fail with 'database is locked'; {fix}"
+            f"there and concurrent SLURM tasks fail with 'database is locked' or corrupt "
+            f"it; {fix}"
         ]
     return [
         f"tracking.uri {uri} is an sqlite file on this host's {fs} disk: SLURM tasks on "

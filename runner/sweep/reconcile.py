@@ -4,7 +4,9 @@ admin's scancel) gets its end written into the ledger, so that it reads ``failed
 ``cancelled``) with the executor's reason, and ``resume`` takes it.
 
 Asked in one go for the whole matrix (SLURM: one sacct call, whatever the number of cells),
-by ``status``, ``sweep`` and ``resume`` before they read the states.
+by ``status``, ``sweep`` and ``resume`` before they read the states. They also upload then
+what ended cells kept in their spool (metrics their tracking store refused), so that the
+MLflow UI catches up without a ``runner sync``.
 """
 
 from __future__ import annotations
@@ -15,24 +17,33 @@ from runner.executors import backend_class, make_backend
 from runner.executors.base import Backend
 from runner.ledger import LOST_AFTER_S, TERMINAL, CellState
 from runner.plan import Plan
+from runner.sweep.sync import upload_ended
 
 #: States whose job may have ended without a word.
 OPEN = ("submitted", "running")
 
 
 def reconcile(plan: Plan, states: dict[str, CellState] | None = None) -> str | None:
-    """Write the end of every open attempt whose job the executor says is over; return a
-    warning when the executor could not be asked in full."""
+    """Write the end of every open attempt whose job the executor says is over, then upload
+    the spools of ended cells; return the warnings (the executor could not be asked in full,
+    the tracking store can't take the spools now)."""
+    states = plan.states() if states is None else states
+    warning, written = _executor_ends(plan, states)
+    upload = upload_ended(plan, plan.states() if written else states)
+    return "; ".join(w for w in (warning, upload) if w) or None
+
+
+def _executor_ends(plan: Plan, states: dict[str, CellState]) -> tuple[str | None, bool]:
     executor = plan.matrix.spec.executor
     if backend_class(executor.kind).ended is Backend.ended:
-        return None  # a queue that lives in the runner: the sweep itself records the ends
-    states = plan.states() if states is None else states
+        return None, False  # a queue that lives in the runner: the sweep records the ends
     open_jobs = {str(s.job_id): cid for cid, s in states.items() if s.state in OPEN and s.job_id}
     if not open_jobs:
-        return None
+        return None, False
     backend = make_backend(executor, plan.ledger.logs_dir)
     ends, warning = backend.ended(list(open_jobs))
     now = time.time()
+    written = False
     for job_id, end in ends.items():
         record = plan.ledger.cell(open_jobs[job_id])
         attempt = record.attempts()[-1]
@@ -51,4 +62,5 @@ def reconcile(plan: Plan, states: dict[str, CellState] | None = None) -> str | N
                 "time": now,
             },
         )
-    return warning
+        written = True
+    return warning, written

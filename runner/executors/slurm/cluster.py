@@ -103,19 +103,27 @@ def _squeue(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | N
     return _parse(out.stdout), None
 
 
-def _sacct(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | None]:
-    # -X: allocations only, no steps. With -j and no -S, sacct searches all of history.
+def _sacct_rows(
+    bases: list[str], fields: str, timeout_s: float, *flags: str
+) -> tuple[str | None, str | None]:
+    """sacct's parsable output (``|``-separated ``fields``) for these jobs, or the problem.
+    -X: allocations only, no steps. With -j and no -S, sacct searches all of history."""
     try:
         out = _run(
-            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)], timeout_s
+            ["sacct", "-X", *flags, "-n", "-P", "-o", fields, "-j", ",".join(bases)], timeout_s
         )
     except FileNotFoundError:
-        return {}, "sacct not found"
+        return None, "sacct not found"
     except subprocess.TimeoutExpired:
-        return {}, f"sacct did not answer within {timeout_s:.0f}s"
+        return None, f"sacct did not answer within {timeout_s:.0f}s"
     if out.returncode != 0:
-        return {}, f"sacct failed: {out.stderr.strip()[:200]}"
-    return _parse(out.stdout), None
+        return None, f"sacct failed: {out.stderr.strip()[:200]}"
+    return out.stdout, None
+
+
+def _sacct(bases: list[str], timeout_s: float) -> tuple[dict[str, str], str | None]:
+    stdout, problem = _sacct_rows(bases, "JobID,State", timeout_s)
+    return ({}, problem) if stdout is None else (_parse(stdout), None)
 
 
 #: squeue states of a job some process of which may still run (or is about to).
@@ -160,7 +168,11 @@ def query_states(
         return {}, None
     bases = _bases(job_ids)
     live, squeue_problem = _squeue(bases, timeout_s)
-    history, sacct_problem = _sacct(bases, timeout_s)
+    # squeue (with -t all) still lists jobs that ended within MinJobAge, and its answer wins
+    # anyway: accounting is asked only about the ids it no longer knows (reconciliation has
+    # already made this command's one sacct call when every id is still live).
+    unknown = [j for j in job_ids if j not in live]
+    history, sacct_problem = _sacct(_bases(unknown), timeout_s) if unknown else ({}, None)
     # squeue is the controller's live view; sacct lags it by a few seconds but remembers.
     known = {**history, **live}
     states = {j: known.get(j, "UNKNOWN") for j in job_ids}
@@ -198,28 +210,11 @@ def job_ends(
     (``CANCELLED by 0``); the exit code is sacct's ``code:signal``."""
     if not job_ids:
         return {}, None
-    try:
-        out = _run(
-            [
-                "sacct",
-                "-X",
-                "-n",
-                "-P",
-                "-o",
-                "JobID,State,ExitCode",
-                "-j",
-                ",".join(_bases(job_ids)),
-            ],
-            timeout_s,
-        )
-    except FileNotFoundError:
-        return {}, "sacct not found"
-    except subprocess.TimeoutExpired:
-        return {}, f"sacct did not answer within {timeout_s:.0f}s"
-    if out.returncode != 0:
-        return {}, f"sacct failed: {out.stderr.strip()[:200]}"
+    stdout, problem = _sacct_rows(_bases(job_ids), "JobID,State,ExitCode", timeout_s)
+    if stdout is None:
+        return {}, problem
     wanted, ends = set(job_ids), {}
-    for line in out.stdout.splitlines():
+    for line in stdout.splitlines():
         parts = line.strip().split("|")
         if len(parts) != 3 or "." in parts[0]:
             continue
@@ -230,3 +225,48 @@ def job_ends(
             if jid in wanted:
                 ends[jid] = (state, code)
     return ends, None
+
+
+def tres_gpus(tres: str) -> int:
+    """GPUs in a TRES string (sacct's AllocTRES): ``gres/gpu=2``; typed entries only
+    (``gres/gpu:a100=2``) are summed when the untyped total is absent; 0 when none."""
+    total, typed = None, 0
+    for item in tres.split(","):
+        key, _, value = item.strip().partition("=")
+        if not value.isdigit():
+            continue
+        if key == "gres/gpu":
+            total = int(value)
+        elif key.startswith("gres/gpu:"):
+            typed += int(value)
+    return total if total is not None else typed
+
+
+def parse_usage(text: str, wanted: set[str]) -> dict[str, tuple[float, int]]:
+    """``JobID|ElapsedRaw|AllocTRES`` lines (``sacct -X -D -P``) into ``{job id: (seconds,
+    GPUs)}`` for the ids in ``wanted``. A requeued job has one line per run (``-D``): their
+    seconds add up (each run held its GPUs) and the GPUs are the most any run held."""
+    usage: dict[str, tuple[float, int]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3 or "." in parts[0] or not parts[1].strip().isdigit():
+            continue
+        seconds, gpus = float(parts[1]), tres_gpus(parts[2])
+        for jid in expand_job_id(parts[0].strip()):
+            if jid in wanted:
+                before_s, before_g = usage.get(jid, (0.0, 0))
+                usage[jid] = (before_s + seconds, max(before_g, gpus))
+    return usage
+
+
+def job_usage(
+    job_ids: list[str], timeout_s: float = CALL_TIMEOUT_S
+) -> tuple[dict[str, tuple[float, int]], str | None]:
+    """What accounting says each job used (one sacct call for all): ``{job id: (elapsed
+    seconds over all its runs, allocated GPUs)}``, and a problem when sacct can't answer.
+    A job still pending has 0 s; a running one its time so far."""
+    if not job_ids:
+        return {}, None
+    # -D: every run of a requeued job, so that the time spent before a requeue counts too.
+    stdout, problem = _sacct_rows(_bases(job_ids), "JobID,ElapsedRaw,AllocTRES", timeout_s, "-D")
+    return ({}, problem) if stdout is None else (parse_usage(stdout, set(job_ids)), None)

@@ -1,0 +1,207 @@
+"""``runner plan``'s estimate of the GPU-hours its cells still need, from the cells done.
+
+A cell that has not run yet (pending, queued, submitted) costs, by estimate, the seconds per
+epoch of the done cells with the same model, patch and batch (their wall time over all
+attempts, startup and validation included, divided by the epochs they completed; the median
+over those cells) × its own ``max_epochs`` (``max_steps`` for step-based recipes) × the GPUs
+the executor options give it. Pruned cells count as done here: their epochs cost the same.
+A cell with no such done cell is not guessed at: the estimate says which (model, patch,
+batch) it lacks. Early stopping makes the figure an upper bound.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from runner.ledger import CellState
+from runner.matrix.cells import Cell
+from runner.plan import Plan
+from runner.recipe import Composer
+from runner.report.gpu_hours import (
+    CellHours,
+    cell_hours,
+    fmt_hours,
+    option_gpus,
+    query_usage,
+    summary_line,
+    totals,
+)
+
+TO_RUN = ("pending", "queued", "submitted")
+MEASURED = ("done", "pruned")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a cell's cost depends on, from its composed config."""
+
+    model: str
+    patch: str
+    batch: str
+    length: int | None  # max_epochs (or max_steps)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.patch, self.batch)
+
+    def says(self) -> str:
+        return f"model={self.model}, patch={self.patch}, batch={self.batch}"
+
+
+def _choice(overrides: list[str], group: str) -> str | None:
+    found = None
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if sep and key == group:
+            found = value
+    return found
+
+
+#: The config groups a profile can depend on (model: its choice; training: patch, batch,
+#: epochs; dims, data and task can set those). Other overrides (optimizer.lr, loss, seed,
+#: model.width) are left out of the composition, so that cells differing only by them
+#: compose once: a search of 60 trials composes once per model, not 60 times.
+SHAPING = ("model", "training", "dims", "data", "task")
+
+
+def _shapes(override: str) -> bool:
+    key = override.lstrip("+~").partition("=")[0]
+    return key in SHAPING or key.startswith(tuple(f"{g}." for g in SHAPING[1:]))
+
+
+def profiles(plan: Plan, cells: list[Cell]) -> dict[str, Profile]:
+    """Each cell's profile, composed from the overrides that can shape it (``SHAPING``): a
+    matrix of many seeds and learning rates composes once per model, data and training."""
+    out = {}
+    with Composer(plan.recipe) as composer:
+        for cell in cells:
+            overrides = [*plan.matrix.spec.base, *cell.overrides]
+            cfg = composer.compose([o for o in overrides if _shapes(o)])
+            if isinstance(cfg, Exception):
+                continue  # validation said so already; such a cell is not estimated
+            training = cfg.get("training") or {}
+            model = _choice(overrides, "model") or str((cfg.get("model") or {}).get("name", "?"))
+            patch = training.get("patch_size")
+            length = training.get("max_epochs", training.get("max_steps"))
+            out[cell.id] = Profile(
+                model,
+                "x".join(str(p) for p in patch) if patch is not None else "-",
+                str(training.get("batch_size", "-")),
+                int(length) if isinstance(length, int) else None,
+            )
+    return out
+
+
+def estimate(
+    plan: Plan,
+    states: dict[str, CellState],
+    hours: dict[str, CellHours],
+    here: list[int] | None = None,
+) -> dict[str, Any]:
+    """The estimate for the cells still to run, JSON-ready (``plan --json``'s ``gpu_hours``).
+
+    Keys: ``cells`` (to run), ``estimated`` (of them), ``gpus_per_cell``, ``gpu_hours`` and
+    ``wall_hours`` (of the estimated; None when none is), ``by_config`` (one entry per model,
+    patch and batch: the done cells it rests on and their seconds per epoch) and
+    ``cannot`` (one line per configuration without a done cell)."""
+    todo = [c for c in plan.cells if states[c.id].state in TO_RUN]
+    done = [
+        c
+        for c in plan.cells
+        if states[c.id].state in MEASURED and hours[c.id].units and hours[c.id].wall_s > 0
+    ]
+    result: dict[str, Any] = {
+        "cells": len(todo),
+        "estimated": 0,
+        "gpus_per_cell": option_gpus(plan.matrix.spec.executor, here),
+        "gpu_hours": None,
+        "wall_hours": None,
+        "by_config": [],
+        "cannot": [],
+    }
+    if not todo:
+        return result
+    if not done:  # nothing measured yet: no composition needed to say so
+        result["cannot"].append(f"cannot estimate {len(todo)} cell(s): no cell is done yet")
+        return result
+    prof = profiles(plan, todo + done)
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    for c in done:
+        if c.id in prof:
+            rates.setdefault(prof[c.id].key, []).append(hours[c.id].wall_s / hours[c.id].units)
+    gpus = result["gpus_per_cell"]
+    by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
+    wall_total = 0.0
+    for c in todo:
+        p = prof.get(c.id)
+        if p is None:
+            continue
+        entry = by_key.setdefault(
+            p.key,
+            {"model": p.model, "patch": p.patch, "batch": p.batch, "cells": 0, "wall_s": 0.0},
+        )
+        entry["cells"] += 1
+        if p.key in rates and p.length:
+            per_epoch = statistics.median(rates[p.key])
+            entry.update(from_done=len(rates[p.key]), seconds_per_epoch=per_epoch)
+            entry["wall_s"] += per_epoch * p.length
+            wall_total += per_epoch * p.length
+            result["estimated"] += 1
+    for entry in by_key.values():
+        wall_s = entry.pop("wall_s")
+        if "seconds_per_epoch" in entry:
+            entry.update(wall_hours=wall_s / 3600, gpu_hours=wall_s * gpus / 3600)
+        else:
+            entry["gpu_hours"] = None
+            result["cannot"].append(
+                f"cannot estimate {entry['cells']} cell(s): no done cell with "
+                f"model={entry['model']}, patch={entry['patch']}, batch={entry['batch']}"
+            )
+        result["by_config"].append(entry)
+    if result["estimated"]:
+        result["wall_hours"] = wall_total / 3600
+        result["gpu_hours"] = wall_total * gpus / 3600
+    return result
+
+
+def overview(
+    plan: Plan, states: dict[str, CellState] | None = None
+) -> tuple[dict[str, Any], dict[str, CellHours]]:
+    """What ``plan`` and ``status`` show of GPU-hours: spent (``totals`` and a ``warning``
+    when SLURM accounting could not be asked) and the ``estimate`` for the cells to run,
+    JSON-ready; and each cell's hours (for :func:`runner.report.tables.rows`). One sacct call
+    in all."""
+    states = plan.states() if states is None else states
+    usage, warning = query_usage(plan)
+    hours = cell_hours(plan, states, usage)
+    out = {**totals(hours), "warning": warning, "estimate": estimate(plan, states, hours)}
+    return out, hours
+
+
+def overview_lines(view: dict[str, Any]) -> list[str]:
+    """The overview as lines under the status table."""
+    lines = [summary_line(view)] if view["sources"] else []
+    lines += describe(view["estimate"])
+    return lines
+
+
+def describe(est: dict[str, Any]) -> list[str]:
+    """The estimate as lines for ``runner plan``."""
+    if not est["cells"]:
+        return []
+    lines = []
+    if est["estimated"]:
+        what = (
+            f"{fmt_hours(est['gpu_hours'])} GPU-hours ({est['gpus_per_cell']} GPU per cell)"
+            if est["gpus_per_cell"]
+            else "0 GPU-hours (CPU cells)"
+        )
+        lines.append(
+            f"estimate for {est['estimated']} of {est['cells']} cells to run: {what}, "
+            f"{fmt_hours(est['wall_hours'])} cell-hours of wall time "
+            "(from the done cells' time per epoch)"
+        )
+    lines += est["cannot"]
+    return lines
