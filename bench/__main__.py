@@ -28,6 +28,8 @@ NAMES = (
     "docker_makespan",
     "diffusion",
     "asha",
+    "slurm_status",
+    "loader",
 )
 
 
@@ -59,6 +61,8 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "docker_makespan": docker_makespan.run,
         "diffusion": diffusion.run,
         "asha": lambda o: __import__("bench.asha", fromlist=["run"]).run(o),
+        "slurm_status": lambda o: __import__("bench.slurm_status", fromlist=["run"]).run(o),
+        "loader": lambda o: __import__("bench.loader", fromlist=["run"]).run(o),
     }
 
 

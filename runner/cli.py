@@ -1,8 +1,8 @@
 """``runner``: plan, sweep, resume, cancel and inspect experiment matrices.
 
-    runner plan MATRIX [--json]                   the cells, their run names and states
+    runner plan MATRIX [--all] [--json]           the cells, their run names and states
     runner sweep MATRIX [--no-wait]               submit the cells that never ran; follow them
-    runner status MATRIX [--format F] [-o FILE]   state, attempts, best val Dice per cell
+    runner status MATRIX [--watch] [--all] [--format F]   states, attempts, best val Dice
     runner resume MATRIX [--only R,..] [--cells ID,..]   retry failed/cancelled/lost cells
     runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
     runner report MATRIX [--baseline G] [--format F]   mean ± std over seeds, axis effects
@@ -33,6 +33,11 @@ console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty(
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
+def _warn(text: str) -> None:
+    err.print("[yellow]warning:[/]", end=" ")
+    err.print(text, markup=False)
+
+
 def _plan(args: argparse.Namespace) -> Any:
     from runner.plan import make_plan
     from runner.sweep.preflight import check_data, run_elsewhere, tracking_warnings
@@ -45,8 +50,7 @@ def _plan(args: argparse.Namespace) -> Any:
         run_elsewhere(plan, args.executor, args.slots)
     if getattr(args, "command", None) in ("plan", "sweep", "resume"):
         for warning in [*check_data(plan, args.command != "plan"), *tracking_warnings(plan)]:
-            err.print("[yellow]warning:[/]", end=" ")
-            err.print(warning, markup=False)
+            _warn(warning)
     return plan
 
 
@@ -56,16 +60,18 @@ def _reconcile(plan: Any) -> None:
     from runner.sweep.reconcile import reconcile
 
     if warning := reconcile(plan):
-        err.print("[yellow]warning:[/]", end=" ")
-        err.print(warning, markup=False)
+        _warn(warning)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner.sweep.progress import cell_table, summary
-
     plan = _plan(args)
     _reconcile(plan)
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
+    watching = getattr(args, "watch", False)
+    if watching and fmt != "table":
+        raise RunnerError(f"--watch refreshes the table: it does not combine with --format {fmt}")
+    if watching and not args.interval > 0:
+        raise RunnerError(f"--interval: give seconds > 0, not {args.interval:g}")
     if fmt in ("json", "parquet"):
         from runner.report.tables import rows, write_parquet
 
@@ -77,8 +83,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 raise RunnerError(f"cannot write {out}: {exc.strerror or exc}") from None
             console.print(f"wrote {len(plan.cells)} rows to {out}")
         else:
+            from runner.report.estimate import overview
+
+            view, hours = overview(plan)
+            if view["warning"]:
+                _warn(view["warning"])
             text = json.dumps(
-                {"matrix": plan.matrix.spec.name, "count": len(plan.cells), "cells": rows(plan)},
+                {
+                    "matrix": plan.matrix.spec.name,
+                    "count": len(plan.cells),
+                    "gpu_hours": view,
+                    "cells": rows(plan, hours),
+                },
                 indent=1,
                 default=str,
             )
@@ -87,50 +103,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
             else:
                 print(text)
         return 0
-    states = plan.states()
-    spec = plan.matrix.spec
-    title = (
-        f"{spec.name}: {len(plan.cells)} cells, recipe {spec.recipe}, executor {spec.executor.kind}"
-    )
-    console.print(cell_table(title, plan.cells, states))
-    console.print(f"{len(plan.cells)} cells: {summary(states)}")
-    if plan.search is not None:
-        console.print(plan.search.describe())
-    if spec.executor.kind == "slurm":
-        _slurm_summary(states)
-    from runner.sweep.background import running_scheduler
+    from runner.commands import status
 
-    if sched := running_scheduler(plan):
-        console.print(f"background scheduler: pid {sched['pid']}, log {sched['log']}")
+    see_all = f"`runner {args.command} {args.matrix} --all` (or --format json)"
+    if watching:
+        return status.watch(plan, args.matrix, console, args.interval, args.all, see_all, _warn)
+    states = plan.states()
+    status.show(console, status.view(plan, states, console.width, args.all, see_all, _warn))
+    from runner.report.estimate import overview, overview_lines
+
+    view, _ = overview(plan, states)
+    for line in overview_lines(view):
+        console.print(line, markup=False)
+    if view["warning"]:
+        _warn(view["warning"])
+    if args.command == "plan":
+        from runner.sweep.preflight import describe_store
+
+        console.print(describe_store(plan), markup=False)
     return 0
 
 
-def _slurm_summary(states: dict[str, Any]) -> None:
-    """What SLURM itself says of the matrix's jobs: one squeue and one sacct call in all."""
-    from collections import Counter
-
-    from runner.executors.slurm.cluster import query_states
-
-    ids = [s.job_id for s in states.values() if s.job_id and s.state in ("submitted", "running")]
-    if not ids:
-        return
-    slurm, warning = query_states(ids)
-    counts = Counter(slurm.values())
-    console.print("SLURM: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    if warning:
-        err.print("[yellow]warning:[/]", end=" ")
-        err.print(warning, markup=False)
-
-
 def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
-    from runner.sweep.progress import LiveProgress, summary
+    from runner.sweep.progress import LiveProgress
     from runner.sweep.submit import submit
+    from runner.sweep.tables import summary
 
     plan = _plan(args)
     _reconcile(plan)
     spec = plan.matrix.spec
     console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
-    outcome = submit(plan, wait=args.wait, observe=LiveProgress(console, plan.cells), choose=choose)
+    # The live display comes down however the sweep ends (done, error, Ctrl-C).
+    with LiveProgress(console, plan.cells) as observe:
+        outcome = submit(plan, wait=args.wait, observe=observe, choose=choose)
     skipped = ", ".join(f"{n} {s}" for s, n in sorted(outcome.skipped.items()))
     if not outcome.submitted:
         what = "nothing new to submit" if verb == "sweep" else "nothing to resume"
@@ -167,15 +172,13 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
     console.print(f"states: {summary(states)}")
     uri = plan.tracking_uri
     console.print(f"MLflow store: {uri}  (experiment '{spec.name}')")
-    if uri.startswith(("sqlite:", "file:")):
-        ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-        # `make ui` serves the repository's default store only; say it only when it is this one.
-        default = f"sqlite:///{(Path(__file__).resolve().parents[1] / 'mlruns.db')}"
-        console.print(
-            f"open the UI with: make ui   (or: {ui})"
-            if uri == default
-            else f"open the UI with: {ui}"
-        )
+    from runner.report import mlflow_view
+
+    lines, warnings = mlflow_view.publish(plan, outcome.experiment_id)
+    for warning in warnings:
+        _warn(warning)
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
     mine = [states[c] for c in outcome.submitted]
     return 1 if any(s.state in ("failed", "diverged", "cancelled") for s in mine) else 0
 
@@ -277,80 +280,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = [
-        ("plan", cmd_plan, "show the cells of a matrix and their states"),
-        ("status", cmd_plan, "show the states of a matrix's cells"),
-        ("sweep", cmd_sweep, "submit the cells that never ran"),
-        ("resume", cmd_resume, "resubmit failed, cancelled and lost cells from their checkpoint"),
-        ("cancel", cmd_cancel, "stop queued, submitted and running cells"),
-        ("report", cmd_report, "compare groups over seeds: mean ± std, axis effects, plots"),
-        ("sync", cmd_sync, "upload metrics kept locally while the tracking server was down"),
-    ]
-    for name, fn, text in commands:
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("matrix", type=Path, help="the matrix YAML file")
-        p.set_defaults(fn=fn, command=name)
-        if name in ("plan", "status"):
-            p.add_argument("--json", action="store_true", help="same as --format json")
-            p.add_argument("--format", choices=("table", "json", "parquet"), default="table")
-            p.add_argument("-o", "--output", help="file for json/parquet output")
-        if name in ("sweep", "resume"):
-            from runner.executors import KINDS
+    from runner.commands.parser import build_parser as build
 
-            p.add_argument(
-                "--executor",
-                choices=sorted(KINDS),
-                help="run the cells on this executor instead of the matrix's (ids unchanged)",
-            )
-            p.add_argument("--slots", type=int, help="with --executor local: cells at once")
-            p.add_argument(
-                "--wait",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help="follow the cells to their end (default: the executor's)",
-            )
-        if name == "resume":
-            p.add_argument(
-                "--only",
-                help="only cells that failed for these reasons, e.g. "
-                "oom,timeout (also: exception, lost, cancelled, diverged)",
-            )
-        if name == "report":
-            p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
-            p.add_argument("--baseline", help="a group label: per-class deltas against it")
-            p.add_argument(
-                "--baseline-csv",
-                help="a CSV of per-class statistics (class, dice_mean[, dice_std, n]) to "
-                "compare every group's per-class Dice with",
-            )
-            p.add_argument(
-                "-o",
-                "--output",
-                help="directory for the report files (default: sweeps/<matrix>/report)",
-            )
-            p.add_argument(
-                "--no-mlflow",
-                action="store_true",
-                help="don't log the report to MLflow as a summary run",
-            )
-        if name in ("resume", "cancel"):
-            p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
-        if name == "cancel":
-            p.add_argument(
-                "--grace",
-                type=float,
-                default=30.0,
-                help="seconds a running cell gets to finish its checkpoint and stop before "
-                "it is killed (default 30)",
-            )
-    from runner.testtime.commands import add_parsers
-
-    add_parsers(sub, cmd_predict, cmd_evaluate)
-    return parser
+    commands = {"plan": cmd_plan, "status": cmd_plan, "sweep": cmd_sweep, "resume": cmd_resume}
+    commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}
+    return build(__doc__ or "", commands | {"predict": cmd_predict, "evaluate": cmd_evaluate})
 
 
 def main(argv: list[str] | None = None) -> int:

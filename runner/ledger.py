@@ -220,7 +220,7 @@ class CellRecord:
             if stopping and status and status.get("host") == socket.gethostname():
                 stopping = not _dead_here(status)
             elif stopping:
-                stopping = time.time() - (beat.get("time") or 0) < STOPPED_AFTER_S
+                stopping = time.time() - _last_sign(beat, status) < STOPPED_AFTER_S
             out.state, out.reason = ("cancelling" if stopping else "cancelled"), "cancelled"
         elif monitor:
             # How the watcher (a sweep) or the executor (runner.sweep.reconcile) saw it end.
@@ -235,7 +235,7 @@ class CellRecord:
                 out.objective = final.get("objective")
             else:
                 out.state, out.reason = "failed", "lost: the job's process is gone"
-        elif out.state == "running" and time.time() - (beat.get("time") or 0) > LOST_AFTER_S:
+        elif out.state == "running" and time.time() - _last_sign(beat, status) > LOST_AFTER_S:
             out.state, out.reason = "failed", "lost: no heartbeat for over 10 minutes"
         return out
 
@@ -278,8 +278,20 @@ class Ledger:
         return CellRecord(self.cells_dir, cell_id)
 
     def states(self, cell_ids: list[str]) -> dict[str, CellState]:
-        return {cid: self.cell(cid).state() for cid in cell_ids}
+        # Only cells with a directory have a history: the others (all of a matrix that
+        # never ran: 10,000 of them) are pending without touching the disk per cell.
+        known = set(self.known_ids())
+        return {
+            cid: self.cell(cid).state() if cid in known else CellState(cid, "pending")
+            for cid in cell_ids
+        }
 
     def known_ids(self) -> Iterator[str]:
         if self.cells_dir.is_dir():
             yield from sorted(p.name for p in self.cells_dir.iterdir() if p.is_dir())
+
+
+def _last_sign(beat: dict[str, Any], status: dict[str, Any] | None) -> float:
+    """When a running cell last showed life: its heartbeat, or (before its first heartbeat)
+    the time it wrote ``running``, so that a cell just started never reads as lost."""
+    return float(beat.get("time") or (status or {}).get("time") or 0)

@@ -245,6 +245,24 @@ def test_status_output_into_missing_directory(tmp_path: Path, fmt: str) -> None:
     assert_one_error_line(proc, out)
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--format", "json"], ["--watch refreshes the table", "--format json"]),
+        (["--interval", "0"], ["--interval: give seconds > 0, not 0"]),
+        (["--interval", "-2.5"], ["not -2.5"]),
+    ],
+)
+def test_status_watch_misuse(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    """`status --watch` with machine output or a non-positive interval: one line, exit 2."""
+    (tmp_path / "m.yaml").write_text(GOOD)
+    proc = runner("status", "m.yaml", "--watch", *args, cwd=tmp_path)
+    assert_one_error_line(proc, *needles)
+    assert proc.returncode == 2 and proc.stdout == ""
+    # `plan` shows, it does not watch.
+    assert_argparse_error(runner("plan", "m.yaml", "--watch", cwd=tmp_path), "--watch")
+
+
 # --------------------------------------------------------------------------------------------
 # Safety defaults
 # --------------------------------------------------------------------------------------------

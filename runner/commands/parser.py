@@ -1,0 +1,120 @@
+"""The ``runner`` argument parser: every command, its arguments and its help."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+COMMANDS = [
+    ("plan", "show the cells of a matrix and their states"),
+    ("status", "show the states of a matrix's cells"),
+    ("sweep", "submit the cells that never ran"),
+    ("resume", "resubmit failed, cancelled and lost cells from their checkpoint"),
+    ("cancel", "stop queued, submitted and running cells"),
+    ("report", "compare groups over seeds: mean ± std, axis effects, plots"),
+    ("sync", "upload metrics kept locally while the tracking server was down"),
+]
+
+
+def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+    """``handlers``: command name -> the function that runs it (plan, status, sweep,
+    resume, cancel, report, sync, predict, evaluate)."""
+    parser = argparse.ArgumentParser(
+        prog="runner", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in COMMANDS:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("matrix", type=Path, help="the matrix YAML file")
+        p.set_defaults(fn=handlers[name], command=name)
+        if name in ("plan", "status"):
+            _table_args(p, watch=name == "status")
+        if name in ("sweep", "resume"):
+            _submit_args(p)
+        if name == "resume":
+            p.add_argument(
+                "--only",
+                help="only cells that failed for these reasons, e.g. "
+                "oom,timeout (also: exception, lost, cancelled, diverged)",
+            )
+        if name == "report":
+            _report_args(p)
+        if name in ("resume", "cancel"):
+            p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
+        if name == "cancel":
+            p.add_argument(
+                "--grace",
+                type=float,
+                default=30.0,
+                help="seconds a running cell gets to finish its checkpoint and stop before "
+                "it is killed (default 30)",
+            )
+    from runner.testtime.commands import add_parsers
+
+    add_parsers(sub, handlers["predict"], handlers["evaluate"])
+    return parser
+
+
+def _table_args(p: argparse.ArgumentParser, watch: bool) -> None:
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--format", choices=("table", "json", "parquet"), default="table")
+    p.add_argument("-o", "--output", help="file for json/parquet output")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every cell's row, also for a big matrix (default: above 50 cells, a summary "
+        "and the running and failed cells first)",
+    )
+    if watch:
+        p.add_argument(
+            "--watch",
+            action="store_true",
+            help="refresh until no cell is in flight (Ctrl-C or SIGTERM stops watching)",
+        )
+        p.add_argument(
+            "--interval",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="with --watch: seconds between refreshes (default 5)",
+        )
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    from runner.executors import KINDS
+
+    p.add_argument(
+        "--executor",
+        choices=sorted(KINDS),
+        help="run the cells on this executor instead of the matrix's (ids unchanged)",
+    )
+    p.add_argument("--slots", type=int, help="with --executor local: cells at once")
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="follow the cells to their end (default: the executor's)",
+    )
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--baseline", help="a group label: per-class deltas against it")
+    p.add_argument(
+        "--baseline-csv",
+        help="a CSV of per-class statistics (class, dice_mean[, dice_std, n]) to "
+        "compare every group's per-class Dice with",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        help="directory for the report files (default: sweeps/<matrix>/report)",
+    )
+    p.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="don't log the report to MLflow as a summary run",
+    )
