@@ -287,8 +287,14 @@ class Ledger:
         }
 
     def known_ids(self) -> Iterator[str]:
-        if self.cells_dir.is_dir():
-            yield from sorted(p.name for p in self.cells_dir.iterdir() if p.is_dir())
+        # Only a missing directory means "no cell ran yet": a sweep_dir that is a file, a
+        # name too long or unreadable raises (OSError), for the plan to name sweep_dir.
+        try:
+            with os.scandir(self.cells_dir) as entries:
+                names = [e.name for e in entries if e.is_dir()]
+        except FileNotFoundError:
+            return
+        yield from sorted(names)
 
 
 def _last_sign(beat: dict[str, Any], status: dict[str, Any] | None) -> float:

@@ -67,7 +67,9 @@ def view(
     title = (
         f"{spec.name}: {len(plan.cells)} cells, recipe {spec.recipe}, executor {spec.executor.kind}"
     )
-    out = status_view(title, plan.cells, states, width, show_all, limit, see_all, by_axis)
+    out = status_view(
+        title, plan.cells, states, width, show_all, limit, see_all, by_axis, plan.matrix.labels
+    )
     out.append(Text(f"{len(plan.cells)} cells: {summary(states)}"))
     if plan.search is not None:
         out.append(Text(plan.search.describe()))

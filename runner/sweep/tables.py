@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.ledger import CellState
-from runner.matrix.cells import Cell
+from runner.matrix.cells import Cell, Labels, label_of
 
 #: Above this many cells, a summary and the rows that matter instead of every row.
 BIG = 50
@@ -45,6 +45,11 @@ AXIS_VALUES_MAX = 12
 
 def dice(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def _value(key: str, value: object, labels: Labels | None) -> str:
+    """An axis value as the table shows it: the matrix's own label when it gives one."""
+    return label_of(key, value, labels, derive=False) or _show(value)
 
 
 def _show(value: object) -> str:
@@ -103,11 +108,16 @@ def _ordered(present: Counter[str]) -> list[str]:
     return [*(k for k in ORDER if present[k]), *sorted(k for k in present if k not in ORDER)]
 
 
-def _columns(cells: list[Cell], states: dict[str, CellState] | None) -> list[tuple[str, list[str]]]:
-    """(header, one text per cell) for every column that is not empty in every row."""
+def _columns(
+    cells: list[Cell], states: dict[str, CellState] | None, labels: Labels | None = None
+) -> list[tuple[str, list[str]]]:
+    """(header, one text per cell) for every column that is not empty in every row; a value
+    the matrix labels (``layerwise: {...}``) shows as its label."""
     keys = list(dict.fromkeys(k for c in cells for k in c.values))
     cols = [("cell", [c.id for c in cells]), ("run name", [c.run_name for c in cells])]
-    cols += [(k, [_show(c.values[k]) if k in c.values else "" for c in cells]) for k in keys]
+    cols += [
+        (k, [_value(k, c.values[k], labels) if k in c.values else "" for c in cells]) for k in keys
+    ]
     if states is not None:
         st = [states[c.id] for c in cells]
         cols += [
@@ -129,9 +139,11 @@ def _fits(cols: list[tuple[str, list[str]]], width: int) -> bool:
     return need <= width
 
 
-def cell_table(cells: list[Cell], states: dict[str, CellState] | None) -> Table:
+def cell_table(
+    cells: list[Cell], states: dict[str, CellState] | None, labels: Labels | None = None
+) -> Table:
     """One row per cell; ids, run names and states never wrap, other columns fold."""
-    cols = _columns(cells, states)
+    cols = _columns(cells, states, labels)
     table = Table()
     for header, values in cols:
         whole = header in ("cell", "run name", "state")
@@ -154,10 +166,12 @@ def cell_table(cells: list[Cell], states: dict[str, CellState] | None) -> Table:
     return table
 
 
-def plain_table(cells: list[Cell], states: dict[str, CellState] | None) -> Text:
+def plain_table(
+    cells: list[Cell], states: dict[str, CellState] | None, labels: Labels | None = None
+) -> Text:
     """Every row as aligned plain text: what ``--all`` prints for a big matrix (a rich table
     lays out 10,000 rows in seconds; this joins strings)."""
-    cols = _columns(cells, states)
+    cols = _columns(cells, states, labels)
     widths = [max(len(h), *map(len, v)) if v else len(h) for h, v in cols]
     lines = ["  ".join(h.ljust(w) for (h, _), w in zip(cols, widths, strict=True))]
     for i in range(len(cells)):
@@ -177,12 +191,15 @@ def chosen_rows(cells: list[Cell], states: dict[str, CellState], limit: int) -> 
     return urgent + rest
 
 
-def axis_table(cells: list[Cell], states: dict[str, CellState]) -> Table | None:
+def axis_table(
+    cells: list[Cell], states: dict[str, CellState], labels: Labels | None = None
+) -> Table | None:
     """Counts by state for each value of each axis with 2 to AXIS_VALUES_MAX values."""
     counts: dict[str, dict[str, Counter[str]]] = {}
     for c in cells:
         for k, v in c.values.items():
-            counts.setdefault(k, {}).setdefault(_show(v), Counter())[states[c.id].state] += 1
+            shown = _value(k, v, labels)
+            counts.setdefault(k, {}).setdefault(shown, Counter())[states[c.id].state] += 1
     axes = {k: v for k, v in counts.items() if 2 <= len(v) <= AXIS_VALUES_MAX}
     if not axes:
         return None
@@ -207,24 +224,25 @@ def status_view(
     limit: int = BIG,
     see_all: str = "",
     by_axis: bool = True,
+    labels: Labels | None = None,
 ) -> list[RenderableType]:
     """What ``plan``/``status`` print: the table (or, above ``limit`` cells, a summary and
     the rows that matter), never truncating an id or a run name at this ``width``.
     ``see_all``: the command that shows every row, said when rows are left out;
     ``by_axis``: with the counts by axis value."""
     if states is None or len(cells) <= limit or show_all:
-        cols = _columns(cells, states)
+        cols = _columns(cells, states, labels)
         if len(cells) > BIG or not _fits(cols, width):
-            return [Text(title), plain_table(cells, states)]
-        return [Text(title), cell_table(cells, states)]
+            return [Text(title), plain_table(cells, states, labels)]
+        return [Text(title), cell_table(cells, states, labels)]
     rows = chosen_rows(cells, states, limit)
     out: list[RenderableType] = [
         Text(f"{title}; {len(rows)} of them below, running and failed first")
     ]
-    if by_axis and (axes := axis_table(cells, states)) is not None:
+    if by_axis and (axes := axis_table(cells, states, labels)) is not None:
         out.append(axes)
-    fit = _fits(_columns(rows, states), width)
-    out.append(cell_table(rows, states) if fit else plain_table(rows, states))
+    fit = _fits(_columns(rows, states, labels), width)
+    out.append(cell_table(rows, states, labels) if fit else plain_table(rows, states, labels))
     if see_all:
         out.append(Text(f"every cell: {see_all}"))
     return out
