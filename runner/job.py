@@ -3,6 +3,14 @@
 It is pickled by submitit and executed in the job's process (a local subprocess, a SLURM
 task, a container). It writes only its own attempt's ``status.json`` and ``heartbeat.json``
 and the cell's ``run_id``, so the submitter and the job never write the same file.
+
+A DDP cell (``executor.gpus_per_cell: N``) is one submitit job of N tasks, each running this
+payload: :func:`distributed_env` exports torch.distributed's ``env://`` variables (submitit's
+``TorchDistributedEnvironment``) and the recipe forms the process group. Rank 0 alone
+creates/reopens the MLflow run and writes the ledger (status, heartbeat, outcome): the
+cell's outcome is rank 0's. The other ranks run the recipe only; a failure on any rank
+breaks the group's next collective on the others (gloo/NCCL report a lost peer; a hung
+peer hits the group's timeout, ``training.ddp_timeout_min``), so rank 0 records it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import submitit
 
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
@@ -161,14 +171,18 @@ class CellJob:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         record = CellRecord(Path(self.cells_dir), self.cell_id)
         attempt = record.attempt(self.attempt)
+        rank, world = distributed_env()
+        if rank != 0:
+            return self._run_peer(record, RunContext, Recipe)
         started = time.time()
         base = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": started,
             "job_id": current_job_id(),
-            # The GPUs its executor gave this process, for GPU-hours (runner.report.gpu_hours).
-            "gpus": gpus_from_env(os.environ),
+            # The GPUs its executor gave this process, for GPU-hours (runner.report.gpu_hours);
+            # a DDP cell's ranks have one share each.
+            "gpus": _times(gpus_from_env(os.environ), world),
         }
         if attempt.read("cancel"):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -265,6 +279,28 @@ class CellJob:
         attempt.write("status", outcome)
         return outcome
 
+    def _run_peer(self, record: CellRecord, context: Any, recipe_cls: Any) -> dict[str, Any]:
+        """A DDP rank other than 0: the recipe only, no ledger, no run of its own (rank 0
+        logs). Its errors end it (rank 0 sees the group break and records the failure); a
+        stop ends it quietly: rank 0 requeues the whole job or records the outcome."""
+        if record.attempt(self.attempt).read("cancel"):
+            return {"state": "cancelled"}
+        recipe = recipe_cls.load(self.recipe)
+        cfg = recipe.compose(self.overrides)
+        ctx = context(
+            spool_dir=record.dir / "spool",
+            tracking_uri=self.tracking_uri,
+            run_id=record.run_id or "",
+            checkpoint_dir=record.checkpoint_dir,
+            stop=self._stop,
+        )
+        self._in_recipe = True
+        try:
+            result = recipe.train_fn()(cfg, ctx)
+        finally:
+            self._in_recipe = False
+        return {"state": result.status, "reason": result.reason}
+
     def _ensure_run(self, record: CellRecord) -> str:
         tags = tracking.cell_tags(
             self.matrix, self.cell_id, self.values, self.executor, self.commit
@@ -281,6 +317,33 @@ class CellJob:
             return run_id
         run_id = tracking.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
         return record.set_run_id(run_id)
+
+
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size) of this process in its cell: (0, 1) unless the job has several
+    tasks, for which torch.distributed's env:// variables (MASTER_ADDR/PORT, RANK,
+    WORLD_SIZE, LOCAL_RANK) are exported through submitit's TorchDistributedEnvironment.
+
+    A task that sees all of the cell's GPUs (the local executor gives each task the cell's
+    list) keeps only its own, the ``LOCAL_RANK``-th, so that each rank trains on ``cuda:0``
+    of its own; a SLURM task with ``--gpus-per-task`` sees one GPU already."""
+    try:
+        world = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not a submitit job (a container's entry point, a test)
+        return 0, 1
+    if world <= 1:
+        return 0, 1
+    env = submitit.helpers.TorchDistributedEnvironment().export(
+        set_cuda_visible_devices=False, overwrite=True
+    )
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if len(visible) == env.local_world_size > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[env.local_rank]
+    return env.rank, env.world_size
+
+
+def _times(gpus: int | None, world: int) -> int | None:
+    return None if gpus is None else gpus * world
 
 
 def _previous_objective(record: CellRecord, attempt: int) -> float | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -143,6 +144,8 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     no-op: the runner owns the run.
     """
     tcfg = cfg.training
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N copies would log into one run
+        raise ValueError("the diffusion recipe does not train DDP cells yet: gpus_per_cell 1")
     # --- setup: everything from the config, the model before the data -----------------------
     seed_everything(cfg.seed, tcfg.deterministic)
     if tcfg.num_threads:

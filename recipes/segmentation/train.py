@@ -20,6 +20,10 @@ the unscaled gradients, i.e. in the units the threshold was chosen in.
 
 Under a runner (``ctx`` given) it logs into the runner's MLflow run and leaves ending it to the
 runner; standalone (``python -m recipes.segmentation``) it creates and ends its own run.
+
+With torch.distributed's ``env://`` variables set (a DDP cell, ``torchrun``) it trains data
+parallel: ``training.batch_size`` per process, rank 0 logs and checkpoints
+(``training/distributed.py`` says how the work is split and why resume stays exact).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from recipes.components.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from recipes.components.training.distributed import Dist, init_distributed
 from recipes.components.training.early_stopping import EarlyStopping
 from recipes.components.training.loop import (
     EpochState,
@@ -62,7 +67,7 @@ from recipes.components.training.loop import (
 )
 from recipes.components.training.losses import build_loss
 from recipes.components.training.lr_finder import find_lr
-from recipes.components.training.mlflow_logging import RunLogger, flatten_config
+from recipes.components.training.mlflow_logging import RunLogger, flatten_config, open_run_logger
 from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.components.training.setup import (
     avoid_onednn_bf16_backward,
@@ -79,6 +84,7 @@ from recipes.components.training.step import (
     optimizer_steps_per_epoch,
     throughput,
 )
+from recipes.components.training.system_metrics import start_system_metrics
 from recipes.components.training.validation import check_task, evaluate, save_instances
 from recipes.contract import RunContext, TrainResult
 
@@ -122,7 +128,8 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     seed_everything(cfg.seed, tcfg.deterministic)
     if tcfg.num_threads:
         torch.set_num_threads(int(tcfg.num_threads))
-    device = resolve_device(tcfg.device)
+    dist = init_distributed(resolve_device(tcfg.device), tcfg.get("ddp_timeout_min", 30))
+    device = dist.device
     avoid_onednn_bf16_backward(device, tcfg.amp)
     slice_axis = slice_axis_of(cfg)  # None: 3D; else 2D slices across this axis
     check_task(cfg)
@@ -133,23 +140,28 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         apply_grad_checkpointing(model)
     aug = cfg.get("augmentation")
     data = build_data(cfg.data, tcfg, cfg.seed, aug, slice_axis, cfg.get("task"))
+    if dist.active:
+        data.shard(dist.rank, dist.world)
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
-    if ctx is not None:
-        logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False, spool_dir=ctx.spool_dir)
-    else:
-        logger = RunLogger.start(
-            cfg.tracking.uri, cfg.tracking.experiment, run_name=standalone_run_name()
-        )
+    logger = open_run_logger(cfg, ctx, dist.main, dist.share, standalone_run_name)
     ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
 
     status = "FAILED"
+    stop_monitor = start_system_metrics(
+        tcfg.get("system_metrics", "auto") if logger.enabled else "off",
+        logger.tracking_uri,
+        logger.run_id,
+        device,
+        tcfg.get("system_metrics_interval_s", 10.0),
+        resumed=(ckpt_dir / LAST).exists(),
+    )
     try:
         if cfg.get("mode", "train") == "test":
             result = _test(cfg, model, data, loss_fn, device, logger)
         else:
             result = _train_loop(
-                cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir
+                cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir, dist
             )
         status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         return result
@@ -157,7 +169,9 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         status = "KILLED"
         raise
     finally:  # --- cleanup ------------------------------------------------------------------
+        stop_monitor()
         logger.end(status)
+        dist.close()
 
 
 def _train_loop(
@@ -170,9 +184,12 @@ def _train_loop(
     device: torch.device,
     logger: RunLogger,
     ckpt_dir: Path,
+    dist: Dist,
 ) -> TrainResult:
     tcfg = cfg.training
     fresh = not (ckpt_dir / LAST).exists()
+    if dist.active and tcfg.get("find_lr"):
+        raise ValueError("training.find_lr is not supported in DDP cells yet: run it in one")
     if fresh and tcfg.get("find_lr"):
         # Before the schedule is built: OneCycle and friends read the lr as their peak.
         _find_lr(model, optimizer, loss_fn, data.train_loader, device, cfg, logger, ckpt_dir)
@@ -181,14 +198,16 @@ def _train_loop(
     )
     schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, tcfg.max_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
-    trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, tcfg)
+    group = dist if dist.active else None  # DDP: the ranks agree at every step
+    trainee = Trainee(dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group)
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
     stopper = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
     every = checkpoint_every_steps(tcfg)
     stop = ctx.stop if ctx is not None else None
 
     def save_last() -> None:
-        save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
+        if dist.main:  # one writer; the other ranks hold the same weights
+            save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
 
     # --- resume or start fresh -------------------------------------------------------------
     progress, resumed_from = Progress(), None
@@ -228,8 +247,10 @@ def _train_loop(
     stop_reason: str | None = None
     early = None
     for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
-        if stop:  # asked between epochs (e.g. during a validation): last.pt is this point
-            return result("interrupted", epoch - 1, stop.reason, metrics)
+        # Asked between epochs (e.g. during a validation): last.pt is this point.
+        if dist.any(bool(stop)):
+            reason = (stop.reason if stop else None) or "stop requested on another rank"
+            return result("interrupted", epoch - 1, reason, metrics)
         start = time.perf_counter()
         state = EpochState.from_dict(in_epoch) if in_epoch else None
         in_epoch = None
@@ -239,7 +260,7 @@ def _train_loop(
         try:
             clock = LoaderClock(data.train_loader, state.wait_s if state else 0.0)
             before = state.seconds if state else 0.0  # this epoch's training in earlier attempts
-            hook = StepCheckpoints(save_last, progress, every, stop, clock, before)
+            hook = StepCheckpoints(save_last, progress, every, stop, clock, before, group)
             train_loss, patches, lr = train_one_epoch(trainee, clock, epoch, progress, state, hook)
         except Diverged as err:
             log.error("%s", err)
@@ -251,24 +272,30 @@ def _train_loop(
         train_seconds = time.perf_counter() - start + before
         if schedule.interval == "epoch":
             schedule.scheduler.step()
+        train_loss, patches = dist.mean(train_loss), dist.total(patches)
         metrics = {"train_loss": train_loss, "lr": lr}
         metrics.update(throughput(clock, train_seconds, patches, tcfg.patch_size, device))
 
         progress.epoch = epoch
         if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
+            # Every rank validates all cases (MONAI's metrics all-gather across the group, so
+            # all must take part; duplicated buffers leave their means as one rank's); rank
+            # 0's numbers are then everyone's, so that all ranks take the same decisions.
             dice, extra = validate(model, data.val_loader, device, cfg, inferer, loss_fn)
             metrics["val_dice"] = float(torch.nanmean(dice))
             for name, value in zip(data.info.class_names[1:], dice.tolist(), strict=True):
                 metrics[f"val_dice_{name}"] = value
             metrics.update(extra)
+            metrics = dist.share(metrics)
             if schedule.interval == "val":
                 schedule.scheduler.step(_monitored(metrics, schedule.monitor, "scheduler"))
             early = stopper.update(progress, metrics, epoch)
             stop_reason = early.reason if early else None
             if metrics["val_dice"] > progress.best_metric:
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
-                save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
-            if stopper.es:  # before last.pt: a resume finds the history of its epoch
+                if dist.main:
+                    save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
+            if stopper.es and dist.main:  # before last.pt: a resume finds its epoch's history
                 stopper.save(ckpt_dir)
         save_last()
         metrics["epoch_seconds"] = time.perf_counter() - start + before
@@ -283,7 +310,8 @@ def _train_loop(
             return result("diverged", epoch, early.reason, metrics)
         # A search's pruner, after each validation (last.pt is saved: resume continues it).
         prune = ctx.should_prune if ctx is not None and "val_dice" in metrics else None
-        if prune is not None and (pruned := prune(epoch, metrics)):
+        # Rank 0's pruner decides for all ranks.
+        if pruned := dist.share(prune(epoch, metrics) if prune is not None else None):
             return result("pruned", epoch, pruned, metrics)
         if stop_reason:
             log.info("early stop: %s", stop_reason)
@@ -334,6 +362,8 @@ def _test(
 def _log_split(logger: RunLogger, data: DataBundle) -> None:
     """The cases each side of the split: counts and method as params, ids as split.json."""
     info = data.info
+    if not logger.enabled:
+        return
     logger.log_params(
         {
             "split.method": info.split,

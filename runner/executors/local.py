@@ -1,7 +1,13 @@
-"""Local processes through submitit's LocalExecutor: ``slots`` cells at once, one GPU each.
+"""Local processes through submitit's LocalExecutor: ``slots`` cells at once, one GPU each
+(``gpus_per_cell`` GPUs and as many processes each for DDP cells).
 
 submitit's LocalExecutor starts every submitted job at once, so the runner keeps the queue
 (see :mod:`runner.sweep.queue`) and this backend only hands out threads and GPUs.
+
+``gpus_per_cell: N`` runs a cell as N submitit tasks (``tasks_per_node``) that see the
+cell's N GPUs; :class:`~runner.job.CellJob` turns them into a torch.distributed group
+(rank r uses the r-th GPU). On a machine without GPUs the N tasks train on the CPU with
+gloo (a warning says so): that is how DDP is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -9,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import submitit
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from runner.errors import RunnerError
 from runner.executors.base import Backend
 from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
 from runner.job import CellJob
@@ -39,6 +47,21 @@ class LocalExecutorOptions(BaseModel):
         None, description="torch/OpenMP threads per cell; None = cores // slots"
     )
     timeout_min: PositiveInt = Field(7 * 24 * 60, description="wall-clock limit per cell")
+    gpus_per_cell: PositiveInt = Field(
+        1,
+        description="processes (DDP ranks) per cell, one GPU each; on a machine without "
+        "GPUs, that many CPU processes with gloo",
+    )
+
+    @model_validator(mode="after")
+    def _enough_gpus(self) -> LocalExecutorOptions:
+        if self.gpus is not None and self.gpus and self.gpus_per_cell > len(set(self.gpus)):
+            raise ValueError(
+                f"gpus_per_cell={self.gpus_per_cell} but gpus lists {len(set(self.gpus))} "
+                f"GPU(s) ({self.gpus}): list at least {self.gpus_per_cell}, or lower "
+                "gpus_per_cell"
+            )
+        return self
 
 
 class LocalBackend(Backend):
@@ -48,27 +71,49 @@ class LocalBackend(Backend):
         super().__init__(options, folder)
         self.executor = submitit.LocalExecutor(folder=folder)
         self.gpus = GpuPool(list(options.gpus if options.gpus is not None else visible_gpus()))
-        self.threads = threads_per_cell(options.threads_per_cell, options.slots)
+        n = options.gpus_per_cell
+        # A DDP cell's processes share the cell's cores.
+        self.threads = max(1, threads_per_cell(options.threads_per_cell, options.slots) // n)
+        self.held: dict[str, list[int]] = {}  # job id -> the GPUs of a multi-GPU cell
 
     @property
     def slots(self) -> int:
-        return self.options.slots
+        n, size = self.options.gpus_per_cell, self.gpus.size
+        # A DDP cell holds n GPUs: never start one that would find too few.
+        return min(self.options.slots, size // n) if n > 1 and size >= n else self.options.slots
+
+    def preflight(self) -> None:
+        n, have = self.options.gpus_per_cell, len(self.gpus.gpus)
+        if have and n > have:
+            raise RunnerError(
+                f"executor.gpus_per_cell={n}, but this machine offers {have} GPU(s) "
+                f"({self.gpus.gpus}): lower gpus_per_cell to at most {have}, or run the "
+                "cells where there are more GPUs"
+            )
+        if n > 1 and not have:
+            print(
+                f"local: no GPU here: each cell runs as {n} CPU processes (DDP with gloo)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
         out = []
+        n = self.options.gpus_per_cell
         for job in jobs:
-            gpu = self.gpus.take() if self.gpus.has_room() else None
+            gpus = [self.gpus.take() for _ in range(n)] if self.gpus.room() >= n else []
             t = self.threads
             self.executor.update_parameters(
                 timeout_min=self.options.timeout_min,
-                gpus_per_node=0 if gpu is None else 1,
-                visible_gpus=() if gpu is None else (gpu,),
+                gpus_per_node=len(gpus),
+                visible_gpus=tuple(gpus),
+                tasks_per_node=n,
                 # Threads are set per cell so that `slots` cells share the cores, not fight.
                 setup=[f"export OMP_NUM_THREADS={t} MKL_NUM_THREADS={t}"],
             )
             sj = self.executor.submit(job)
-            if gpu is not None:
-                self.gpus.hold(sj.job_id, gpu)
+            if gpus:
+                self.held[sj.job_id] = gpus
             out.append(sj)
         return out
 
@@ -112,7 +157,8 @@ class LocalBackend(Backend):
             time.sleep(0.05)
 
     def release(self, job: submitit.Job[Any]) -> None:
-        self.gpus.release(job.job_id)
+        for gpu in self.held.pop(job.job_id, []):
+            self.gpus.give_back(gpu)
 
 
 def _running(pid: int) -> bool:

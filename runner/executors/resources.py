@@ -58,6 +58,10 @@ class GpuPool:
     def has_room(self) -> bool:
         return any(self.free[g] > 0 for g in self.gpus)
 
+    def room(self) -> int:
+        """Free places over all GPUs (a multi-GPU cell takes several)."""
+        return sum(max(0, self.free[g]) for g in self.gpus)
+
     def take(self) -> int:
         """A GPU with a free place; RuntimeError when none has one (the caller asked for
         more cells than ``slots``, which the scheduler never does)."""

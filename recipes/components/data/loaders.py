@@ -88,21 +88,42 @@ class DataBundle:
         elif batches_done:
             raise ValueError("this train loader cannot start an epoch mid-way")
 
+    def shard(self, rank: int, world: int) -> None:
+        """Train on rank ``rank``'s share of each epoch (DDP; see :class:`ResumableSampler`)."""
+        sampler = self.train_loader.sampler
+        if not isinstance(sampler, ResumableSampler):
+            raise ValueError("this train loader cannot be sharded across processes")
+        sampler.rank, sampler.world = rank, world
+
 
 class ResumableSampler(EpochSampler):
     """The epoch's permutation after its first ``skip`` indices: a batch is a run of
     consecutive indices, so skipping whole batches leaves the same remaining batches, and
-    the skipped items are never loaded."""
+    the skipped items are never loaded.
+
+    Sharded (DDP), rank r takes every ``world``-th index of the same permutation from the
+    r-th: step k's batches of all ranks are the run a single process with the global batch
+    takes at step k. Padded with its own start (as DistributedSampler) so that every rank
+    has as many batches; ``skip`` counts indices of this rank's shard."""
 
     def __init__(self, source: EpochSeeded) -> None:
         super().__init__(source)
         self.skip = 0
+        self.rank, self.world = 0, 1
+
+    def _shard_len(self) -> int:
+        return -(-len(self.source) // self.world)  # ceil
 
     def __len__(self) -> int:
-        return max(0, len(self.source) - self.skip)
+        return max(0, self._shard_len() - self.skip)
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+        order: Iterator[int] = super().__iter__()
+        if self.world > 1:
+            perm = list(order)
+            perm += perm[: self._shard_len() * self.world - len(perm)]
+            order = iter(perm[self.rank :: self.world])
+        return itertools.islice(order, self.skip, None)
 
 
 class SelectChannelsd(MapTransform):

@@ -31,6 +31,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from recipes.components.training.checkpoint import Progress
+from recipes.components.training.distributed import Dist
 from recipes.components.training.optim import Schedule
 from recipes.components.training.step import Diverged, LoaderClock, as_float, autocast, on_device
 from recipes.contract import StopRequest
@@ -56,6 +57,9 @@ class Trainee:
     scaler: torch.amp.GradScaler
     device: torch.device
     tcfg: DictConfig
+    #: DDP: the cell's group, whose ranks agree on a non-finite loss at every step (one
+    #: rank's stops all of them at the same step); None: one process.
+    group: Dist | None = None
 
 
 @dataclass
@@ -103,7 +107,10 @@ class StepCheckpoints:
     stop request one more, then :class:`Interrupted`.
 
     ``save`` writes ``last.pt`` from ``progress`` (whose ``in_epoch`` is set around the
-    call); ``clock`` and ``started``/``offset_s`` give the epoch's time so far.
+    call); ``clock`` and ``started``/``offset_s`` give the epoch's time so far. ``group``
+    (DDP): the ranks agree on the stop flag at every step, so that they all stop at the same
+    step (a signal reaches them at slightly different times), and the saved running sums are
+    the ranks' mean, from which every rank resumes: the epoch's mean over ranks stays exact.
     """
 
     def __init__(
@@ -114,23 +121,34 @@ class StepCheckpoints:
         stop: StopRequest | None,
         clock: LoaderClock,
         offset_s: float = 0.0,
+        group: Dist | None = None,
     ) -> None:
         self.save, self.progress, self.every, self.stop = save, progress, every, stop
         self.clock, self.offset_s, self.started = clock, offset_s, time.perf_counter()
+        self.group = group
 
     def __call__(self, state: EpochState) -> None:
         stopping = self.stop is not None and bool(self.stop)
+        if self.group is not None:
+            stopping = self.group.any(stopping)
         if not stopping and not (self.every and self.progress.global_step % self.every == 0):
             return
         state.seconds = self.offset_s + time.perf_counter() - self.started
         state.wait_s = self.clock.wait_s
-        self.progress.in_epoch = state.as_dict()
+        saved = state
+        if self.group is not None:  # every rank calls this at the same step
+            mean = self.group.mean
+            saved = dataclasses.replace(
+                state, total_loss=mean(state.total_loss), patches=round(mean(state.patches))
+            )
+        self.progress.in_epoch = saved.as_dict()
         try:
             self.save()
         finally:
             self.progress.in_epoch = None  # an epoch-end checkpoint never carries it
         if stopping:
-            raise Interrupted(str(self.stop.reason), state)  # type: ignore[union-attr]
+            reason = self.stop.reason if self.stop else None
+            raise Interrupted(reason or "stop requested on another rank", state)
 
 
 def train_one_epoch(
@@ -166,7 +184,10 @@ def train_one_epoch(
         # The loss in fp32 for stable reductions.
         args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
         loss = t.loss_fn(*args)
-        if not torch.isfinite(loss):
+        bad = not torch.isfinite(loss)
+        if t.group is not None and t.group.any(bad) and not bad:
+            raise Diverged(f"a non-finite loss on another rank at epoch {epoch} step {step}")
+        if bad:
             # Before the optimizer step: last.pt keeps the last good weights.
             raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
         t.scaler.scale(loss / accumulate).backward()

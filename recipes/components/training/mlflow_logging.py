@@ -35,7 +35,7 @@ from mlflow.utils.validation import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.contract import SPOOL_METRICS, SPOOL_TAGS, redact, store_init_lock
+from recipes.contract import SPOOL_METRICS, SPOOL_TAGS, RunContext, redact, store_init_lock
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
@@ -115,7 +115,8 @@ class RunLogger:
     """Logs params, metrics and the config of one MLflow run.
 
     ``owns_run``: the recipe created the run (standalone) and must end it; under a runner the
-    run belongs to the runner, which sets its final status.
+    run belongs to the runner, which sets its final status. ``enabled=False`` (the ranks of
+    a DDP cell but rank 0) writes nothing: each metric reaches the run once per step.
     """
 
     def __init__(
@@ -125,7 +126,10 @@ class RunLogger:
         owns_run: bool,
         spool_dir: Path | None = None,
         attempts: int = ATTEMPTS,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self.owns_run = owns_run
@@ -135,8 +139,10 @@ class RunLogger:
         #: times, until it answers again (an epoch must not wait on a store that is down).
         self.store_down = False
 
-    def _write(self, call: Callable[[], T]) -> T:
+    def _write(self, call: Callable[[], T]) -> T | None:
         """``call`` against the store, tried again on transient failures; raises the last."""
+        if not self.enabled:
+            return None
         tries = 1 if self.store_down else self.attempts
         for i in range(tries):
             try:
@@ -220,3 +226,22 @@ class RunLogger:
         """End the run with ``status`` (FINISHED/FAILED/KILLED) if this logger created it."""
         if self.owns_run:
             self._write(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def open_run_logger(
+    cfg: DictConfig,
+    ctx: RunContext | None,
+    main: bool = True,
+    share: Callable[[Any], Any] = lambda value: value,
+    run_name: Callable[[], str] | None = None,
+) -> RunLogger:
+    """The recipe's logger: into the runner's run (``ctx``), else a run of its own. ``main``:
+    this process logs (rank 0 of a DDP group; the others get a silent logger); ``share``:
+    rank 0's value on every rank, so that a standalone DDP run (torchrun) has one run, whose
+    id all ranks use (it names the checkpoint directory)."""
+    if ctx is not None:
+        return RunLogger(ctx.tracking_uri, ctx.run_id, False, ctx.spool_dir, enabled=main)
+    uri, name = cfg.tracking.uri, run_name() if run_name else None
+    own = RunLogger.start(uri, cfg.tracking.experiment, name) if main else None
+    run_id = share(own.run_id if own else None)
+    return own or RunLogger(uri, run_id, owns_run=False, enabled=False)

@@ -91,6 +91,20 @@ class DockerExecutorOptions(BaseModel):
     keep_containers: bool = Field(
         False, description="keep ended containers for `docker inspect` (default: removed)"
     )
+    gpus_per_cell: PositiveInt = Field(
+        1, description="DDP ranks per cell: only 1 in containers for now (local, slurm: N)"
+    )
+
+    @field_validator("gpus_per_cell")
+    @classmethod
+    def _one_rank(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"gpus_per_cell={value}: multi-GPU (DDP) cells are not supported by the "
+                "docker executor yet; use executor kind 'local' or 'slurm' for them, or "
+                "gpus_per_cell: 1"
+            )
+        return value
 
     @field_validator("env")
     @classmethod

@@ -94,7 +94,8 @@ class SlurmCellJob(CellJob, Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         self._started = time.time()
-        self._note_start()
+        if not int(os.environ.get("SLURM_PROCID") or 0):  # DDP: rank 0 writes slurm.json
+            self._note_start()
         self._wrap_requeue_signal()
         self._cancel_on_sigterm()
         return super().__call__()
@@ -258,7 +259,7 @@ class SlurmBackend(Backend):
             "qos": o.qos,
             "constraint": o.constraint,
             "cpus_per_task": o.cpus_per_task,
-            "ntasks_per_node": 1,  # one task per cell: the cell's process
+            "ntasks_per_node": o.gpus_per_cell,  # one task per rank of the cell's DDP group
             "mem": None if o.mem_gb is None else f"{round(o.mem_gb * 1024)}M",
             "gres": o.gres,
             "gpus_per_task": o.gpus_per_task if o.gres is None and o.gpus_per_task else None,
@@ -271,8 +272,8 @@ class SlurmBackend(Backend):
         return executor
 
     def preflight(self) -> None:
-        """The controller must answer before a cell is claimed: otherwise every sweep would
-        record an attempt for a submission that never happened."""
+        """The controller must answer before a cell is claimed (else a sweep records an
+        attempt for a submission that never happened)."""
         problem = controller_problem(timeout_s=10.0)
         if problem:
             raise RunnerError(
@@ -322,10 +323,9 @@ class SlurmBackend(Backend):
         return cell
 
     def cancel(self, job_ids: list[str]) -> list[str]:
-        """scancel these jobs in one call: pending ones are removed, running ones get SIGTERM,
-        which a cell under a cancel request takes as its interrupt (see SlurmCellJob), then
-        SIGKILL after the cluster's KillWait; SLURM calls them CANCELLED. Returns those
-        scancel did not refuse (unknown ids, no answer)."""
+        """scancel these jobs in one call: pending ones are removed, running ones (each task)
+        get SIGTERM, their interrupt under a cancel request (SlurmCellJob), then SIGKILL after
+        KillWait; SLURM calls them CANCELLED. Returns those scancel did not refuse."""
         if not job_ids:
             return []
         refused = _scancel([], job_ids)

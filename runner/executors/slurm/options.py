@@ -36,6 +36,11 @@ class SlurmExecutorOptions(BaseModel):
     gpus_per_task: NonNegativeInt = Field(
         1, description="GPUs per cell (--gpus-per-task); 0 for CPU-only cells"
     )
+    gpus_per_cell: PositiveInt = Field(
+        1,
+        description="tasks (DDP ranks) per cell on one node (--ntasks-per-node), each with "
+        "gpus_per_task GPUs; with gpus_per_task 0 the ranks train on CPUs with gloo",
+    )
     gres: str | None = Field(
         None,
         description="generic resources instead of gpus_per_task, e.g. 'gpu:a100:1' (--gres)",

@@ -1,0 +1,131 @@
+"""Data-parallel training (DDP) across the processes of one cell.
+
+The runner starts a DDP cell as N tasks (``executor.gpus_per_cell: N``) and exports
+torch.distributed's ``env://`` variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``,
+``LOCAL_RANK``); standalone, ``torchrun`` sets the same ones. Without them (or with
+``WORLD_SIZE=1``) :func:`init_distributed` returns a :class:`Dist` of one process whose
+collectives are identities, so the recipe reads the same either way.
+
+How the recipe splits the work (``recipes/segmentation/train.py``):
+
+* ``training.batch_size`` is per process: the global batch is ``batch_size × world size``.
+* Each rank takes every ``world``-th index of the epoch's permutation (the same permutation
+  on every rank, from (seed, epoch)), so one step's global batch is the same run of
+  consecutive indices a single process with the global batch would take; augmentation and
+  patch crops follow (seed, epoch, case), so they are the same too. A resumed epoch skips
+  ``batches_done`` batches of each rank's shard (``data/loaders.py``).
+* The model is wrapped in ``DistributedDataParallel`` for the forward/backward only;
+  checkpoints and validation use the bare module (no ``module.`` prefix in ``last.pt``).
+* Rank 0 alone logs to MLflow and writes checkpoints. Every rank validates the whole
+  validation set (MONAI's metrics all-gather their buffers whenever a group exists, so all
+  ranks must take part; identical buffers gathered twice keep the means of one), so the
+  Dice is the number a single process computes; rank 0's metrics and decisions (early
+  stop, prune) are broadcast, so every rank takes the same branch. Sharding validation
+  across ranks is left for later (val_loss and the instance metrics would need reducing).
+* The train loss is the mean over ranks; a non-finite loss on any rank, or a stop request
+  on any rank, is agreed on at each step (one small all-reduce), so all ranks stop at the
+  same step and rank 0's step checkpoint is everyone's.
+
+Backends: gloo on CPU, NCCL on CUDA. ``training.ddp_timeout_min`` bounds every collective:
+a rank that hangs fails the others after it rather than never.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as td
+from torch import nn
+
+__all__ = ["Dist", "init_distributed"]
+
+
+@dataclass
+class Dist:
+    """This process's place in the cell's group; a group of one when not distributed."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to train with: DDP around ``model`` when distributed, else ``model``."""
+        if not self.active:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, value: float) -> float:
+        """``value`` averaged over the ranks."""
+        if not self.active:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        td.all_reduce(t, op=td.ReduceOp.SUM)
+        return float(t.item()) / self.world
+
+    def total(self, value: int) -> int:
+        """``value`` summed over the ranks."""
+        if not self.active:
+            return value
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        td.all_reduce(t, op=td.ReduceOp.SUM)
+        return int(t.item())
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on one of them."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+        return bool(t.item())
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (picklable values: metrics, decisions)."""
+        if not self.active:
+            return value
+        box = [value]
+        td.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the group this process formed (a no-op otherwise)."""
+        if self._owns_group and td.is_initialized():
+            td.destroy_process_group()
+        self._owns_group = False
+
+
+def init_distributed(device: torch.device, timeout_min: float = 30.0) -> Dist:
+    """Join the cell's group from the ``env://`` variables; a group of one without them.
+
+    ``device``: the one the config resolved to. With several GPUs visible to this process,
+    rank r takes ``cuda:LOCAL_RANK``; the runner usually leaves one visible per rank.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Dist(device=device)
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        device = torch.device("cuda", local % count if count > 1 else 0)
+        torch.cuda.set_device(device)
+    owns = not td.is_initialized()
+    if owns:
+        td.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=float(timeout_min)),
+        )
+    return Dist(rank=rank, world=world, device=device, _owns_group=owns)
