@@ -58,4 +58,17 @@ def start_system_metrics(
     )
     monitor.start()
     log.info("system metrics every %.3g s into run %s", float(interval_s), run_id)
-    return monitor.finish
+
+    def finish() -> None:
+        # The monitor's thread drops the sample it holds when it is stopped, and a short or
+        # CPU-starved run may end before its first one is logged: one last sample, taken
+        # here once the thread is done, so that every monitored run has its system metrics.
+        monitor.finish()
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # the store went away: the metrics are a nicety
+            log.warning("last system metrics sample not logged: %s", exc)
+
+    return finish
