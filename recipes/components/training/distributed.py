@@ -32,6 +32,7 @@ a rank that hangs fails the others after it rather than never.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass, field
@@ -103,6 +104,12 @@ class Dist:
     def close(self) -> None:
         """Leave the group this process formed (a no-op otherwise)."""
         if self._owns_group and td.is_initialized():
+            if td.get_backend() == "gloo":
+                # Leave together: rank 0 hosts the group's store, and a rank still talking
+                # to it when rank 0 has exited can die at its own exit. Bounded (a peer that
+                # failed never arrives), and without effect on the outcome.
+                with contextlib.suppress(RuntimeError):
+                    td.monitored_barrier(timeout=datetime.timedelta(seconds=60))
             td.destroy_process_group()
         self._owns_group = False
 
