@@ -8,49 +8,21 @@ scheduler round trips, not training.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import Options, Outcome, Row
+from bench.slurm_common import cancel_all, cluster_answers, no_cluster_row
 
 
 def _noop() -> int:
     return 0
 
 
-def _cluster_answers() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        out = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and bool(out.stdout.strip())
-
-
-def _cancel(ids: list[str]) -> None:
-    bases = sorted({i.split("_")[0] for i in ids})
-    for start in range(0, len(bases), 500):
-        subprocess.run(["scancel", *bases[start : start + 500]], check=False, timeout=60)
-
-
 def run(opts: Options) -> Outcome:
-    if not _cluster_answers():
-        row = Row(
-            "SLURM: submit and status",
-            "skipped",
-            "—",
-            "—",
-            "—",
-            None,
-            "no SLURM cluster answers here: run `make slurm-up` first",
-        )
-        return Outcome([row])
+    if not cluster_answers():
+        return Outcome([no_cluster_row("SLURM: submit and status")])
     import submitit
 
     from runner.executors.slurm.backend import SlurmBackend
@@ -84,7 +56,7 @@ def run(opts: Options) -> Outcome:
         for job in polled:
             job.watcher.get_state(job.job_id, mode="force")
         t_poll = (time.perf_counter() - t) * n / len(polled)
-        _cancel(ids + [j.job_id for j in single_jobs])
+        cancel_all(ids + [j.job_id for j in single_jobs])
 
     rows = [
         Row(

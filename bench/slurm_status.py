@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import Options, Outcome, Row, fmt_s, interleave, median
-from bench.slurm import _cancel, _cluster_answers
+from bench.slurm_common import cancel_all, cluster_answers, no_cluster_row
 
 SHIMMED = ("squeue", "sacct")
 
@@ -100,17 +100,8 @@ def _status(path: Path, reconcile: bool) -> None:
 
 
 def run(opts: Options) -> Outcome:
-    if not _cluster_answers():
-        row = Row(
-            "SLURM status with reconciliation",
-            "skipped",
-            "—",
-            "—",
-            "—",
-            None,
-            "no SLURM cluster answers here: run `make slurm-up` first",
-        )
-        return Outcome([row])
+    if not cluster_answers():
+        return Outcome([no_cluster_row("SLURM status with reconciliation")])
     from runner.cli import main
     from runner.plan import make_plan
 
@@ -156,7 +147,7 @@ def run(opts: Options) -> Outcome:
             counts = Counter(s.state for s in make_plan(path, work).states().values())
         finally:
             os.chdir(old)
-            _cancel(ids)
+            cancel_all(ids)
     one_each = all(c == Counter({"squeue": 1, "sacct": 1}) for c in (calls_open, calls_writes))
     calls = ", ".join(f"{calls_open[k]} {k}" for k in SHIMMED)
     ratio = median(t_with) / median(t_without)

@@ -213,11 +213,7 @@ class CellJob:
                     should_prune=reporter,
                     stop=self._stop,
                 )
-                self._in_recipe = True
-                try:
-                    result = recipe.train_fn()(cfg, ctx)
-                finally:
-                    self._in_recipe = False
+                result = self._train(recipe, cfg, ctx)
                 if result.status == "interrupted":
                     self.on_interrupted(result)
             except BaseException as exc:
@@ -267,7 +263,9 @@ class CellJob:
                 # The journal is unreachable: the ledger holds the outcome; the study only
                 # misses this trial's end (TPE sees one result fewer).
                 traceback.print_exc()
-        _log_hours(self.tracking_uri, run_id, record, base.get("gpus"))
+        # Counted to the end the status will say, so that the figure is the ledger's to the
+        # last digit and `runner report` finds nothing to rewrite.
+        _log_hours(self.tracking_uri, run_id, record, base.get("gpus"), outcome["ended"])
         try:
             tracking.retrying(lambda: tracking.finish_run(self.tracking_uri, run_id, state, reason))
         except Exception:
@@ -294,12 +292,17 @@ class CellJob:
             checkpoint_dir=record.checkpoint_dir,
             stop=self._stop,
         )
+        result = self._train(recipe, cfg, ctx)
+        return {"state": result.status, "reason": result.reason}
+
+    def _train(self, recipe: Any, cfg: Any, ctx: Any) -> TrainResult:
+        """The recipe's training, with :meth:`request_stop` armed while it runs: a stop
+        signal outside it (setup, logging the outcome) is acted on at once instead."""
         self._in_recipe = True
         try:
-            result = recipe.train_fn()(cfg, ctx)
+            return recipe.train_fn()(cfg, ctx)
         finally:
             self._in_recipe = False
-        return {"state": result.status, "reason": result.reason}
 
     def _ensure_run(self, record: CellRecord) -> str:
         tags = tracking.cell_tags(
@@ -371,11 +374,14 @@ def current_job_id() -> str | None:
     return None
 
 
-def _log_hours(uri: str, run_id: str, record: CellRecord, gpus: int | None) -> None:
-    """The cell's GPU-hours so far (the ledger's attempts) on its run; ``runner report``
-    refines them with SLURM accounting. Best effort: the ledger keeps what it is made of."""
+def _log_hours(
+    uri: str, run_id: str, record: CellRecord, gpus: int | None, now: float | None = None
+) -> None:
+    """The cell's GPU-hours so far (the ledger's attempts, a running one counted to ``now``)
+    on its run; ``runner report`` refines them with SLURM accounting. Best effort: the
+    ledger keeps what it is made of."""
     try:
-        gpu_h, wall_h = ledger_hours(record, gpus)
+        gpu_h, wall_h = ledger_hours(record, gpus, now)
         log_gpu_hours(uri, run_id, gpu_h, wall_h)
     except Exception:
         traceback.print_exc()

@@ -21,6 +21,7 @@ one process can win, also on NFS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -47,18 +48,28 @@ STOPPED_AFTER_S = 35.0
 STATES = ("pending", *IN_FLIGHT, *TERMINAL)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def json_beside(path: Path, data: dict[str, Any]) -> Iterator[Path]:
+    """``data`` written complete and synced to a temp file in ``path``'s folder, for the
+    caller to move onto ``path`` (a rename replaces, a hard link never does); whatever is
+    left of it afterwards is removed, so a failed or refused move leaves no stray file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True, default=str)
             f.flush()
             os.fsync(f.fileno())
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data``: a kill -9 leaves the old content or the new."""
+    with json_beside(path, data) as tmp:
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

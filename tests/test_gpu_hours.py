@@ -91,6 +91,41 @@ def test_hours_from_real_ledger_attempts(tmp_path: Path) -> None:
     assert (metrics["gpu_hours"], metrics["wall_hours"]) == (5.0, 3.0)
 
 
+def test_report_writes_only_the_figures_that_differ_from_the_runs(tmp_path: Path) -> None:
+    """A job logs its ledger figure as it ends; ``runner report`` (log_all) must not log the
+    same value again, only a better one (SLURM accounting's) or one the run lacks."""
+    from runner import tracking
+
+    plan = _plan(tmp_path, "  seed: [0, 1]")
+    a, b = (plan.ledger.cell(x.id) for x in plan.cells)
+    _attempt(a, "slurm", "41", "done", T0, T0 + 3600.25, gpus=2, epochs=3)
+    _attempt(b, "local", "42", "failed", T0, T0 + 600, gpus=1)
+    uri = plan.tracking_uri
+    exp = tracking.ensure_experiment(uri, "gh", tmp_path / "art")
+    for name, record in (("a", a), ("b", b)):
+        record.set_run_id(tracking.start_cell_run(uri, exp, name, {}))
+    gh.log_gpu_hours(uri, a.run_id, *ledger_hours(a, gpus=None))  # what a's job logged
+    client = tracking.client(uri)
+
+    def entries(record: CellRecord) -> dict[str, list[float]]:
+        return {
+            k: [m.value for m in client.get_metric_history(record.run_id, k)]
+            for k in ("gpu_hours", "wall_hours")
+        }
+
+    hours = gh.cell_hours(plan, now=T0 + 10**5, here=[])
+    assert gh.log_all(plan, hours) == 1  # b's job died before it logged: b only
+    assert entries(a) == {"gpu_hours": [7200.5 / 3600], "wall_hours": [3600.25 / 3600]}
+    assert entries(b) == {"gpu_hours": [pytest.approx(1 / 6)], "wall_hours": [pytest.approx(1 / 6)]}
+    assert gh.log_all(plan, gh.cell_hours(plan, now=T0 + 10**5, here=[])) == 0  # again: none
+    # sacct charged 4000 s on 2 GPUs (a requeue the ledger missed): a better figure for a
+    usage = {"41": (4000.0, 2)}
+    assert gh.log_all(plan, gh.cell_hours(plan, usage=usage, now=T0 + 10**5, here=[])) == 1
+    assert entries(a)["gpu_hours"][-1] == pytest.approx(8000 / 3600)
+    assert len(entries(a)["gpu_hours"]) == 2 and len(entries(b)["gpu_hours"]) == 1
+    assert gh.log_all(plan, gh.cell_hours(plan, usage=usage, now=T0 + 10**5, here=[])) == 0
+
+
 def test_running_and_lost_attempts_count_to_now_and_to_the_last_heartbeat(
     tmp_path: Path,
 ) -> None:
@@ -193,6 +228,32 @@ def test_estimate_from_done_cells_and_the_cannot_path(tmp_path: Path) -> None:
     assert lines[1].startswith("estimate for 1 of 10 cells") and len(lines) == 2 + 3
 
 
+def test_the_estimate_composes_a_matrix_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profiles the estimate composes (a Hydra start: several times the rest of a
+    status) are remembered in the sweep directory: the next status of the same matrix
+    composes nothing and estimates the same; a changed matrix composes again."""
+    axes = "  model: [unet, segresnet]\n  seed: [0, 1, 2]"
+    plan = _plan(tmp_path, axes)
+    unet0 = next(c for c in plan.cells if c.values == {"model": "unet", "seed": 0})
+    _attempt(plan.ledger.cell(unet0.id), "local", "1", "done", T0, T0 + 100, gpus=1, epochs=10)
+    first, _ = est.overview(plan)
+    assert first["estimate"]["estimated"] == 2 and len(first["estimate"]["cannot"]) == 1
+    assert (plan.ledger.root / est.PROFILES).is_file()
+
+    class NoComposing:
+        def __init__(self, recipe: object) -> None:
+            raise AssertionError("composed again")
+
+    monkeypatch.setattr(est, "Composer", NoComposing)
+    again, _ = est.overview(make_plan(tmp_path / "m.yaml", tmp_path))
+    assert again["estimate"] == first["estimate"]
+    changed = _plan(tmp_path, axes.replace("[0, 1, 2]", "[0, 1, 2, 3]"))
+    with pytest.raises(AssertionError, match="composed again"):
+        est.overview(changed)
+
+
 @pytest.mark.slow
 def test_a_real_local_sweep_is_counted_and_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -228,6 +289,9 @@ def test_a_real_local_sweep_is_counted_and_logged(
         run = client.get_run(plan.ledger.cell(cell.id).run_id)
         assert run.data.metrics["gpu_hours"] == 0
         assert run.data.metrics["wall_hours"] == pytest.approx(hours[cell.id].wall_hours)
+        # The job logged the ledger's figures as it ended: the report had nothing to add.
+        for key in ("gpu_hours", "wall_hours"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
     # With one done configuration, the estimate for another seed is its time per epoch.
     path.write_text(matrix_text("ghs", data, "  seed: [0, 1, 2]", "{kind: local, slots: 1}", uri))
     plan3 = make_plan(path, tmp_path)

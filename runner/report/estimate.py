@@ -11,11 +11,14 @@ batch) it lacks. Early stopping makes the figure an upper bound.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from runner.ledger import CellState
+from runner.ledger import CellState, read_json, write_json_atomic
+from runner.matrix.cache import fingerprint
 from runner.matrix.cells import Cell
 from runner.plan import Plan
 from runner.recipe import Composer
@@ -31,6 +34,11 @@ from runner.report.gpu_hours import (
 
 TO_RUN = ("pending", "queued", "submitted")
 MEASURED = ("done", "pruned")
+#: Where a matrix's profiles are remembered, in its sweep directory.
+PROFILES = "profiles.json"
+#: What a remembered profile holds: a change of :class:`Profile` or of how it is read from
+#: a config bumps it, and older records are composed again.
+PROFILE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -71,27 +79,73 @@ def _shapes(override: str) -> bool:
     return key in SHAPING or key.startswith(tuple(f"{g}." for g in SHAPING[1:]))
 
 
+def _shaping(plan: Plan, cell: Cell) -> tuple[str, ...]:
+    return tuple(o for o in [*plan.matrix.spec.base, *cell.overrides] if _shapes(o))
+
+
+def _profile(cfg: Any, shaping: tuple[str, ...]) -> Profile | None:
+    if isinstance(cfg, Exception):
+        return None  # validation said so already; such a cell is not estimated
+    training = cfg.get("training") or {}
+    model = _choice(list(shaping), "model") or str((cfg.get("model") or {}).get("name", "?"))
+    patch = training.get("patch_size")
+    length = training.get("max_epochs", training.get("max_steps"))
+    return Profile(
+        model,
+        "x".join(str(p) for p in patch) if patch is not None else "-",
+        str(training.get("batch_size", "-")),
+        int(length) if isinstance(length, int) else None,
+    )
+
+
 def profiles(plan: Plan, cells: list[Cell]) -> dict[str, Profile]:
     """Each cell's profile, composed from the overrides that can shape it (``SHAPING``): a
-    matrix of many seeds and learning rates composes once per model, data and training."""
-    out = {}
-    with Composer(plan.recipe) as composer:
-        for cell in cells:
-            overrides = [*plan.matrix.spec.base, *cell.overrides]
-            cfg = composer.compose([o for o in overrides if _shapes(o)])
-            if isinstance(cfg, Exception):
-                continue  # validation said so already; such a cell is not estimated
-            training = cfg.get("training") or {}
-            model = _choice(overrides, "model") or str((cfg.get("model") or {}).get("name", "?"))
-            patch = training.get("patch_size")
-            length = training.get("max_epochs", training.get("max_steps"))
-            out[cell.id] = Profile(
-                model,
-                "x".join(str(p) for p in patch) if patch is not None else "-",
-                str(training.get("batch_size", "-")),
-                int(length) if isinstance(length, int) else None,
-            )
-    return out
+    matrix of many seeds and learning rates composes once per model, data and training.
+
+    Remembered in the sweep directory (``PROFILES``) under the matrix's fingerprint
+    (:func:`runner.matrix.cache.fingerprint`: the matrix, the recipe's config files, the
+    code): composing costs a Hydra start, several times what the rest of ``status`` does
+    on a 1,000-cell matrix, and a status during a sweep would pay it on every call."""
+    shaping = {c.id: _shaping(plan, c) for c in cells}
+    key = _profiles_key(plan)
+    known = _remembered(plan.ledger.root / PROFILES, key)
+    missing = sorted(set(shaping.values()) - known.keys())
+    if missing:
+        with Composer(plan.recipe) as composer:
+            for overrides in missing:
+                known[overrides] = _profile(composer.compose(list(overrides)), overrides)
+        _remember(plan.ledger.root / PROFILES, key, known)
+    return {cid: p for cid, s in shaping.items() if (p := known[s]) is not None}
+
+
+def _profiles_key(plan: Plan) -> str:
+    cells = plan.grid if plan.grid is not None else plan.cells  # trials come and go
+    return f"{PROFILE_FORMAT}:{fingerprint(plan.matrix, plan.recipe, [c.id for c in cells])}"
+
+
+def _remembered(path: Path, key: str) -> dict[tuple[str, ...], Profile | None]:
+    """The profiles recorded under ``key``; none when there is no such record (or it can't
+    be read: they are composed again)."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("key") != key:
+        return {}
+    try:
+        return {
+            tuple(overrides): None if p is None else Profile(**p)
+            for overrides, p in data["profiles"]
+        }
+    except (KeyError, TypeError, ValueError):
+        return {}
+
+
+def _remember(path: Path, key: str, known: dict[tuple[str, ...], Profile | None]) -> None:
+    """Record the profiles where the matrix's sweep directory exists; never fails (a
+    read-only or full disk: they are composed again next time)."""
+    if not path.parent.is_dir():
+        return
+    rows = [[list(o), None if p is None else asdict(p)] for o, p in sorted(known.items())]
+    with contextlib.suppress(OSError):
+        write_json_atomic(path, {"key": key, "profiles": rows})
 
 
 def estimate(

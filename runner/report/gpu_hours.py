@@ -21,15 +21,17 @@ still shows what it took.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from runner import tracking
 from runner.executors.resources import visible_gpus
 from runner.ledger import Attempt, CellState
 from runner.plan import Plan
-from runner.report.gpu_meter import attempt_wall, gpus_from_env, log_gpu_hours
+from runner.report.gpu_meter import attempt_wall, gpus_from_env, log_figures, log_gpu_hours
 
 __all__ = ["CellHours", "cell_hours", "gpus_from_env", "log_gpu_hours", "query_usage", "totals"]
 
@@ -199,11 +201,32 @@ def summary_line(total: Mapping[str, Any]) -> str:
 
 
 def log_all(plan: Plan, hours: Mapping[str, CellHours]) -> int:
-    """Log every cell's hours into its MLflow run (``runner report``); the runs logged."""
-    uri, n = plan.tracking_uri, 0
+    """Set a cell's hours on its MLflow run where they differ from what the run holds
+    (``runner report``); the runs written. The job logs its own figure as it ends, the
+    ledger's as the ledger keeps it (:func:`runner.report.gpu_meter.ledger_hours`), so the
+    report writes a better one only: SLURM accounting's, GPUs from the executor options for
+    a job that could not tell, a running cell's so far, a job that died before it logged.
+    An equal figure is never written again: each write is one more entry in the metric's
+    history, and a report of a 1,000-cell matrix would add 2,000 of them every time."""
+    client = tracking.client(plan.tracking_uri)
+    n = 0
     for cid, h in hours.items():
         run_id = plan.ledger.cell(cid).run_id
-        if run_id and h.attempts:
-            log_gpu_hours(uri, run_id, h.gpu_hours, h.wall_hours)
+        if not (run_id and h.attempts):
+            continue
+        held = client.get_run(run_id).data.metrics
+        figures = {
+            key: value
+            for key, value in (("gpu_hours", h.gpu_hours), ("wall_hours", h.wall_hours))
+            if key not in held or not _same(held[key], value)
+        }
+        if figures:
+            log_figures(plan.tracking_uri, run_id, figures)
             n += 1
     return n
+
+
+def _same(held: float, value: float) -> bool:
+    # Equal up to a double's rounding: the store keeps the figure as a double, and the job
+    # computes it from the very numbers the ledger holds.
+    return math.isclose(held, value, rel_tol=1e-9, abs_tol=1e-12)

@@ -64,12 +64,18 @@ def ledger_hours(
 def log_gpu_hours(uri: str, run_id: str, hours: float, wall_hours: float | None = None) -> None:
     """Set ``gpu_hours`` (and ``wall_hours``) on a cell's MLflow run: the latest value is the
     cell's total so far, so logging it again after a resume replaces it in the UI."""
+    figures = {"gpu_hours": hours}
+    if wall_hours is not None:
+        figures["wall_hours"] = wall_hours
+    log_figures(uri, run_id, figures)
+
+
+def log_figures(uri: str, run_id: str, figures: Mapping[str, float]) -> None:
+    """These metrics on a run at step 0, in one call."""
     from mlflow.entities import Metric
 
     from runner import tracking
 
     now_ms = int(time.time() * 1000)
-    metrics = [Metric("gpu_hours", float(hours), now_ms, 0)]
-    if wall_hours is not None:
-        metrics.append(Metric("wall_hours", float(wall_hours), now_ms, 0))
+    metrics = [Metric(key, float(value), now_ms, 0) for key, value in figures.items()]
     tracking.client(uri).log_batch(run_id, metrics=metrics)

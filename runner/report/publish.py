@@ -4,8 +4,9 @@ Each ``runner report`` logs a fresh run, ended at once, into the experiment
 ``<matrix>/reports`` (``REPORTS``), never into the cells' experiment: the cells' runs table
 holds cells only (what the saved view groups and averages), and no report reopens an earlier
 one (a reopened run's duration would grow with every report). The latest report is the
-newest run there; older ones stay as a history. Each cell's run also gets its ``gpu_hours``
-and ``wall_hours`` (``runner.report.gpu_hours``)."""
+newest run there; older ones stay as a history. A cell's run gets the report's ``gpu_hours``
+and ``wall_hours`` where they differ from those its job logged (``runner.report.gpu_hours``:
+SLURM accounting's, for one)."""
 
 from __future__ import annotations
 
@@ -152,8 +153,8 @@ def reports_experiment(matrix: str) -> str:
 
 
 def log_summary(plan: Plan, report: Report) -> str:
-    """Log the report as a new run of ``<matrix>/reports``, ended at once; set each cell's
-    run's GPU-hours. Returns the report run's id."""
+    """Log the report as a new run of ``<matrix>/reports``, ended at once; correct the
+    cells' runs' GPU-hours where the report knows better. Returns the report run's id."""
     uri, name = plan.tracking_uri, plan.matrix.spec.name
     client = tracking.client(uri)
     exp_id = tracking.ensure_experiment(uri, reports_experiment(name), plan.workdir / "mlartifacts")

@@ -16,15 +16,13 @@ Optuna is imported inside the functions that need it, so that planning stays fas
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.ledger import read_json
+from runner.ledger import json_beside, read_json
 
 if TYPE_CHECKING:
     import optuna
@@ -38,19 +36,12 @@ JOURNAL = "journal.log"
 def write_once(path: Path, data: dict[str, Any]) -> bool:
     """Write ``path`` complete or not at all, and only if it does not exist yet (a hard
     link is atomic and exclusive, also on NFS). False when another writer was first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with json_beside(path, data) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    return True
 
 
 def quiet_optuna() -> None:
