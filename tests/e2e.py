@@ -83,6 +83,22 @@ def matrix_text(
     )
 
 
+def background_runner(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m runner ARGS`` as a script starts it: its own session, no stdin, output
+    piped (read it with ``communicate``)."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``predicate`` every 0.2 s until it is truthy; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

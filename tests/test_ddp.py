@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from runner.cli import main
 from runner.plan import make_plan
-from tests.e2e import make_tiny_dataset, matrix_text, wait_for
+from tests.e2e import background_runner, make_tiny_dataset, matrix_text, wait_for
 from tests.test_slurm import cluster  # noqa: F401 - the SLURM test cluster, started once
 
 #: |Dice(2 processes × batch 1) − Dice(1 process × batch 2)|. The two runs see the same
@@ -29,7 +29,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_sampler_shards_one_permutation_and_skips_per_rank() -> None:
-    from recipes.components.data.loaders import ResumableSampler
+    from recipes.components.data.samplers import ResumableSampler
     from recipes.components.data.seeding import EpochSampler
 
     class Source:
@@ -147,9 +147,6 @@ def test_a_cancelled_two_process_cell_resumes_into_its_run(
     """`runner cancel` interrupts both ranks (SIGINT to each task); rank 0 records the cell
     cancelled and its run KILLED; `runner resume` continues both ranks from rank 0's
     last.pt into the same run, each epoch logged once."""
-    import os
-    import subprocess
-    import sys
 
     uri = f"sqlite:///{project / 'mlruns.db'}"
     path = project / "ddp_cancel.yaml"
@@ -166,17 +163,7 @@ def test_a_cancelled_two_process_cell_resumes_into_its_run(
     )
     plan = make_plan(path)
     record = plan.ledger.cell(plan.cells[0].id)
-    root = Path(__file__).resolve().parents[1]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "runner", "sweep", str(path)],
-        cwd=project,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    sweep = background_runner(project, "sweep", str(path))
     wait_for(lambda: (record.state().progress or {}).get("epoch"), 180, "epoch 1 to end")
     assert main(["cancel", str(path)]) == 0
     sweep.communicate(timeout=120)
@@ -240,15 +227,15 @@ def test_a_two_task_cell_on_the_slurm_test_cluster(
 def test_gpus_per_cell_is_checked_with_the_matrix(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """docker refuses DDP cells for now; local refuses more than its listed GPUs; both name
-    the key, at plan time (exit 2), and a local machine with fewer GPUs refuses at submit."""
+    """docker and local refuse more ranks than their listed GPUs, naming the key, at plan
+    time (exit 2), and a local machine with fewer GPUs refuses at submit."""
     from runner.errors import RunnerError
     from runner.executors.local import LocalBackend, LocalExecutorOptions
 
     data = make_tiny_dataset(project / "demo")
     uri = f"sqlite:///{project / 'mlruns.db'}"
     for name, executor, expected in [
-        ("dock", "{kind: docker, gpus_per_cell: 2}", "not supported by the docker executor"),
+        ("dock", "{kind: docker, gpus: [0], gpus_per_cell: 2}", "gpus lists 1 GPU(s)"),
         ("loc", "{kind: local, gpus: [0], gpus_per_cell: 2}", "gpus lists 1 GPU(s)"),
         ("zero", "{kind: local, gpus_per_cell: 0}", "greater than 0"),
     ]:

@@ -147,7 +147,7 @@ def test_runner_context_logs_and_resume_is_exact(demo: Path, tmp_path: Path) -> 
     b = torch.load(tmp_path / "b" / "ckpt" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    timing = {"samples_per_s", "steps_per_s", "val_seconds"}
+    timing = {"samples_per_s", "voxels_per_s", "data_wait_fraction", "steps_per_s", "val_seconds"}
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in straight.metrics.items() if k not in timing
     }

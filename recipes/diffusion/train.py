@@ -17,22 +17,28 @@ and dropped up to where the run stopped. Validation draws from its own generator
 touches the RNG that training resumes from.
 
 A NaN or infinite loss, or NaN/inf validation samples, ends the run "diverged", never "done".
+
+With torch.distributed's ``env://`` variables set (a DDP cell, ``executor.gpus_per_cell: N``,
+or ``torchrun``) it trains data parallel as the segmentation recipe does
+(``components/training/distributed.py``): ``training.batch_size`` volumes per process, rank
+r takes every N-th item of the step's global batch and the rows of the step's noise and
+timesteps that a single process with the global batch would give those items, so the two
+train alike; each rank samples its share of the validation volumes (each volume's noise
+from ``diffusion.val_seed`` and the case, wherever it is sampled); rank 0 logs and writes
+checkpoints; a non-finite loss or sample and a stop request are agreed on by all ranks.
 Under a runner (``ctx`` given) it logs into the runner's MLflow run and leaves ending it to the
 runner; standalone (``python -m recipes.diffusion``) it creates and ends its own run.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from monai.inferers import DiffusionInferer
@@ -49,10 +55,12 @@ from recipes.components.diffusion.noise import (
     build_schedulers,
     mask_to_x0,
     predicted_x0,
+    rank_rows,
     step_seed,
     training_target,
 )
-from recipes.components.diffusion.validation import Validation, save_examples, validate
+from recipes.components.diffusion.reporting import StepWindow, log_examples
+from recipes.components.diffusion.validation import Validation, validate
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -60,7 +68,13 @@ from recipes.components.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recipes.components.training.mlflow_logging import RunLogger, flatten_config
+from recipes.components.training.distributed import Dist, init_distributed
+from recipes.components.training.mlflow_logging import (
+    RunLogger,
+    flatten_config,
+    log_split,
+    open_run_logger,
+)
 from recipes.components.training.optim import Schedule, build_optimizer, build_scheduler
 from recipes.components.training.setup import (
     avoid_onednn_bf16_backward,
@@ -70,7 +84,13 @@ from recipes.components.training.setup import (
     seed_everything,
     standalone_run_name,
 )
-from recipes.components.training.step import AMP_DTYPES, Diverged, autocast, on_device
+from recipes.components.training.step import (
+    AMP_DTYPES,
+    Diverged,
+    LoaderClock,
+    autocast,
+    on_device,
+)
 from recipes.contract import RunContext, TrainResult
 
 __all__ = ["Trainee", "train", "train_step"]
@@ -82,7 +102,7 @@ log = logging.getLogger(__name__)
 class Trainee:
     """What one optimisation step touches: the denoiser and everything that updates it."""
 
-    net: nn.Module
+    net: nn.Module  # trained: DistributedDataParallel around ``module`` in a DDP cell
     mode: str  # how the denoiser takes the image: MONAI's "crossattn" (context) or "concat"
     noise: DDPMScheduler
     loss_fn: DiffusionLoss
@@ -92,12 +112,19 @@ class Trainee:
     device: torch.device
     tcfg: DictConfig
     seed: int
+    dist: Dist = field(default_factory=Dist)
     inferer: DiffusionInferer = field(init=False)
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         self.inferer = DiffusionInferer(self.noise)
         self.generator = torch.Generator(device=self.device)
+
+    @property
+    def module(self) -> nn.Module:
+        """The bare denoiser: checkpoints and validation (no ``module.`` prefix)."""
+        net = self.net
+        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
 def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]:
@@ -107,10 +134,13 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
     image, label = on_device(batch["image"], t.device), on_device(batch["label"], t.device)
     x0 = mask_to_x0(label)
     t.generator.manual_seed(step_seed(t.seed, step))
-    noise = torch.randn(x0.shape, generator=t.generator, device=t.device)
+    # The step's noise for the global batch; this rank's rows (``_rows``).
+    rows = rank_rows(x0.shape[0], int(t.tcfg.get("samples_per_volume", 1)), t.dist)
+    n = x0.shape[0] * t.dist.world
+    noise = torch.randn((n, *x0.shape[1:]), generator=t.generator, device=t.device)[rows]
     timesteps = torch.randint(
-        0, t.noise.num_train_timesteps, (x0.shape[0],), generator=t.generator, device=t.device
-    )
+        0, t.noise.num_train_timesteps, (n,), generator=t.generator, device=t.device
+    )[rows]
     t.loss_fn.set_step(step - 1)
     with autocast(t.device, t.tcfg.amp):
         output = t.inferer(x0, t.net, noise, timesteps, condition=image, mode=t.mode).float()
@@ -121,7 +151,10 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
     # One device-to-host copy for the loss and its parts (one sync per step on a GPU).
     numbers = torch.stack([loss.detach(), *parts.values()]).tolist()
     values = dict(zip(["loss", *parts], numbers, strict=True))
-    if not math.isfinite(values["loss"]):
+    bad = not math.isfinite(values["loss"])
+    if t.dist.any(bad) and not bad:  # every rank stops at the same step
+        raise Diverged(f"a non-finite loss on another rank at step {step}")
+    if bad:
         # Before the optimizer step: last.pt keeps the last good weights.
         raise Diverged(f"loss became {values['loss']} at step {step}")
     t.optimizer.zero_grad(set_to_none=True)
@@ -144,13 +177,12 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     no-op: the runner owns the run.
     """
     tcfg = cfg.training
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N copies would log into one run
-        raise ValueError("the diffusion recipe does not train DDP cells yet: gpus_per_cell 1")
     # --- setup: everything from the config, the model before the data -----------------------
     seed_everything(cfg.seed, tcfg.deterministic)
     if tcfg.num_threads:
         torch.set_num_threads(int(tcfg.num_threads))
-    device = resolve_device(tcfg.device)
+    dist = init_distributed(resolve_device(tcfg.device), tcfg.get("ddp_timeout_min", 30))
+    device = dist.device
     avoid_onednn_bf16_backward(device, tcfg.amp)
     if (cfg.get("dims") or {}).get("spatial_dims") != 2:
         raise ValueError("the diffusion recipe trains on 2D slices: use dims=2d")
@@ -166,23 +198,31 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     schedulers = build_schedulers(cfg.diffusion)
     loss_fn = build_diffusion_loss(cfg.loss)
     data = build_data(cfg.data, tcfg, cfg.seed, cfg.get("augmentation"), slice_axis)
+    if dist.active and not data.shard(dist.rank, dist.world):
+        log.info("fewer validation volumes than ranks: every rank validates them all")
     optimizer = build_optimizer(cfg.optimizer, net)
-    if ctx is not None:
-        logger = RunLogger(ctx.tracking_uri, ctx.run_id, owns_run=False, spool_dir=ctx.spool_dir)
-    else:
-        logger = RunLogger.start(
-            cfg.tracking.uri, cfg.tracking.experiment, run_name=standalone_run_name()
-        )
+    logger = open_run_logger(cfg, ctx, dist.main, dist.share, standalone_run_name)
     ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
     schedule = build_scheduler(cfg.scheduler, optimizer, 1, int(tcfg.max_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     trainee = Trainee(
-        net, mode, schedulers[0], loss_fn, optimizer, schedule, scaler, device, tcfg, cfg.seed
+        dist.wrap(net),
+        mode,
+        schedulers[0],
+        loss_fn,
+        optimizer,
+        schedule,
+        scaler,
+        device,
+        tcfg,
+        cfg.seed,
+        dist,
     )
 
     status = "FAILED"
     try:
-        result = _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, logger, ckpt_dir)
+        with dist.peers_guarded():
+            result = _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, logger, ckpt_dir)
         status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         return result
     except KeyboardInterrupt:
@@ -190,6 +230,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         raise
     finally:  # --- cleanup ------------------------------------------------------------------
         logger.end(status)
+        dist.close()
 
 
 def _train_loop(
@@ -208,7 +249,7 @@ def _train_loop(
     # --- resume or start fresh -------------------------------------------------------------
     progress, resumed_from = Progress(), None
     if (ckpt_dir / LAST).exists():
-        progress = load_checkpoint(ckpt_dir / LAST, t.net, t.optimizer, t.schedule, t.scaler)
+        progress = load_checkpoint(ckpt_dir / LAST, t.module, t.optimizer, t.schedule, t.scaler)
         resumed_from = progress.global_step
         log.info("resumed from %s at step %d", ckpt_dir / LAST, resumed_from)
     # Tags, not params: an attempt resumed elsewhere may run on another device.
@@ -216,16 +257,7 @@ def _train_loop(
     logger.set_tag("sampling_dtype", str(AMP_DTYPES.get(tcfg.amp, torch.float32)).split(".")[1])
     if resumed_from is None or logger.owns_run:
         logger.log_params(flatten_config(cfg))  # diffusion.sampler, .sampling_steps, ...
-        info = data.info
-        logger.log_params(
-            {
-                "split.method": info.split,
-                "split.n_train": str(len(info.train_cases)),
-                "split.n_val": str(len(info.val_cases)),
-                "split.channels": ",".join(info.channel_names),
-            }
-        )
-        logger.client.log_dict(logger.run_id, split_record(info), "split.json")
+        log_split(logger, split_record(data.info))
         logger.log_config(cfg)
     else:
         logger.log_config(cfg, f"config_resumed_step{resumed_from}.yaml")
@@ -249,12 +281,13 @@ def _train_loop(
 
     # --- steps -------------------------------------------------------------------------------
     metrics: dict[str, float] = {}
-    window = _Window()
+    dist = t.dist
+    window = StepWindow(dist, tcfg.patch_size, t.device)
     if progress.in_epoch:  # stopped between two reports: the logged means stay exact
         window.load(progress.in_epoch)
     progress.in_epoch = None
     stop = ctx.stop if ctx is not None else None
-    for step, batch in _batches(data, progress.global_step, max_steps):
+    for step, batch in _batches(data, progress.global_step, max_steps, window):
         try:
             window.add(train_step(t, batch, step), batch["image"].shape[0])
         except Diverged as err:
@@ -268,25 +301,41 @@ def _train_loop(
             start = time.perf_counter()
             try:
                 val = validate(
-                    t.net, t.mode, schedulers, data.val_loader, t.device, cfg, slice_axis
+                    t.module,
+                    t.mode,
+                    schedulers,
+                    data.val_loader,
+                    t.device,
+                    cfg,
+                    slice_axis,
+                    dist=dist,
                 )
             except Diverged as err:
                 return diverged(err, metrics)
-            metrics.update(_val_metrics(val, data, time.perf_counter() - start))
+            # Gathered already; rank 0's are everyone's, so all take the same decisions.
+            metrics.update(dist.share(_val_metrics(val, data, time.perf_counter() - start)))
             if t.schedule.interval == "val":
                 t.schedule.scheduler.step(metrics["val_dice"])  # type: ignore[arg-type]
             if metrics["val_dice"] > progress.best_metric:
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], step
-                save_checkpoint(ckpt_dir / BEST, t.net, t.optimizer, t.schedule, progress, t.scaler)
-            _log_examples(logger, val, step)
-        # RunContext.stop (a time limit, a preemption): save this step, then stop.
-        stopping = stop is not None and bool(stop) and step < max_steps
-        progress.in_epoch = window.state()  # the steps since the last report
-        if validating or stopping or step % int(tcfg.checkpoint_every) == 0:
-            save_checkpoint(ckpt_dir / LAST, t.net, t.optimizer, t.schedule, progress, t.scaler)
+                if dist.main:
+                    save_checkpoint(
+                        ckpt_dir / BEST, t.module, t.optimizer, t.schedule, progress, t.scaler
+                    )
+            if logger.enabled:
+                log_examples(logger, val, step)
+        # RunContext.stop (a time limit, a preemption): save this step, then stop; in a DDP
+        # cell all ranks at the same step (the signal reaches them at different times).
+        stopping = dist.any(stop is not None and bool(stop)) and step < max_steps
+        saving = validating or stopping or step % int(tcfg.checkpoint_every) == 0
+        # The steps since the last report (means over the ranks: every rank resumes from it).
+        progress.in_epoch = window.state() if saving else None
+        if saving and dist.main:
+            save_checkpoint(ckpt_dir / LAST, t.module, t.optimizer, t.schedule, progress, t.scaler)
         if stopping:
-            log.warning("stopped at step %d: %s", step, stop.reason)  # type: ignore[union-attr]
-            return result("interrupted", stop.reason, metrics)  # type: ignore[union-attr]
+            reason = (stop.reason if stop else None) or "stop requested on another rank"
+            log.warning("stopped at step %d: %s", step, reason)
+            return result("interrupted", reason, metrics)
         if reporting:
             logger.log_metrics(metrics, step=step)
             log.info("step %d/%d %s", step, max_steps, _fmt(metrics))
@@ -302,19 +351,24 @@ def _train_loop(
     return result("done", None, metrics)
 
 
-def _batches(data: DataBundle, done: int, max_steps: int) -> Iterator[tuple[int, Any]]:
-    """(step, batch) from step ``done + 1`` on, through as many data epochs as it takes.
+def _batches(
+    data: DataBundle, done: int, max_steps: int, window: StepWindow
+) -> Iterator[tuple[int, Any]]:
+    """(step, batch) from step ``done + 1`` on, through as many data epochs as it takes;
+    the time each batch was waited for goes to ``window`` (``data_wait_fraction``).
 
-    A resumed run re-enters the data epoch it stopped in and drops the batches it had
-    already trained on (loading them costs a little; skipping them keeps the order exact).
+    A resumed run re-enters the data epoch it stopped in after the batches it had already
+    trained on (the sampler skips them unloaded; the order stays exact).
     """
     per_epoch = len(data.train_loader)
     epoch, skip = divmod(done, per_epoch)
     step = done
     while step < max_steps:
         epoch += 1
-        data.set_epoch(epoch)
-        for batch in itertools.islice(data.train_loader, skip, None):
+        data.set_epoch(epoch, skip)
+        clock = LoaderClock(data.train_loader)
+        for batch in clock:
+            window.wait_s, clock.wait_s = window.wait_s + clock.wait_s, 0.0
             step += 1
             yield step, batch
             if step >= max_steps:
@@ -322,61 +376,11 @@ def _batches(data: DataBundle, done: int, max_steps: int) -> Iterator[tuple[int,
         skip = 0
 
 
-class _Window:
-    """Means of the step losses between two logging points, and the slice throughput."""
-
-    NAMES: ClassVar[dict[str, str]] = {
-        "loss": "train_loss",
-        "mse": "train_mse",
-        "dice": "train_x0_dice_loss",
-        "bce": "train_x0_bce",
-    }
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps, self.slices, self.start = 0, 0, time.perf_counter()
-
-    def state(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "steps": self.steps, "slices": self.slices}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.sums, self.steps, self.slices = dict(state["sums"]), state["steps"], state["slices"]
-
-    def add(self, parts: dict[str, float], slices: int) -> None:
-        for key, value in parts.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.steps, self.slices = self.steps + 1, self.slices + slices
-
-    def flush(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.start
-        out = {self.NAMES[k]: v / max(1, self.steps) for k, v in self.sums.items()}
-        out["samples_per_s"] = self.slices / seconds
-        out["steps_per_s"] = self.steps / seconds
-        self.reset()
-        return out
-
-
 def _val_metrics(val: Validation, data: DataBundle, seconds: float) -> dict[str, float]:
     out = {"val_dice": float(torch.nanmean(val.dice)), **val.metrics, "val_seconds": seconds}
     for name, value in zip(data.info.class_names[1:], val.dice.tolist(), strict=True):
         out[f"val_dice_{name}"] = value
     return out
-
-
-def _log_examples(logger: RunLogger, val: Validation, step: int) -> None:
-    """A PNG of a few validation slices (image, truth, ensemble mean) as an artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        png = save_examples(val.examples, Path(tmp) / f"val_step{step:07d}.png")
-        try:
-            logger.client.log_artifact(logger.run_id, str(png), "validation")
-        except Exception:
-            if logger.spool_dir is None:
-                raise
-            # The server is unreachable: a picture is not worth stopping the run for.
-            log.warning("could not upload %s", png.name)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -66,8 +66,13 @@ from recipes.components.training.loop import (
     train_one_epoch,
 )
 from recipes.components.training.losses import build_loss
-from recipes.components.training.lr_finder import find_lr
-from recipes.components.training.mlflow_logging import RunLogger, flatten_config, open_run_logger
+from recipes.components.training.lr_finder import find_lr_and_log
+from recipes.components.training.mlflow_logging import (
+    RunLogger,
+    flatten_config,
+    log_split,
+    open_run_logger,
+)
 from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.components.training.setup import (
     avoid_onednn_bf16_backward,
@@ -101,17 +106,19 @@ def validate(
     cfg: DictConfig,
     inferer: Inferer | None = None,
     loss_fn: nn.Module | None = None,
+    dist: Dist | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-foreground-class Dice over whole validation volumes, plus ``val_hd95`` /
     ``val_surface_dice`` when ``training.metrics`` asks for them, the instance metrics of
     ``task=em_instance`` and, given ``loss_fn``, ``val_loss`` (``training/validation.py``).
 
     ``inferer``: a 3D sliding window, or slice by slice for 2D models (``data/slices.py``);
-    by default the one the config asks for.
+    by default the one the config asks for. ``dist`` (DDP): ``loader`` holds this rank's
+    share of the volumes; the metrics are the whole set's, on every rank.
     """
     if inferer is None:
         inferer = build_inferer(cfg.training, slice_axis_of(cfg))
-    return evaluate(model, loader, device, cfg, inferer, loss_fn)
+    return evaluate(model, loader, device, cfg, inferer, loss_fn, dist=dist)
 
 
 def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
@@ -140,8 +147,8 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         apply_grad_checkpointing(model)
     aug = cfg.get("augmentation")
     data = build_data(cfg.data, tcfg, cfg.seed, aug, slice_axis, cfg.get("task"))
-    if dist.active:
-        data.shard(dist.rank, dist.world)
+    if dist.active and not data.shard(dist.rank, dist.world):
+        log.info("fewer validation volumes than ranks: every rank validates them all")
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
     logger = open_run_logger(cfg, ctx, dist.main, dist.share, standalone_run_name)
@@ -160,9 +167,10 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         if cfg.get("mode", "train") == "test":
             result = _test(cfg, model, data, loss_fn, device, logger)
         else:
-            result = _train_loop(
-                cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir, dist
-            )
+            with dist.peers_guarded():
+                result = _train_loop(
+                    cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir, dist
+                )
         status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
         return result
     except KeyboardInterrupt:
@@ -192,7 +200,7 @@ def _train_loop(
         raise ValueError("training.find_lr is not supported in DDP cells yet: run it in one")
     if fresh and tcfg.get("find_lr"):
         # Before the schedule is built: OneCycle and friends read the lr as their peak.
-        _find_lr(model, optimizer, loss_fn, data.train_loader, device, cfg, logger, ckpt_dir)
+        find_lr_and_log(model, optimizer, loss_fn, data.train_loader, device, cfg, logger, ckpt_dir)
     steps_per_epoch = optimizer_steps_per_epoch(
         len(data.train_loader), tcfg.get("accumulate_steps", 1)
     )
@@ -225,7 +233,7 @@ def _train_loop(
         # Params are write-once in MLflow: a resumed run (e.g. max_epochs raised) must not
         # log them again into the same run.
         logger.log_params(flatten_config(cfg))
-        _log_split(logger, data)
+        log_split(logger, split_record(data.info))
         logger.log_config(cfg)
     else:
         logger.log_config(cfg, f"config_resumed_{at}.yaml")
@@ -278,10 +286,9 @@ def _train_loop(
 
         progress.epoch = epoch
         if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
-            # Every rank validates all cases (MONAI's metrics all-gather across the group, so
-            # all must take part; duplicated buffers leave their means as one rank's); rank
+            # DDP: each rank scores its share of the volumes, the metrics are gathered; rank
             # 0's numbers are then everyone's, so that all ranks take the same decisions.
-            dice, extra = validate(model, data.val_loader, device, cfg, inferer, loss_fn)
+            dice, extra = validate(model, data.val_loader, device, cfg, inferer, loss_fn, dist)
             metrics["val_dice"] = float(torch.nanmean(dice))
             for name, value in zip(data.info.class_names[1:], dice.tolist(), strict=True):
                 metrics[f"val_dice_{name}"] = value
@@ -357,43 +364,6 @@ def _test(
     logger.log_metrics(metrics, step=0)
     log.info("test %s: %s", path, _fmt(metrics))
     return TrainResult("done", 0, best_val_dice=metrics["test_dice"], metrics=metrics)
-
-
-def _log_split(logger: RunLogger, data: DataBundle) -> None:
-    """The cases each side of the split: counts and method as params, ids as split.json."""
-    info = data.info
-    if not logger.enabled:
-        return
-    logger.log_params(
-        {
-            "split.method": info.split,
-            "split.n_train": str(len(info.train_cases)),
-            "split.n_val": str(len(info.val_cases)),
-            "split.channels": ",".join(info.channel_names),
-        }
-    )
-    logger.client.log_dict(logger.run_id, split_record(info), "split.json")
-
-
-def _find_lr(
-    model: nn.Module,
-    optimizer: Optimizer,
-    loss_fn: nn.Module,
-    loader: Any,
-    device: torch.device,
-    cfg: DictConfig,
-    logger: RunLogger,
-    ckpt_dir: Path,
-) -> None:
-    """LR range test; the chosen lr goes to the optimizer, a param, a metric and a plot."""
-    plot = ckpt_dir / "lr_finder.png"
-    lr = find_lr(model, optimizer, loss_fn, loader, device, cfg.training.lr_finder, plot)
-    logger.client.log_artifact(logger.run_id, str(plot), "lr_finder")
-    if lr is not None:
-        logger.log_params({"lr_finder.lr": f"{lr:.6g}"})
-        logger.log_metrics({"lr_finder_lr": lr}, step=0)
-    else:
-        logger.set_tag("lr_finder", f"no descent found; keeping lr {cfg.optimizer.lr}")
 
 
 def _fmt(metrics: dict[str, float]) -> str:

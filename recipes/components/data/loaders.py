@@ -16,8 +16,7 @@ file fails at start-up with its name rather than inside a worker.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,8 @@ from recipes.components.data.readable import (
     file_problems,
     read_cases,
 )
-from recipes.components.data.seeding import EpochSampler, EpochSeeded, seed_for_epoch
+from recipes.components.data.samplers import ResumableSampler, ShardSampler
+from recipes.components.data.seeding import EpochSeeded, seed_for_epoch
 from recipes.components.data.slices import slice_patch_size, squeeze_slice
 from recipes.components.data.splits import choose_split, split_cases
 from recipes.components.data.stacks import STACK_LAYOUTS
@@ -88,42 +88,16 @@ class DataBundle:
         elif batches_done:
             raise ValueError("this train loader cannot start an epoch mid-way")
 
-    def shard(self, rank: int, world: int) -> None:
-        """Train on rank ``rank``'s share of each epoch (DDP; see :class:`ResumableSampler`)."""
+    def shard(self, rank: int, world: int) -> bool:
+        """Train on rank ``rank``'s share of each epoch and validate its share of the
+        volumes (DDP; ``data/samplers.py``). False: too few validation volumes to give every
+        rank one, so every rank validates them all (the metrics' means are the same)."""
         sampler = self.train_loader.sampler
         if not isinstance(sampler, ResumableSampler):
             raise ValueError("this train loader cannot be sharded across processes")
         sampler.rank, sampler.world = rank, world
-
-
-class ResumableSampler(EpochSampler):
-    """The epoch's permutation after its first ``skip`` indices: a batch is a run of
-    consecutive indices, so skipping whole batches leaves the same remaining batches, and
-    the skipped items are never loaded.
-
-    Sharded (DDP), rank r takes every ``world``-th index of the same permutation from the
-    r-th: step k's batches of all ranks are the run a single process with the global batch
-    takes at step k. Padded with its own start (as DistributedSampler) so that every rank
-    has as many batches; ``skip`` counts indices of this rank's shard."""
-
-    def __init__(self, source: EpochSeeded) -> None:
-        super().__init__(source)
-        self.skip = 0
-        self.rank, self.world = 0, 1
-
-    def _shard_len(self) -> int:
-        return -(-len(self.source) // self.world)  # ceil
-
-    def __len__(self) -> int:
-        return max(0, self._shard_len() - self.skip)
-
-    def __iter__(self) -> Iterator[int]:
-        order: Iterator[int] = super().__iter__()
-        if self.world > 1:
-            perm = list(order)
-            perm += perm[: self._shard_len() * self.world - len(perm)]
-            order = iter(perm[self.rank :: self.world])
-        return itertools.islice(order, self.skip, None)
+        val = self.val_loader.sampler
+        return isinstance(val, ShardSampler) and val.shard(rank, world)
 
 
 class SelectChannelsd(MapTransform):
@@ -380,7 +354,8 @@ def build_data(
     val_tf = Compose(load_transforms(data_cfg, select, keys, task_cfg, files))
     if task == "em_instance":
         val_tf = Compose([*val_tf.transforms, em_targets(data_cfg, task_cfg or {})])
-    val_loader = DataLoader(_dataset(val_items, val_tf, rate), batch_size=1, **kwargs)
+    val_ds = _dataset(val_items, val_tf, rate)
+    val_loader = DataLoader(val_ds, batch_size=1, sampler=ShardSampler(val_ds), **kwargs)
     return DataBundle(train_loader, val_loader, train_tf, info, train_ds)
 
 

@@ -23,6 +23,8 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from omegaconf import DictConfig
 
+from recipes.components.training.distributed import Dist
+
 SAMPLERS = ("ddim", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # Floor of sqrt(alpha_bar) when recovering x_0 from a noise prediction for the auxiliary
@@ -114,3 +116,13 @@ def predicted_x0(
     else:
         x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
     return x0.clamp(-1.0, 1.0)
+
+
+def rank_rows(batch: int, per_item: int, dist: Dist) -> slice | torch.Tensor:
+    """This rank's rows of a global batch of ``batch × world`` rows: the loader stacks
+    ``per_item`` slices per volume and rank r holds global volumes r, r + world, ...
+    (``data/samplers.py``)."""
+    if not dist.active:
+        return slice(None)
+    per_item = per_item if batch % per_item == 0 else 1
+    return torch.arange(batch * dist.world).view(-1, per_item)[dist.rank :: dist.world].flatten()

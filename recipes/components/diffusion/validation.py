@@ -14,11 +14,14 @@ slices (random t and noise from a fixed seed), to set against Dice; and the "sno
 the first sample of each window: ``val_last_step_dice_before`` / ``_after``, the volume Dice of
 that sample before and after the last denoising step, and ``val_last_step_changed``, the
 share of voxels whose label the last step flipped. Every validation draws the same noise
-(``diffusion.val_seed``), so a change of Dice between validations is the model's doing.
+(``diffusion.val_seed``, and per volume its case), so a change of Dice between validations
+is the model's doing, and a volume gets the same noise on whichever DDP rank samples it
+(each samples its share of the volumes; the metrics are gathered, ``training/distributed.py``).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from torch import nn
 from recipes.components.diffusion.models import denoise
 from recipes.components.diffusion.noise import mask_to_x0, training_target
 from recipes.components.diffusion.sampling import sample
+from recipes.components.training.distributed import Dist
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.step import Diverged, autocast, on_device
 
@@ -65,6 +69,10 @@ class WindowPredictor:
         self.num_samples, self.eta = int(dcfg.num_samples), float(dcfg.eta)
         self.skip_empty = skip_empty
         self.mse_sum, self.mse_count, self.changed, self.voxels = 0.0, 0, 0, 0
+        # DDP: a rank that saw NaN samples goes on, so that every rank reaches the check
+        # after the loop (one rank raising alone would leave the others in a collective).
+        self.defer_divergence = False
+        self.nonfinite: str | None = None
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         image, label = windows[:, :-1], windows[:, -1:]
@@ -86,7 +94,9 @@ class WindowPredictor:
         )
         for name, x in (("final", samples.final), ("before the last step", samples.before_last)):
             if not torch.isfinite(x).all():
-                raise Diverged(f"validation samples became NaN/inf ({name})")
+                self.nonfinite = f"validation samples became NaN/inf ({name})"
+                if not self.defer_divergence:
+                    raise Diverged(self.nonfinite)
         final = samples.final.view(n, s, *samples.final.shape[1:])
         first_before = (samples.before_last.view_as(final)[:, 0] > 0).float()
         first_after = (final[:, 0] > 0).float()
@@ -132,8 +142,13 @@ def validate(
     cfg: DictConfig,
     slice_axis: int,
     max_examples: int = 3,
+    dist: Dist | None = None,
 ) -> Validation:
-    """Volume Dice of the ensemble, the snow check and the validation MSE; see the module."""
+    """Volume Dice of the ensemble, the snow check and the validation MSE; see the module.
+
+    ``dist`` (DDP): ``loader`` holds this rank's share of the volumes; the metrics are the
+    whole set's, on every rank; the examples are this rank's."""
+    dist = dist or Dist()
     tcfg, dcfg = cfg.training, cfg.diffusion
     net.eval()
     generator = torch.Generator(device=device)
@@ -141,11 +156,15 @@ def validate(
     predictor = WindowPredictor(
         net, mode, schedulers, dcfg, tcfg.amp, generator, bool(tcfg.val_skip_empty)
     )
+    predictor.defer_divergence = dist.active
     ensemble = SegMetrics(2, tcfg.get("metrics"))
     before, after = SegMetrics(2), SegMetrics(2)
     examples = []
     windows_per_call = max(1, int(tcfg.val_batch_size) // int(dcfg.num_samples))
-    for batch in loader:
+    for index, batch in enumerate(loader):
+        generator.manual_seed(
+            _volume_seed(int(dcfg.val_seed), batch, index * dist.world + dist.rank)
+        )
         image, label = on_device(batch["image"], device), on_device(batch["label"], device)
         # (1, C + 1, X, Y, Z) -> one 2D item per slice across the slice axis
         slices = torch.cat([image, label.float()], dim=1)[0].movedim(slice_axis + 1, 0)
@@ -160,15 +179,26 @@ def validate(
         after(_two_class(maps[:, 2:3]), label, None)
         if len(examples) < max_examples:
             examples.append(_example(image, label, maps[:, 0:1], slice_axis))
-    dice, extra = ensemble.aggregate()
+    if dist.any(predictor.nonfinite is not None):
+        raise Diverged(predictor.nonfinite or "validation samples became NaN/inf on another rank")
+    dice, extra = ensemble.aggregate()  # MONAI's metrics gather across the ranks
+    p = predictor
     metrics = {
         **extra,
-        "val_mse": predictor.mse_sum / max(1, predictor.mse_count),
+        "val_mse": dist.sum(p.mse_sum) / max(1, dist.total(p.mse_count)),
         "val_last_step_dice_before": float(before.aggregate()[0].nanmean()),
         "val_last_step_dice_after": float(after.aggregate()[0].nanmean()),
-        "val_last_step_changed": predictor.changed / max(1, predictor.voxels),
+        "val_last_step_changed": dist.total(p.changed) / max(1, dist.total(p.voxels)),
     }
     return Validation(dice, metrics, examples)
+
+
+def _volume_seed(seed: int, batch: dict[str, Any], index: int) -> int:
+    """The validation noise seed of one volume: from its case id (the same on any rank, in
+    any shard), else its index in the validation set."""
+    case = batch.get("case")
+    key = str(case[0] if isinstance(case, (list, tuple)) else case) if case else str(index)
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
 
 
 def _example(

@@ -16,12 +16,16 @@ How the recipe splits the work (``recipes/segmentation/train.py``):
   ``batches_done`` batches of each rank's shard (``data/loaders.py``).
 * The model is wrapped in ``DistributedDataParallel`` for the forward/backward only;
   checkpoints and validation use the bare module (no ``module.`` prefix in ``last.pt``).
-* Rank 0 alone logs to MLflow and writes checkpoints. Every rank validates the whole
-  validation set (MONAI's metrics all-gather their buffers whenever a group exists, so all
-  ranks must take part; identical buffers gathered twice keep the means of one), so the
-  Dice is the number a single process computes; rank 0's metrics and decisions (early
-  stop, prune) are broadcast, so every rank takes the same branch. Sharding validation
-  across ranks is left for later (val_loss and the instance metrics would need reducing).
+* Rank 0 alone logs to MLflow and writes checkpoints.
+* Validation is sharded: rank r scores volumes r, r + N, ... (``data/samplers.py``).
+  MONAI's cumulative metrics (Dice, HD95, surface Dice) all-gather their buffers when they
+  aggregate; ``val_loss`` and the instance metrics are reduced here (:meth:`Dist.sum`,
+  :meth:`Dist.gather`), so every rank reads the numbers one process computes over the
+  whole set. With fewer volumes than ranks every rank scores them all (the same means).
+  Rank 0's metrics and decisions (early stop, prune) are then broadcast, so every rank
+  takes the same branch.
+* Gradient accumulation all-reduces only on the micro-batch that steps the optimizer
+  (DDP's ``no_sync`` on the others: ``training/loop.py``).
 * The train loss is the mean over ranks; a non-finite loss on any rank, or a stop request
   on any rank, is agreed on at each step (one small all-reduce), so all ranks stop at the
   same step and rank 0's step checkpoint is everyone's.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +47,15 @@ import torch
 import torch.distributed as td
 from torch import nn
 
-__all__ = ["Dist", "init_distributed"]
+__all__ = ["Dist", "PeerLost", "init_distributed"]
+
+# How a collective fails when a peer has gone (gloo: the socket closes; NCCL: the watchdog or
+# the store) or hangs past ``training.ddp_timeout_min``.
+_PEER_SIGNS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "store")
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank of the cell exited, was killed or hangs."""
 
 
 @dataclass
@@ -71,11 +84,23 @@ class Dist:
 
     def mean(self, value: float) -> float:
         """``value`` averaged over the ranks."""
+        return self.sum(value) / self.world if self.active else value
+
+    def sum(self, value: float) -> float:
+        """``value`` summed over the ranks."""
         if not self.active:
             return value
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         td.all_reduce(t, op=td.ReduceOp.SUM)
-        return float(t.item()) / self.world
+        return float(t.item())
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.active:
+            return [value]
+        out: list[Any] = [None] * self.world
+        td.all_gather_object(out, value)
+        return out
 
     def total(self, value: int) -> int:
         """``value`` summed over the ranks."""
@@ -100,6 +125,25 @@ class Dist:
         box = [value]
         td.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
+
+    @contextlib.contextmanager
+    def peers_guarded(self) -> Iterator[None]:
+        """Turns a collective's low-level failure into :class:`PeerLost`, which says what
+        happened (a rank died: the OOM killer, a node failure, its own exception) and where
+        to look, instead of a transport error."""
+        try:
+            yield
+        except PeerLost:
+            raise
+        except RuntimeError as err:
+            text = str(err)
+            if not self.active or not any(s in text.lower() for s in _PEER_SIGNS):
+                raise
+            raise PeerLost(
+                f"rank {self.rank} of {self.world} lost its DDP group: another rank exited, "
+                "was killed or hangs (its task log says why; resume continues from last.pt): "
+                + text.splitlines()[0][:300]
+            ) from err
 
     def close(self) -> None:
         """Leave the group this process formed (a no-op otherwise)."""

@@ -19,6 +19,7 @@ boundaries are checkpointed: a half-accumulated gradient is not saved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -151,6 +152,13 @@ class StepCheckpoints:
             raise Interrupted(reason or "stop requested on another rank", state)
 
 
+def _no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` when ``skip`` (a micro-batch that does not step), else nothing."""
+    if skip and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def train_one_epoch(
     t: Trainee,
     loader: Any,
@@ -179,21 +187,25 @@ def train_one_epoch(
         mask = on_device(batch["mask"], t.device) if "mask" in batch else None
         if hasattr(t.loss_fn, "inner") and hasattr(t.loss_fn.inner, "set_step"):
             t.loss_fn.inner.set_step(progress.global_step)  # per-term loss warm-up
-        with autocast(t.device, t.tcfg.amp):
-            logits = t.model(image)
-        # The loss in fp32 for stable reductions.
-        args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
-        loss = t.loss_fn(*args)
-        bad = not torch.isfinite(loss)
-        if t.group is not None and t.group.any(bad) and not bad:
-            raise Diverged(f"a non-finite loss on another rank at epoch {epoch} step {step}")
-        if bad:
-            # Before the optimizer step: last.pt keeps the last good weights.
-            raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
-        t.scaler.scale(loss / accumulate).backward()
+        stepping = step % accumulate == 0 or step == total
+        # DDP: gradients are all-reduced on the micro-batch that steps the optimizer only;
+        # the others accumulate locally (the sum is the same, the traffic 1/accumulate).
+        with _no_sync(t.model, not stepping):
+            with autocast(t.device, t.tcfg.amp):
+                logits = t.model(image)
+            # The loss in fp32 for stable reductions.
+            args = (as_float(logits), label) if mask is None else (as_float(logits), label, mask)
+            loss = t.loss_fn(*args)
+            bad = not torch.isfinite(loss)
+            if t.group is not None and t.group.any(bad) and not bad:
+                raise Diverged(f"a non-finite loss on another rank at epoch {epoch} step {step}")
+            if bad:
+                # Before the optimizer step: last.pt keeps the last good weights.
+                raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
+            t.scaler.scale(loss / accumulate).backward()
         state.total_loss += loss.item()
         state.patches += image.shape[0]
-        if step % accumulate and step != total:
+        if not stepping:
             continue
         if clip:
             t.scaler.unscale_(t.optimizer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,6 +23,8 @@ from monai.optimizers import LearningRateFinder
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
+
+from recipes.components.training.mlflow_logging import RunLogger
 
 
 def _plain_image(batch: dict) -> torch.Tensor:
@@ -73,3 +76,25 @@ def find_lr(
         if "initial_lr" in group:
             group["initial_lr"] = group["lr"]
     return float(lr)
+
+
+def find_lr_and_log(
+    model: nn.Module,
+    optimizer: Optimizer,
+    loss_fn: nn.Module,
+    loader: Any,
+    device: torch.device,
+    cfg: DictConfig,
+    logger: RunLogger,
+    out_dir: Path,
+) -> None:
+    """:func:`find_lr`, then the chosen lr as a param and a metric and the plot as an
+    artifact (``lr_finder/``); no descent found: a tag says the configured lr is kept."""
+    plot = out_dir / "lr_finder.png"
+    lr = find_lr(model, optimizer, loss_fn, loader, device, cfg.training.lr_finder, plot)
+    logger.client.log_artifact(logger.run_id, str(plot), "lr_finder")
+    if lr is not None:
+        logger.log_params({"lr_finder.lr": f"{lr:.6g}"})
+        logger.log_metrics({"lr_finder_lr": lr}, step=0)
+    else:
+        logger.set_tag("lr_finder", f"no descent found; keeping lr {cfg.optimizer.lr}")

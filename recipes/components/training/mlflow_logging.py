@@ -228,6 +228,22 @@ class RunLogger:
             self._write(lambda: self.client.set_terminated(self.run_id, status=status))
 
 
+def log_split(logger: RunLogger, record: Mapping[str, Any]) -> None:
+    """The split (``data.loaders.split_record``): method, case counts and channels as params,
+    the case ids as ``split.json``."""
+    if not logger.enabled:
+        return
+    logger.log_params(
+        {
+            "split.method": record["method"],
+            "split.n_train": str(len(record["train"])),
+            "split.n_val": str(len(record["val"])),
+            "split.channels": ",".join(record["channels"]),
+        }
+    )
+    logger.client.log_dict(logger.run_id, dict(record), "split.json")
+
+
 def open_run_logger(
     cfg: DictConfig,
     ctx: RunContext | None,

@@ -20,6 +20,7 @@ from monai.inferers import Inferer
 from omegaconf import DictConfig
 from torch import nn
 
+from recipes.components.training.distributed import Dist
 from recipes.components.training.instances import InstanceMetrics
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.step import autocast, on_device
@@ -63,10 +64,13 @@ def evaluate(
     inferer: Inferer,
     loss_fn: nn.Module | None = None,
     on_case: Callable[[dict[str, Any], torch.Tensor, np.ndarray | None], None] | None = None,
+    dist: Dist | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(per-foreground-class Dice, other metrics) over the volumes of ``loader``.
 
     ``on_case(batch, logits, instances)`` sees each volume's prediction (test mode saves it).
+    ``dist`` (DDP): each rank's ``loader`` holds its share of the volumes; the metrics are
+    those of all of them, on every rank (``training/distributed.py``).
     """
     model.eval()
     em = task_of(cfg) == "em_instance"
@@ -93,9 +97,16 @@ def evaluate(
             metrics(logits, label, voxel_spacing(batch["image"]), mask)
         if on_case is not None:
             on_case(batch, logits, instances)
+    if dist is not None and dist.active:
+        if isinstance(metrics, InstanceMetrics):  # MONAI's metrics gather themselves
+            metrics.scores = [s for scores in dist.gather(metrics.scores) for s in scores]
+        count = dist.total(len(losses))
+        mean_loss = dist.sum(sum(losses)) / count if count else None
+    else:
+        mean_loss = float(np.mean(losses)) if losses else None
     dice, extra = metrics.aggregate()
-    if losses:
-        extra["val_loss"] = float(np.mean(losses))
+    if mean_loss is not None:
+        extra["val_loss"] = mean_loss
     return dice, extra
 
 
