@@ -182,6 +182,8 @@ def _diffusion_matrix(name: str, data: Path, executor: str, uri: str, batch: int
         "optimizer.lr=1.0e-3",
         "scheduler=constant",
         "loss=mse",
+        "training.system_metrics=on",
+        "training.system_metrics_interval_s=0.5",
     ]
     return (
         f"name: {name}\nrecipe: diffusion\nbase: {base!r}\naxes:\n  seed: [0]\n"
@@ -216,6 +218,7 @@ def test_a_two_process_diffusion_cell_trains_as_one_process_with_the_global_batc
         client = MlflowClient(uri)
         (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert run.info.status == "FINISHED"
+        assert "system/cpu_utilization_percentage" in run.data.metrics  # rank 0's monitor
         history = {
             key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
             for key in ("train_loss", "val_dice", "val_mse")
