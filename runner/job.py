@@ -15,105 +15,28 @@ peer hits the group's timeout, ``training.ddp_timeout_min``), so rank 0 records 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 import socket
-import threading
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import submitit
 
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
-from runner.ledger import Attempt, CellRecord, write_json_atomic
+from runner.job_process import CellLost, Heartbeat, failure_reason, interruptible
+from runner.ledger import CellRecord, write_json_atomic
 from runner.report.gpu_meter import gpus_from_env, ledger_hours, log_gpu_hours
 from runner.search.prune import Reporter, SearchSpec
 
-HEARTBEAT_S = 10.0
+__all__ = ["CellJob", "CellLost", "current_job_id", "distributed_env", "interruptible"]
 
 J = TypeVar("J", bound="CellJob")
-
-
-class CellLost(BaseException):
-    """Raised inside a cell whose job is being taken away from outside (a stopped container):
-    its message is the ledger reason, which starts with ``lost:`` so that it is resumable.
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (the
-    MLflow logger's spool fallback is one) swallows it and lets the cell train on."""
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, CellLost):
-        return str(exc)
-    name = type(exc).__name__
-    text = str(exc)
-    # torch raises OutOfMemoryError on CUDA and a RuntimeError from its CPU allocator.
-    if (
-        isinstance(exc, MemoryError)
-        or "OutOfMemoryError" in name
-        or "can't allocate memory" in text
-        or "out of memory" in text.lower()
-    ):
-        return f"oom: {text.splitlines()[0][:300] if text else name}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "cancelled"
-    return f"exception: {name}: {exc}"[:500]
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT raises KeyboardInterrupt in this block, whatever disposition was inherited.
-
-    ``runner cancel`` interrupts a cell with SIGINT. A process started from a script's
-    ``cmd &``, ``nohup``, cron or some CI runners inherits SIGINT *ignored*, and Python then
-    leaves it ignored: the cancel would be lost and the cell would train on. So the job
-    installs Python's own handler itself rather than relying on what it inherited. Python
-    sets handlers on the main thread only; elsewhere (never the case under submitit) the
-    block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-class _Heartbeat:
-    """Rewrites heartbeat.json every few seconds and on every progress report."""
-
-    def __init__(self, attempt: Attempt, interval_s: float = HEARTBEAT_S) -> None:
-        self.attempt = attempt
-        self.interval_s = interval_s
-        self.latest: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
-
-    def beat(self, progress: dict[str, Any] | None = None) -> None:
-        if progress:
-            self.latest = {k: v for k, v in progress.items() if isinstance(v, (int, float, str))}
-        self.attempt.write("heartbeat", {**self.latest, "time": time.time()})
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.beat()
-
-    def __enter__(self) -> _Heartbeat:
-        self.beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 @dataclass
@@ -142,9 +65,29 @@ class CellJob:
 
     def __call__(self) -> dict[str, Any]:
         # Fresh each start: a requeued payload is pickled with its previous start's request.
-        self._stop, self._in_recipe = StopRequest(), False
-        with interruptible():
+        self._stop, self._in_recipe, self._cancelling = StopRequest(), False, False
+        with interruptible(self._on_sigint):
             return self._run()
+
+    def host_name(self) -> str:
+        """This process's host as the ledger compares it with its own: a pid is checked
+        only on its host (a container's job names one that matches no host)."""
+        return socket.gethostname()
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.cancel_by_signal("cancelled: runner cancel")
+
+    def cancel_by_signal(self, reason: str) -> None:
+        """`runner cancel` reached this process (from a signal handler): KeyboardInterrupt at
+        once; but a DDP rank that is training asks the recipe to stop instead. Every rank
+        gets the signal, at slightly different times, and one raising alone could leave a
+        peer blocked in the step's all-reduce until it is killed, with nothing recorded; the
+        ranks agree on the stop at their next step, rank 0 writes that step's checkpoint,
+        and :meth:`on_interrupted` then records the cancel."""
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1 and self.request_stop(reason):
+            self._cancelling = True
+            return
+        raise KeyboardInterrupt(reason)
 
     def request_stop(self, reason: str) -> bool:
         """Ask the recipe to stop at its next step and save (from a signal handler); False
@@ -157,7 +100,10 @@ class CellJob:
     def on_interrupted(self, result: TrainResult) -> None:
         """The recipe stopped at a step checkpoint because :meth:`request_stop` asked: a
         backend that asks continues the cell elsewhere here (SLURM requeues and never
-        returns). Reaching this base version means nothing will continue it: a failure."""
+        returns). Reaching this base version means nothing will continue it: a failure,
+        unless it was a DDP cell's cancel (:meth:`cancel`)."""
+        if getattr(self, "_cancelling", False):
+            raise KeyboardInterrupt("cancelled: runner cancel")
         raise RuntimeError(f"the recipe stopped ({result.reason}) and nothing requeues it")
 
     def _run(self) -> dict[str, Any]:
@@ -176,7 +122,7 @@ class CellJob:
             return self._run_peer(record, RunContext, Recipe)
         started = time.time()
         base = {
-            "host": socket.gethostname(),
+            "host": self.host_name(),
             "pid": os.getpid(),
             "started": started,
             "job_id": current_job_id(),
@@ -195,7 +141,7 @@ class CellJob:
         attempt.write("status", {**base, "state": "running", "time": started})
         run_id = None
         reporter = None
-        with _Heartbeat(attempt) as heartbeat:
+        with Heartbeat(attempt) as heartbeat:
             try:
                 # Retried: an array's cells start together on one store.
                 run_id = tracking.retrying(lambda: self._ensure_run(record))
@@ -217,7 +163,7 @@ class CellJob:
                 if result.status == "interrupted":
                     self.on_interrupted(result)
             except BaseException as exc:
-                reason = _reason(exc)
+                reason = failure_reason(exc)
                 if attempt.read("cancel"):
                     # `runner cancel` asked for this: whatever the interrupt surfaced as
                     # (C++ code turns it into RuntimeErrors), the cell was cancelled.

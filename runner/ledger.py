@@ -42,8 +42,9 @@ TERMINAL = ("done", "pruned", "failed", "diverged", "cancelled")
 IN_FLIGHT = ("queued", "submitted", "running", "cancelling")
 #: A running cell on another host whose heartbeat is older than this is presumed lost.
 LOST_AFTER_S = 600.0
-#: The job rewrites its heartbeat every HEARTBEAT_S (10 s, runner.job); a cancelled cell on
-#: another host (a container, a SLURM node) whose heartbeat is older than this has stopped.
+#: The job rewrites its heartbeat every HEARTBEAT_S (10 s, runner/job_process.py); a
+#: cancelled cell on another host (a container, a SLURM node) whose heartbeat is older than
+#: this has stopped.
 STOPPED_AFTER_S = 35.0
 STATES = ("pending", *IN_FLIGHT, *TERMINAL)
 

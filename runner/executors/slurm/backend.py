@@ -72,10 +72,8 @@ class SlurmCellJob(CellJob, Checkpointable):
     signal_delay_s: int = 90
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Nothing to save here: the recipe has written its step checkpoint by now (or last.pt
-        # at its last epoch end), and the MLflow run is found again through the ledger.
-        # A copy without this start's private state: its handlers and stop request are
-        # neither picklable nor meant for the next start.
+        # Nothing to save: the recipe wrote its step checkpoint (or last.pt), the ledger has
+        # the run. A copy without this start's private state (handlers, stop request).
         cell = type(self).__new__(type(self))
         cell.__dict__.update({k: v for k, v in vars(self).items() if not k.startswith("_")})
         return submitit.helpers.DelayedSubmission(cell, *args, **kwargs)
@@ -83,6 +81,8 @@ class SlurmCellJob(CellJob, Checkpointable):
     def on_interrupted(self, result: Any) -> None:
         """The recipe stopped at a step on the warning signal or SIGTERM: requeue now the
         way submitit does (and exit), or, preempted by SIGTERM alone, let SLURM requeue."""
+        if getattr(self, "_cancelling", False):  # a DDP cell's ranks stopped for a cancel
+            raise KeyboardInterrupt("cancelled: runner cancel (scancel)")
         warning = getattr(self, "_warning", None)
         if warning is not None:
             self._requeue_handler(*warning)  # exits after a requeue; else raises
@@ -105,17 +105,17 @@ class SlurmCellJob(CellJob, Checkpointable):
             os.kill(os.getpid(), signum)
 
     def _cancel_on_sigterm(self) -> None:
-        """`runner cancel` records its request, then scancels the job: SLURM sends SIGTERM
-        and, after the cluster's KillWait, SIGKILL. submitit ignores SIGTERM (it waits for
-        SLURM's own kill); under a cancel request the cell takes it as the interrupt it is,
-        so it finishes the checkpoint it may be writing, records cancelled and ends its run,
-        and SLURM still calls the job CANCELLED. Any other SIGTERM goes to submitit."""
+        """`runner cancel` records its request, then scancels the job: SLURM sends SIGTERM,
+        SIGKILL after KillWait. submitit ignores SIGTERM; under a cancel request the cell
+        takes it as the interrupt it is (:meth:`CellJob.cancel_by_signal`): it records
+        cancelled and ends its run, and SLURM calls the job CANCELLED. Any other SIGTERM
+        goes to submitit."""
         inner = signal.getsignal(signal.SIGTERM)
         attempt = self._record().attempt(self.attempt)
 
         def on_term(signum: int, frame: FrameType | None) -> None:
             if attempt.read("cancel"):
-                raise KeyboardInterrupt("cancelled: runner cancel (scancel)")
+                return self.cancel_by_signal("cancelled: runner cancel (scancel)")
             # Else a preemption (or the time limit itself): save the step while we can.
             if not self.request_stop("preempted: SIGTERM") and callable(inner):
                 inner(signum, frame)
