@@ -188,14 +188,17 @@ def test_a_cancelled_two_process_cell_resumes_into_its_run(
 
 
 @pytest.mark.slow
-def test_a_two_task_cell_on_the_slurm_test_cluster(
+def test_a_two_task_cell_on_the_slurm_test_cluster_cancels_and_resumes(
     cluster: None,  # noqa: F811
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The same cell as one SLURM job of 2 tasks (``--ntasks-per-node=2``, one CPU each: the
-    test node has 2) training over gloo: done, one run, one slurm.json writer."""
-    from runner.sweep.submit import submit
-
+    """The cell as one SLURM job of 2 tasks (``--ntasks-per-node=2``, one CPU each: the test
+    node has 2) training over gloo, cancelled after its first epoch and resumed: one run,
+    each epoch logged once, one last.pt, rank 0 alone writing slurm.json, 2 task logs per
+    attempt."""
+    monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[1]
     data = make_tiny_dataset(tmp_path / "demo")
     executor = (
@@ -204,24 +207,43 @@ def test_a_two_task_cell_on_the_slurm_test_cluster(
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     path = tmp_path / "ddp_slurm.yaml"
+    epochs = 12
     path.write_text(
-        matrix_text("ddp_slurm", data, "  model: [unet]", executor, uri)
+        matrix_text(
+            "ddp_slurm",
+            data,
+            "  model: [unet]",
+            executor,
+            uri,
+            [f"training.max_epochs={epochs}", "training.val_interval=6"],
+        )
         + f"sweep_dir: {tmp_path / 'sweeps'}\n"
     )
+    assert main(["sweep", str(path)]) == 0
     plan = make_plan(path, workdir=tmp_path)
-    outcome = submit(plan)
-    assert len(outcome.submitted) == 1
     record = plan.ledger.cell(plan.cells[0].id)
-    wait_for(lambda: record.state().state in ("done", "failed", "cancelled"), 300, "the cell")
-    logs = sorted(p.name for p in (plan.ledger.logs_dir).rglob("*_log.*"))
-    assert record.state().state == "done", (record.state(), logs)
-    assert sum(1 for n in logs if n.endswith("_log.out")) == 2  # two tasks, one per rank
+    wait_for(lambda: (record.state().progress or {}).get("epoch"), 300, "epoch 1 on SLURM")
+    assert main(["cancel", str(path)]) == 0
+    wait_for(lambda: record.state().state == "cancelled", 120, "the cell to be cancelled")
+    run_id = record.run_id
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([outcome.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-    slurm = record.attempt(1).read("slurm") or {}
-    assert slurm.get("starts") == 1  # rank 0 alone wrote it
+    assert run_id and client.get_run(run_id).info.status == "KILLED"
+
+    capsys.readouterr()
+    assert main(["resume", str(path)]) == 0
+    wait_for(lambda: record.state().state in ("done", "failed"), 300, "the resumed cell")
+    logs = sorted(p.name for p in plan.ledger.logs_dir.rglob("*_log.out"))
+    state = record.state()
+    assert state.state == "done" and state.attempts == 2, (state, logs)
+    assert len(logs) == 4  # two tasks, one per rank, in each attempt
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp_slurm").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == epochs, steps
+    assert [p.name for p in record.checkpoint_dir.glob("*.pt")].count("last.pt") == 1
+    for attempt in (1, 2):
+        slurm = record.attempt(attempt).read("slurm") or {}
+        assert slurm.get("starts") == 1, (attempt, slurm)  # rank 0 alone wrote it
 
 
 def test_gpus_per_cell_is_checked_with_the_matrix(
@@ -247,7 +269,7 @@ def test_gpus_per_cell_is_checked_with_the_matrix(
         assert "Traceback" not in err
     backend = LocalBackend(LocalExecutorOptions(gpus_per_cell=3), project / "logs")
     backend.gpus.gpus = [0, 1]  # a machine with two GPUs
-    with pytest.raises(RunnerError, match="gpus_per_cell=3, but this machine offers 2 GPU"):
+    with pytest.raises(RunnerError, match="gpus_per_cell=3, but the local executor has 2 GPU"):
         backend.preflight()
 
 

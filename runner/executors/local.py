@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any, Literal
 import submitit
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from runner.errors import RunnerError
 from runner.executors.base import Backend
-from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
+from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
 from runner.job import CellJob
 
 #: How long ``kill`` waits for SIGKILLed processes to be gone.
@@ -83,19 +81,7 @@ class LocalBackend(Backend):
         return min(self.options.slots, size // n) if n > 1 and size >= n else self.options.slots
 
     def preflight(self) -> None:
-        n, have = self.options.gpus_per_cell, len(self.gpus.gpus)
-        if have and n > have:
-            raise RunnerError(
-                f"executor.gpus_per_cell={n}, but this machine offers {have} GPU(s) "
-                f"({self.gpus.gpus}): lower gpus_per_cell to at most {have}, or run the "
-                "cells where there are more GPUs"
-            )
-        if n > 1 and not have:
-            print(
-                f"local: no GPU here: each cell runs as {n} CPU processes (DDP with gloo)",
-                file=sys.stderr,
-                flush=True,
-            )
+        check_gpus_per_cell("local", self.options.gpus_per_cell, list(self.gpus.gpus))
 
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
         out = []

@@ -9,13 +9,34 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
+
+from runner.errors import RunnerError
 
 
 def threads_per_cell(requested: int | None, slots: int) -> int:
     """torch/OpenMP threads for each cell: as asked, else the cores shared by the slots, so
     that ``slots`` cells share the cores instead of fighting over them."""
     return requested or max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
+def check_gpus_per_cell(kind: str, ranks: int, gpus: list[int]) -> None:
+    """Before anything is submitted: a DDP cell of ``ranks`` processes needs as many GPUs
+    where the executor has any; where it has none, its ranks are CPU processes (gloo)."""
+    have = len(gpus)
+    if have and ranks > have:
+        raise RunnerError(
+            f"executor.gpus_per_cell={ranks}, but the {kind} executor has {have} GPU(s) here "
+            f"({gpus}): lower gpus_per_cell to at most {have}, or run the cells where there "
+            "are more GPUs"
+        )
+    if ranks > 1 and not have:
+        print(
+            f"{kind}: no GPU here: each cell runs as {ranks} CPU processes (DDP with gloo)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def visible_gpus() -> list[int]:

@@ -76,18 +76,19 @@ def option_gpus(options: Any, here: list[int] | None = None) -> int:
     """GPUs the executor options give each cell. ``here``: this machine's GPUs (asked of
     nvidia-smi when None), for the executors that run cells on this machine."""
     kind = getattr(options, "kind", None)
-    if kind == "slurm":
-        return gres_gpus(options.gres) if options.gres else int(options.gpus_per_task)
+    ranks = int(getattr(options, "gpus_per_cell", 1) or 1)  # a DDP cell's processes
+    if kind == "slurm":  # --gres is per node; gpus_per_task per rank
+        return gres_gpus(options.gres) if options.gres else int(options.gpus_per_task) * ranks
 
     def local() -> list[int]:
         return visible_gpus() if here is None else here
 
     if kind == "docker":
         gpus = local() if options.gpus == "all" else options.gpus
-        return 1 if gpus else 0
+        return ranks if gpus else 0
     if kind == "local" and options.gpus is not None:
-        return 1 if options.gpus else 0
-    return 1 if local() else 0  # local with all visible GPUs, debug (cuda:0 if any)
+        return ranks if options.gpus else 0
+    return ranks if local() else 0  # local with all visible GPUs, debug (cuda:0 if any)
 
 
 def _attempt_gpus(attempt: Attempt, kind: str | None, plan: Plan, here: list[int] | None) -> int:
@@ -96,7 +97,8 @@ def _attempt_gpus(attempt: Attempt, kind: str | None, plan: Plan, here: list[int
         return int(status["gpus"])
     docker = attempt.read("docker")
     if docker is not None:
-        return 0 if docker.get("gpu") is None else 1
+        listed = docker.get("gpus") or ([] if docker.get("gpu") is None else [docker["gpu"]])
+        return len(listed)
     options = plan.matrix.spec.executor
     if kind is not None and kind != options.kind:
         from runner.executors import options_model

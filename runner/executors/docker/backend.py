@@ -3,6 +3,9 @@
 * :class:`DockerBackend` keeps ``slots`` = GPUs x cells_per_gpu (or ``cpu_slots``) cells in
   flight and gives each new container one free GPU through a ``DeviceRequest``. The
   containers themselves are submitit jobs (:mod:`runner.executors.docker.engine`).
+* ``gpus_per_cell: N`` (DDP): a cell gets a group of N GPUs in one request (slots = GPUs //
+  N x cells_per_gpu), or N CPU processes with gloo, and its container runs the N ranks
+  (:mod:`runner.executors.docker.ranks`).
 * Paths keep their meaning: the sweep dir, the working directory and a file/sqlite MLflow
   store are mounted read-write at their own host paths, data (``mounts``) read-only.
 * The image tag and id go into ``attempts/NNNN/docker.json`` (written by the submitter) and
@@ -11,7 +14,7 @@
 * The engine may go away (a dockerd restart): the sweep waits for it, up to
   ``engine_wait_s`` past the cells' last heartbeats, then decides; a cell whose container
   died with the daemon ends failed (lost) and resumable, never silently (see
-  :class:`EngineWatch`).
+  :class:`~runner.executors.docker.watch.EngineWatch`).
 """
 
 from __future__ import annotations
@@ -35,72 +38,14 @@ from runner.executors.base import Backend
 from runner.executors.docker.cell import DockerCellJob
 from runner.executors.docker.engine import INCOMPLETE, LABEL, UNREACHABLE, DockerExecutor, client
 from runner.executors.docker.options import DockerExecutorOptions
-from runner.executors.resources import GpuPool, threads_per_cell, visible_gpus
+from runner.executors.docker.watch import EngineWatch
+from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
 from runner.job import CellJob
 from runner.ledger import Attempt, CellRecord
 
 __all__ = ["DockerBackend", "DockerCellJob", "DockerExecutor", "DockerExecutorOptions", "client"]
 
 DOCKER_FILE = "docker"  # attempts/NNNN/docker.json, written only by the submitter
-
-
-class EngineWatch:
-    """Whether the engine answers, and since when it has not.
-
-    A dockerd restart makes every call fail for a few seconds (the socket is gone, or
-    refuses). The sweep must neither crash nor hang on that: it waits, and gives a cell up
-    only once the engine has been silent *and* the cell's heartbeat stale for ``wait_s``
-    (a container can outlive its daemon: the shim keeps it running, and its heartbeat says
-    so).
-    """
-
-    def __init__(self, wait_s: float) -> None:
-        self.wait_s = wait_s
-        self.down_since: float | None = None
-        self.seen_down: set[str] = set()  # containers in flight while the engine was down
-
-    def answers(self) -> bool:
-        try:
-            client().ping()
-        except UNREACHABLE as exc:
-            if self.down_since is None:
-                self.down_since = time.time()
-                print(
-                    f"runner: the Docker engine does not answer ({type(exc).__name__}); "
-                    f"waiting for it (engine_wait_s={self.wait_s:.0f})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            return False
-        if self.down_since is not None:
-            print(
-                f"runner: the Docker engine answers again after "
-                f"{time.time() - self.down_since:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            self.down_since = None
-        return True
-
-    def silent_for(self, attempt: Attempt | None) -> float:
-        """Seconds since both the engine and this cell last gave a sign of life."""
-        last = self.down_since or time.time()
-        if attempt is not None:
-            last = max(last, float((attempt.read("heartbeat") or {}).get("time") or 0))
-        return time.time() - last
-
-    def wait_until_up(self) -> None:
-        """Before starting containers: wait up to ``wait_s`` for the engine; then a message,
-        not a traceback (the cells not started stay pending: their claims die with this
-        process)."""
-        while not self.answers():
-            assert self.down_since is not None
-            if time.time() - self.down_since > self.wait_s:
-                raise RunnerError(
-                    f"executor 'docker': the Docker engine has not answered for "
-                    f"{time.time() - self.down_since:.0f} s; start it and run the sweep again"
-                )
-            time.sleep(1.0)
 
 
 def _store_dir(uri: str) -> str | None:
@@ -128,9 +73,17 @@ class DockerBackend(Backend):
         gpus = options.gpus
         if gpus == "all":
             gpus = visible_gpus()
-        self.pool = GpuPool(list(gpus), options.cells_per_gpu)
+        self.gpus: list[int] = list(dict.fromkeys(gpus))
+        n = options.gpus_per_cell
+        # A DDP cell takes a whole group of n GPUs: fixed groups never leave a cell to find
+        # n distinct GPUs free scattered over the others' (GPUs beyond the last whole group
+        # stay idle; preflight says so). The pool hands out group indices.
+        self.groups = [self.gpus[i : i + n] for i in range(0, len(self.gpus) - n + 1, n)]
+        self.pool = GpuPool(list(range(len(self.groups))), options.cells_per_gpu)
         self.executor = DockerExecutor(folder, options.python, start=start)
-        self.threads = threads_per_cell(options.threads_per_cell, self.slots)
+        self.executor.ranks = n
+        # A DDP cell's processes share the cell's cores.
+        self.threads = max(1, threads_per_cell(options.threads_per_cell, self.slots) // n)
         self._image: tuple[str, str] | None = None
         self._started: dict[str, float] = {}
         self._attempts: dict[str, Attempt] = {}  # job id -> its ledger attempt (heartbeat)
@@ -141,6 +94,18 @@ class DockerBackend(Backend):
     @property
     def slots(self) -> int:
         return self.pool.size or self.options.cpu_slots
+
+    def preflight(self) -> None:
+        n, have = self.options.gpus_per_cell, len(self.gpus)
+        check_gpus_per_cell("docker", n, list(self.gpus))
+        idle = self.gpus[len(self.groups) * n :]
+        if idle:
+            print(
+                f"docker: GPU(s) {idle} stay idle: {have} GPUs make {len(self.groups)} "
+                f"group(s) of gpus_per_cell={n}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def image(self) -> tuple[str, str]:
         """(tag, image id) of the configured image, looked up once; a clear error if absent."""
@@ -190,8 +155,13 @@ class DockerBackend(Backend):
             vols[path] = {"bind": path, "mode": "rw"}
         return vols
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, gpus: list[int]) -> dict[str, str]:
         env = {n: os.environ[n] for n in self.options.env if n in os.environ}
+        if len(gpus) > 1:
+            # The container's own numbering (the runtime renumbers its GPUs from 0): each
+            # rank keeps the one of its LOCAL_RANK (runner.job.distributed_env), and the
+            # ledger counts one GPU per rank.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpus)))
         t = str(self.threads)
         env.update(
             SUBMITIT_EXECUTOR="local",  # submitit's LocalJobEnvironment reads the job id
@@ -217,7 +187,9 @@ class DockerBackend(Backend):
                 )
             cell = job.recast(DockerCellJob)
             cell.docker_image, cell.docker_image_id = tag, image_id
-            gpu = self.pool.take() if self.pool.gpus else None
+            group = self.pool.take() if self.pool.gpus else None
+            gpus = self.groups[group] if group is not None else []
+            shown = ",".join(map(str, gpus))
             labels = {
                 LABEL: "docker",
                 "runner.matrix": job.matrix,
@@ -226,8 +198,8 @@ class DockerBackend(Backend):
             }
             params: dict[str, Any] = {
                 "image": tag,
-                "labels": labels | ({"runner.gpu": str(gpu)} if gpu is not None else {}),
-                "environment": self._environment(),
+                "labels": labels | ({"runner.gpu": shown} if gpus else {}),
+                "environment": self._environment(gpus),
                 "volumes": self._volumes(job),
                 "working_dir": job.workdir,
                 "user": self.options.resolved_user(),
@@ -240,23 +212,32 @@ class DockerBackend(Backend):
                 "stop_signal": "SIGTERM",
                 "init": True,  # reaps DataLoader workers; forwards signals to the cell
             }
-            if gpu is not None:
+            if gpus:
                 params["device_requests"] = [
-                    DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])
+                    DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])
                 ]
+            if self.options.gpus_per_cell > 1 and params["network_mode"] == "none":
+                # The ranks meet at MASTER_ADDR, the container's hostname (submitit's
+                # TorchDistributedEnvironment), which resolves to nothing without a network:
+                # name the container and point that name at the loopback.
+                params["hostname"] = f"cell-{job.cell_id}"[:63]
+                params["extra_hosts"] = {params["hostname"]: "127.0.0.1"}
             self.executor.container = {k: v for k, v in params.items() if v is not None}
             try:
                 sj = self.executor.submit(cell)
             except BaseException:
-                if gpu is not None:
-                    self.pool.give_back(gpu)
+                if group is not None:
+                    self.pool.give_back(group)
                 raise
-            if gpu is not None:
-                self.pool.hold(sj.job_id, gpu)
+            if group is not None:
+                self.pool.hold(sj.job_id, group)
             self._started[sj.job_id] = time.time()
             record = CellRecord(Path(job.cells_dir), job.cell_id)
             self._attempts[sj.job_id] = record.attempt(job.attempt)
-            info = {"container_id": sj.job_id, "image": tag, "image_id": image_id, "gpu": gpu}
+            info = {"container_id": sj.job_id, "image": tag, "image_id": image_id}
+            # "gpu": the first (a one-GPU cell's only) GPU, as before DDP cells; "gpus": all.
+            info |= {"gpu": gpus[0] if gpus else None, "gpus": gpus}
+            info |= {"ranks": self.options.gpus_per_cell}
             info |= {"network": params["network_mode"], "user": params["user"]}
             record.attempt(job.attempt).write(DOCKER_FILE, {**info, "time": time.time()})
             out.append(sj)

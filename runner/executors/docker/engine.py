@@ -4,6 +4,8 @@
   submitit folder as for SLURM, and ``_submit_command`` creates a container that runs
   ``python -u -m submitit.core._submit <folder>`` on it. The job id is the container's short
   id, so logs (``<id>_0_log.out/err``), results and states read as for any submitit job.
+  A DDP cell (``ranks`` > 1) runs :mod:`runner.executors.docker.ranks` instead, which starts
+  the job's N ranks in the container (rank k logs to ``<id>_k_log.out/err``).
 * :class:`DockerJob` takes its state from the container (:class:`DockerInfoWatcher`).
 
 Kept apart from :mod:`runner.executors.docker.backend` (the backend: GPUs, mounts, the engine going
@@ -24,6 +26,7 @@ import docker.errors
 import requests
 from submitit.core import core
 
+RANKS = "runner.executors.docker.ranks"  # the command of a DDP cell's container
 LABEL = "runner.backend"  # every container this backend starts carries LABEL=docker
 INCOMPLETE = ("PENDING", "RUNNING", "COMPLETING", "UNKNOWN")
 # What the SDK raises when the engine does not answer: DockerException from client() (the
@@ -114,6 +117,7 @@ class DockerExecutor(core.PicklingExecutor):
         self.python = shlex.split(python)
         self.start = start  # False: create only (tests that inspect the request)
         self.container: dict[str, Any] = {}
+        self.ranks = 1  # DDP ranks of the next job (gpus_per_cell): >1 runs them through ranks
         self._throttling = 0.0  # the engine is local; submitit's 0.2 s pause buys nothing
 
     def _submit_command(self, command: str) -> core.Job[Any]:
@@ -121,7 +125,10 @@ class DockerExecutor(core.PicklingExecutor):
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / f".docker_id_{uuid.uuid4().hex}"
         argv = ["/bin/sh", "-c", _ENTRY, str(folder), str(id_file)]
-        argv += [*self.python, "-u", "-m", "submitit.core._submit", str(folder)]
+        if self.ranks > 1:  # N processes of the job in one container (DDP)
+            argv += [*self.python, "-u", "-m", RANKS, str(folder), str(self.ranks)]
+        else:
+            argv += [*self.python, "-u", "-m", "submitit.core._submit", str(folder)]
         container = client().containers.create(command=argv, detach=True, **self.container)
         job_id = container.short_id
         id_file.write_text(job_id)

@@ -10,7 +10,15 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
@@ -38,7 +46,8 @@ class DockerMount(BaseModel):
 
 
 class DockerExecutorOptions(BaseModel):
-    """Cells run in Docker containers on this machine, one GPU (or CPU slot) each.
+    """Cells run in Docker containers on this machine, one GPU (or CPU slot) each, or
+    ``gpus_per_cell`` GPUs and as many processes for a DDP cell.
 
     The sweep directory (ledger, logs, checkpoints), the working directory and a file/sqlite
     MLflow store are mounted read-write at their own paths; everything else comes from
@@ -92,17 +101,20 @@ class DockerExecutorOptions(BaseModel):
         False, description="keep ended containers for `docker inspect` (default: removed)"
     )
     gpus_per_cell: PositiveInt = Field(
-        1, description="DDP ranks per cell: only 1 in containers for now (local, slurm: N)"
+        1,
+        description="processes (DDP ranks) per cell, in one container that gets that many "
+        "GPUs; without GPUs, that many CPU processes with gloo",
     )
 
     @field_validator("gpus_per_cell")
     @classmethod
-    def _one_rank(cls, value: int) -> int:
-        if value != 1:
+    def _enough_gpus(cls, value: int, info: ValidationInfo) -> int:
+        gpus = info.data.get("gpus")
+        listed = len(set(gpus)) if isinstance(gpus, list) else 0
+        if listed and value > listed:
             raise ValueError(
-                f"gpus_per_cell={value}: multi-GPU (DDP) cells are not supported by the "
-                "docker executor yet; use executor kind 'local' or 'slurm' for them, or "
-                "gpus_per_cell: 1"
+                f"gpus_per_cell={value} but gpus lists {listed} GPU(s) ({gpus}): list at "
+                f"least {value}, or lower gpus_per_cell"
             )
         return value
 
