@@ -30,6 +30,7 @@ NAMES = (
     "asha",
     "slurm_status",
     "loader",
+    "ddp",
 )
 
 
@@ -63,6 +64,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "asha": lambda o: __import__("bench.asha", fromlist=["run"]).run(o),
         "slurm_status": lambda o: __import__("bench.slurm_status", fromlist=["run"]).run(o),
         "loader": lambda o: __import__("bench.loader", fromlist=["run"]).run(o),
+        "ddp": lambda o: __import__("bench.ddp", fromlist=["run"]).run(o),
     }
 
 
