@@ -91,7 +91,7 @@ from recipes.components.training.step import (
     autocast,
     on_device,
 )
-from recipes.components.training.system_metrics import start_system_metrics
+from recipes.components.training.system_metrics import monitor_run
 from recipes.contract import RunContext, TrainResult
 
 __all__ = ["Trainee", "train", "train_step"]
@@ -221,14 +221,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     )
 
     status = "FAILED"
-    stop_monitor = start_system_metrics(  # MLflow's system/* series (GPU runs by default)
-        tcfg.get("system_metrics", "auto") if logger.enabled else "off",
-        logger.tracking_uri,
-        logger.run_id,
-        device,
-        tcfg.get("system_metrics_interval_s", 10.0),
-        resumed=(ckpt_dir / LAST).exists(),
-    )
+    stop_monitor = monitor_run(tcfg, logger, device, resumed=(ckpt_dir / LAST).exists())
     try:
         with dist.peers_guarded():
             result = _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, logger, ckpt_dir)

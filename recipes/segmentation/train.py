@@ -89,7 +89,7 @@ from recipes.components.training.step import (
     optimizer_steps_per_epoch,
     throughput,
 )
-from recipes.components.training.system_metrics import start_system_metrics
+from recipes.components.training.system_metrics import monitor_run
 from recipes.components.training.validation import check_task, evaluate, save_instances
 from recipes.contract import RunContext, TrainResult
 
@@ -155,14 +155,7 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
 
     status = "FAILED"
-    stop_monitor = start_system_metrics(
-        tcfg.get("system_metrics", "auto") if logger.enabled else "off",
-        logger.tracking_uri,
-        logger.run_id,
-        device,
-        tcfg.get("system_metrics_interval_s", 10.0),
-        resumed=(ckpt_dir / LAST).exists(),
-    )
+    stop_monitor = monitor_run(tcfg, logger, device, resumed=(ckpt_dir / LAST).exists())
     try:
         if cfg.get("mode", "train") == "test":
             result = _test(cfg, model, data, loss_fn, device, logger)

@@ -88,11 +88,7 @@ class Dist:
 
     def sum(self, value: float) -> float:
         """``value`` summed over the ranks."""
-        if not self.active:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        td.all_reduce(t, op=td.ReduceOp.SUM)
-        return float(t.item())
+        return float(self._reduce(value, torch.float64, td.ReduceOp.SUM))
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order, on every rank."""
@@ -104,19 +100,19 @@ class Dist:
 
     def total(self, value: int) -> int:
         """``value`` summed over the ranks."""
-        if not self.active:
-            return value
-        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
-        td.all_reduce(t, op=td.ReduceOp.SUM)
-        return int(t.item())
+        return int(self._reduce(value, torch.int64, td.ReduceOp.SUM))
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on one of them."""
+        return bool(self._reduce(int(bool(flag)), torch.int32, td.ReduceOp.MAX))
+
+    def _reduce(self, value: float, dtype: torch.dtype, op: Any) -> float:
+        """One number all-reduced with ``op`` (itself when not distributed)."""
         if not self.active:
-            return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
-        td.all_reduce(t, op=td.ReduceOp.MAX)
-        return bool(t.item())
+            return value
+        t = torch.tensor([value], dtype=dtype, device=self.device)
+        td.all_reduce(t, op=op)
+        return t.item()
 
     def share(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (picklable values: metrics, decisions)."""

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
+
+from recipes.components.training.mlflow_logging import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +75,19 @@ def start_system_metrics(
             log.warning("last system metrics sample not logged: %s", exc)
 
     return finish
+
+
+def monitor_run(
+    tcfg: DictConfig, logger: RunLogger, device: torch.device, resumed: bool
+) -> Callable[[], None]:
+    """:func:`start_system_metrics` as a recipe asks for it: ``training.system_metrics`` and
+    ``training.system_metrics_interval_s``, on the logger's run, by the process that logs
+    (rank 0 of a DDP cell)."""
+    return start_system_metrics(
+        tcfg.get("system_metrics", "auto") if logger.enabled else "off",
+        logger.tracking_uri,
+        logger.run_id,
+        device,
+        tcfg.get("system_metrics_interval_s", 10.0),
+        resumed=resumed,
+    )
