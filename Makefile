@@ -66,11 +66,17 @@ test-deps:
 	      insighttoolkit5-examples chromium; }; }; \
 	fi
 
+# The suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py groups and orders them;
+# the SLURM cluster and the Docker Engine start once for all of them). TEST_WORKERS=0: one
+# process.
+TEST_WORKERS ?= 3
+TEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: install lint test-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_PARALLEL)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(TEST_PARALLEL)
 
 bench: install
 	$(BIN)/python -m bench
@@ -121,3 +127,4 @@ docker-down:
 
 clean:
 	rm -rf sweeps mlruns mlruns.db mlartifacts outputs multirun
+

@@ -32,15 +32,16 @@ TINY = [
 STARTS = ["terminal", "sigint_ignored"]
 
 
-def start_as(how: str) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that starts a child as ``how`` (one of STARTS)."""
-    if how == "terminal":
-        return None
+def start_as(how: str) -> Callable[[], None]:
+    """A ``preexec_fn`` that starts a child as ``how`` (one of STARTS), whatever disposition
+    the test process itself has: a suite started by a script (SIGINT ignored) must still
+    start its "terminal" children with SIGINT at its default."""
+    disposition = signal.SIG_DFL if how == "terminal" else signal.SIG_IGN
 
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def start() -> None:
+        signal.signal(signal.SIGINT, disposition)
 
-    return ignore_sigint
+    return start
 
 
 def processes_of(root_pid: int) -> list[int]:

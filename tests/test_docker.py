@@ -1,8 +1,9 @@
 """The docker executor against a real Docker Engine on this machine.
 
-The engine is started once for the session by ``tests/infra/docker_engine.sh`` (which also
-installs docker.io with apt when missing and builds the local base image with debootstrap:
-no registry is reachable here) and stopped at the end. Needs root and apt.
+The engine is started once per run by ``tests/infra/docker_engine.sh`` (which also installs
+docker.io with apt when missing and builds the local base image with debootstrap: no
+registry is reachable here; ``docker_engine`` in tests/conftest.py) and stopped at the
+run's end. Needs root and apt.
 
 No full trainer image is built here (torch is too large for a test): the containers run the
 local Debian base with this checkout, its virtualenv and its interpreter bind-mounted
@@ -30,55 +31,23 @@ import pytest
 from runner.ledger import pid_alive
 from runner.plan import make_plan
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, mlflow_server, start_as, wait_for
+from tests.infra import shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "infra" / "docker_engine.sh"
 BASE_IMAGE = os.environ.get("RUNNER_DOCKER_BASE", "runner-base:bookworm")
 
 
-def _engine(action: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [str(SCRIPT), action],
-        capture_output=True,
-        text=True,
-        timeout=900,  # a first start installs docker.io and runs debootstrap
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"docker_engine.sh {action} failed:\n{out.stderr[-3000:]}")
-    return out
+def _engine(action: str) -> str:
+    return shared.control("docker", action)
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[Any]:
-    if os.geteuid() != 0:
-        pytest.skip("starting a Docker Engine needs root")
-    if not Path("/usr/sbin/dockerd").exists() and not shutil.which("apt-get"):
-        pytest.skip("no dockerd and no apt-get to install docker.io")
-    started = time.time()
-    old = os.environ.get("DOCKER_HOST")
-    out = _engine("start")
-    # One that was running already (a benchmark's, another session's) is not ours to stop.
-    ours = "already running" not in out.stderr
-    for line in out.stdout.splitlines():  # "export DOCKER_HOST=unix://..."
-        if line.startswith("export DOCKER_HOST="):
-            os.environ["DOCKER_HOST"] = line.split("=", 1)[1]
-    try:
-        _engine("base-image")
-        import docker
-
-        client = docker.from_env()
-        print(f"Docker Engine and base image ready in {time.time() - started:.1f}s")
-        yield client
-    finally:
-        if ours:
-            _engine("stop")
-        if old is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = old
+def engine(docker_engine: Any) -> Any:
+    """The run's Docker Engine (tests/conftest.py: started once for every worker); all the
+    tests that use it run on one worker (``--dist loadgroup``: two of them restart it)."""
+    return docker_engine
 
 
 @pytest.fixture(scope="module")

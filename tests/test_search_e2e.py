@@ -218,7 +218,9 @@ def test_asha_search_across_slurm_array_chunks(project: Path, tiny_data: Path) -
     assert len(set(base.values())) == 2 and len({base[c] for c in first}) == 1
     # The ledger says so before the tasks exit; SLURM follows a moment later. A pruned cell
     # is a task that ended as it should: COMPLETED, not FAILED.
-    ended_jobs = wait_states(list(both.values()), lambda s: s not in ("PENDING", "RUNNING"), 60)
+    ended_jobs = wait_states(
+        list(both.values()), lambda s: s not in ("PENDING", "RUNNING", "COMPLETING"), 60
+    )
     assert set(ended_jobs.values()) == {"COMPLETED"}, ended_jobs
 
     plan = make_plan(path)

@@ -1,7 +1,8 @@
 """The SLURM executor against a real single-node SLURM cluster (slurmctld, slurmd, slurmdbd).
 
-The cluster is started once for the module by ``tests/infra/slurm_cluster.sh`` (which also
-installs it with apt when missing) and stopped at the end. Needs root and apt.
+The cluster is started once per run by ``tests/infra/slurm_cluster.sh`` (which also installs
+it with apt when missing; ``slurm_cluster`` in tests/conftest.py) and stopped at the run's
+end; each pytest worker submits to its own partition. Needs root and apt.
 Run: ``.venv/bin/python -m pytest tests/test_slurm.py -m slurm``.
 """
 
@@ -25,6 +26,7 @@ import pytest
 
 from runner.executors.slurm import cluster as slurm_cluster_info
 from runner.executors.slurm.backend import SlurmBackend, SlurmExecutorOptions, query_states
+from tests.conftest import drain_partition, worker_partition
 from tests.infra.slurm_payloads import (
     CountingWork,
     FakeRecipeCellJob,
@@ -35,52 +37,15 @@ from tests.infra.slurm_payloads import (
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "infra" / "slurm_cluster.sh"
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
-def _cluster(action: str, **env: str) -> str:
-    out = subprocess.run(
-        [str(SCRIPT), action],
-        capture_output=True,
-        text=True,
-        timeout=900,  # a first start installs packages
-        env={**os.environ, **env},
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"slurm_cluster.sh {action} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("starting a SLURM cluster needs root")
-    if not shutil.which("sinfo") and not shutil.which("apt-get"):
-        pytest.skip("no SLURM client and no apt-get to install one")
-    started = time.time()
-    for line in _cluster("start").splitlines():  # "export SLURM_CONF=..."
-        if line.startswith("export SLURM_CONF="):
-            os.environ["SLURM_CONF"] = line.split("=", 1)[1]
-    _drain()  # jobs recovered from an earlier session's state would hold the node
-    print(f"SLURM cluster up in {time.time() - started:.1f}s")
-    try:
-        yield
-    finally:
-        _drain()  # a job killed with its cluster comes back "running" on the next start
-        _cluster("stop")
-
-
-def _drain(timeout_s: float = 60) -> None:
-    """Cancel every job on this test cluster and wait until the queue is empty."""
-    subprocess.run(["scancel", "--user", "root"], timeout=30, check=False)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        out = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=30)
-        if out.returncode == 0 and not out.stdout.strip():
-            return
-        time.sleep(1)
+def cluster(slurm_cluster: None) -> Iterator[None]:
+    """The run's SLURM cluster (tests/conftest.py: started once, shared by the workers);
+    after the module, whatever it left in this worker's partition is cancelled."""
+    yield
+    drain_partition(worker_partition())
 
 
 def _options(**kw: Any) -> SlurmExecutorOptions:
@@ -181,6 +146,7 @@ def test_cancelled_job_ends_cancelled(backend: Callable[..., SlurmBackend]) -> N
     assert job.watcher.get_state(job.job_id, mode="force").startswith("CANCELLED")
 
 
+@pytest.mark.clock
 def test_timeout_requeues_and_resumes_from_checkpoint(
     backend: Callable[..., SlurmBackend], tmp_path: Path
 ) -> None:
@@ -305,19 +271,26 @@ def test_query_states_one_squeue_one_sacct(
 
 
 def test_query_states_falls_back_without_accounting(
-    backend: Callable[..., SlurmBackend],
+    backend: Callable[..., SlurmBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """sacct can't reach the accounting daemon: states come from squeue alone, with a
+    warning. The daemon is made unreachable for this test's clients only (their slurm.conf
+    names a closed port), not stopped: the other workers' tests keep their accounting."""
     (job,) = backend().submit_callables([partial(sleep_and_report, 120, "n")])
     wait_states([job.job_id], lambda s: s == "RUNNING", 30)
-    _cluster("stop-dbd")
-    try:
+    conf = Path(os.environ["SLURM_CONF"])
+    (tmp_path / "etc").mkdir()
+    shutil.copy(conf.parent / "gres.conf", tmp_path / "etc")
+    text = conf.read_text().replace("AccountingStoragePort=6819", "AccountingStoragePort=1")
+    assert "AccountingStoragePort=1\n" in text
+    (tmp_path / "etc" / "slurm.conf").write_text(text)
+    with monkeypatch.context() as env:
+        env.setenv("SLURM_CONF", str(tmp_path / "etc" / "slurm.conf"))
         started = time.time()
         states, warning = query_states([job.job_id, "999999"])
         assert time.time() - started < 20
-        assert warning is not None and "accounting is unavailable" in warning
-        assert states == {job.job_id: "RUNNING", "999999": "UNKNOWN"}
-    finally:
-        _cluster("start")
+    assert warning is not None and "accounting is unavailable" in warning
+    assert states == {job.job_id: "RUNNING", "999999": "UNKNOWN"}
     job.cancel(check=False)
     states = wait_states([job.job_id], lambda s: s in ENDED, 60)
     assert states[job.job_id] == "CANCELLED"
@@ -327,22 +300,23 @@ def test_query_states_falls_back_without_accounting(
 def test_matrix_larger_than_max_array_size_goes_out_in_chunks(
     backend: Callable[..., SlurmBackend],
 ) -> None:
-    _cluster("start", RUNNER_SLURM_MAX_ARRAY_SIZE="4")
-    try:
-        b = backend(array_parallelism=2)
-        assert b.max_array_size == 4
-        jobs = b.submit_callables([partial(sleep_and_report, 0, f"m{i}") for i in range(10)])
-        bases = {j.job_id.split("_")[0] for j in jobs}
-        assert len(bases) == 3 and [n for _, n in b.arrays] == [4, 4, 2]
-        # Later arrays wait for the previous one: %2 holds for the whole matrix.
-        scripts = [Path(jobs[i].paths.submission_file).read_text() for i in (0, 4, 8)]
-        assert "--dependency" not in scripts[0]
-        assert f"#SBATCH --dependency=afterany:{b.arrays[0][0]}" in scripts[1]
-        assert f"#SBATCH --dependency=afterany:{b.arrays[1][0]}" in scripts[2]
-        assert [j.result()["tag"] for j in jobs] == [f"m{i}" for i in range(10)]
-    finally:
-        _cluster("start")  # back to the default MaxArraySize
-    assert SlurmBackend(_options(), Path("unused")).max_array_size == 1001
+    """Arrays are cut at the cluster's MaxArraySize (read from ``scontrol show config``) or
+    at ``array_size`` when that is lower (sites cap a user's submitted jobs below it). The
+    cut is tested through ``array_size``: lowering MaxArraySize itself means restarting the
+    controller, which the other workers' tests are using."""
+    assert backend().max_array_size == 1001  # the test cluster's MaxArraySize
+    b = backend(array_parallelism=2, array_size=4)
+    assert b.max_array_size == 4
+    jobs = b.submit_callables([partial(sleep_and_report, 0, f"m{i}") for i in range(10)])
+    bases = {j.job_id.split("_")[0] for j in jobs}
+    assert len(bases) == 3 and [n for _, n in b.arrays] == [4, 4, 2]
+    # Later arrays wait for the previous one: %2 holds for the whole matrix.
+    scripts = [Path(jobs[i].paths.submission_file).read_text() for i in (0, 4, 8)]
+    assert "--dependency" not in scripts[0]
+    assert f"#SBATCH --dependency=afterany:{b.arrays[0][0]}" in scripts[1]
+    assert f"#SBATCH --dependency=afterany:{b.arrays[1][0]}" in scripts[2]
+    assert [j.result()["tag"] for j in jobs] == [f"m{i}" for i in range(10)]
+    assert backend(array_size=5000).max_array_size == 1001
 
 
 def _recipe_works() -> bool:
@@ -425,7 +399,7 @@ def test_recipe_under_hydra_multirun_on_submitit_slurm(cluster: None, tmp_path: 
         "recipes.segmentation",
         "-m",
         "hydra/launcher=submitit_slurm",
-        "hydra.launcher.partition=debug",
+        f"hydra.launcher.partition={worker_partition()}",
         "hydra.launcher.timeout_min=10",
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.gpus_per_node=0",
@@ -566,16 +540,22 @@ def _resumed_at(uri: str, run_id: str) -> list[str]:
     )
 
 
+@pytest.mark.clock
 def test_time_limit_stops_the_recipe_mid_epoch_and_resumes_exactly(
     backend: Callable[..., SlurmBackend], tmp_path: Path
 ) -> None:
     """The real recipe under a 2-minute limit: warned 15-45 s before it (SLURM's 30 s tick),
     it writes a step checkpoint, requeues and continues from that step; the cell needs more
-    than one attempt, ends done in one MLflow run, and its epochs equal an uninterrupted
-    run's. An epoch here takes longer than one attempt can train, so finishing at all takes
-    mid-epoch resumes."""
-    epochs = 2
-    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "midepoch", epochs, 100)
+    than one attempt, ends done in one MLflow run, and its epoch equals an uninterrupted
+    run's. Its one epoch (~150 s here) outlasts what one attempt can train (at most ~95 s of
+    a 2-minute limit after start-up), so finishing at all takes a mid-epoch resume.
+
+    Over 120 s, necessarily: SLURM's shortest limit is 1 minute and its limit checks run on a
+    fixed 30 s tick, so a warning comes 15-45 s into a 1-minute job, too close to start-up
+    to train between; 2 minutes is the shortest limit that leaves an attempt time to train,
+    and two attempts plus the requeue are the test."""
+    epochs = 1
+    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "midepoch", epochs, 150)
     b = backend(time_min=2, signal_delay_s=15, max_requeues=8)
     (job,) = b.submit([cell])
     ref = reference()  # meanwhile, here
@@ -589,24 +569,36 @@ def test_time_limit_stops_the_recipe_mid_epoch_and_resumes_exactly(
     assert ledger.cell("c1").state().state == "done"
 
 
+@pytest.mark.clock
 def test_preempted_cell_requeues_and_resumes_mid_epoch(
     backend: Callable[..., SlurmBackend], tmp_path: Path
 ) -> None:
-    """A cell in the preemptible partition; once its first epoch is logged, a job in the
-    high-priority partition needs the whole node: SLURM preempts the cell (SIGTERM, then
-    REQUEUE after GraceTime), which writes a step checkpoint, restarts once the node is
-    free, resumes mid-epoch and ends done in the same MLflow run."""
+    """A cell in the preemptible partition holding the cluster's one ``token``; once its
+    first epoch is logged, a job in the high-priority partition asks for that token: SLURM
+    preempts the cell (SIGTERM, then REQUEUE after the partition's 15 s GraceTime), which
+    writes a step checkpoint, restarts once the token is free, resumes mid-epoch and ends
+    done in the same MLflow run."""
     epochs = 2
-    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "preempt", epochs, 40)
-    b = backend(time_min=30, partition="preemptible")
+    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "preempt", epochs, 25)
+    b = backend(time_min=30, partition="preemptible", gres="token:1")
     (job,) = b.submit([cell])
     deadline = time.time() + 600
     while int((attempt.read("heartbeat") or {}).get("epoch", 0)) < 1:
         assert time.time() < deadline and not job.done(), attempt.read("status")
         time.sleep(1)
-    time.sleep(5)  # well into epoch 2 (~40 s)
-    # The whole node for 5 s (its output nowhere: sbatch would write it to the cwd).
-    sbatch = ["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-t", "2", "-o", "/dev/null"]
+    time.sleep(5)  # well into epoch 2 (~25 s)
+    # The token for 5 s (its output nowhere: sbatch would write it to the cwd).
+    sbatch = [
+        "sbatch",
+        "--parsable",
+        "-p",
+        "urgent",
+        "--gres=token:1",
+        "-t",
+        "2",
+        "-o",
+        "/dev/null",
+    ]
     urgent = subprocess.run(
         [*sbatch, "--wrap", "sleep 5"],
         capture_output=True,

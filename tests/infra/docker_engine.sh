@@ -5,6 +5,7 @@
 #   tests/infra/docker_engine.sh start       install docker.io if missing, start dockerd
 #   tests/infra/docker_engine.sh stop        stop exactly the dockerd this script started
 #   tests/infra/docker_engine.sh base-image  build the local python3.11 bookworm base image
+#   tests/infra/docker_engine.sh status      exit 0 when our dockerd runs and answers
 #   tests/infra/docker_engine.sh env         print `export DOCKER_HOST=...` for a shell
 #
 # Everything lives under $RUNNER_DOCKER_DIR (default /var/lib/runner-docker): data-root,
@@ -144,9 +145,10 @@ case ${1:-} in
 start) start ;;
 stop) stop ;;
 base-image) base_image ;;
+status) live_pid >/dev/null && answers ;;
 env) echo "export DOCKER_HOST=unix://$SOCK" ;;
 *)
-    echo "usage: $0 {start|stop|base-image|env}" >&2
+    echo "usage: $0 {start|stop|base-image|status|env}" >&2
     exit 2
     ;;
 esac

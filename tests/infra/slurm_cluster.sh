@@ -137,7 +137,11 @@ CONF_CHANGED=0
 configure() {
     local host cpus mem_mb
     host=$(hostname -s)
-    cpus=$(nproc)
+    # More CPUs than the machine has (config_overrides lets slurmd accept it): the suite's
+    # workers submit at once, and most test jobs sleep or wait; with only the real cores,
+    # SLURM would queue one worker's jobs behind another's and the tests would wait on
+    # each other rather than on the behaviour they check.
+    cpus=${RUNNER_SLURM_CPUS:-$(($(nproc) * 4))}
     # Leave ~5% (at least 512 MB) to the OS, or slurmd reports less than configured and
     # the node is drained.
     mem_mb=$(awk '/^MemTotal:/ {m = int($2 / 1024); r = int(m * 0.05); if (r < 512) r = 512;
@@ -157,7 +161,11 @@ configure() {
         chmod 400 "$DIR/munge/munge.key"
     fi
 
-    local auth="socket=$MUNGE_SOCKET"
+    local auth="socket=$MUNGE_SOCKET" worker_partitions="" w
+    for ((w = 0; w < 16; w++)); do
+        worker_partitions+="PartitionName=gw$w Nodes=$host MaxTime=INFINITE State=UP "
+        worker_partitions+="PriorityTier=1 PreemptMode=OFF"$'\n'
+    done
     if write_if_changed "$CONF" 644 <<EOF; then CONF_CHANGED=1; fi
 # Written by tests/infra/slurm_cluster.sh; edits are overwritten on start.
 ClusterName=runner
@@ -167,8 +175,9 @@ SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire is also how long a requeued job is held before it may start again.
-AuthInfo=$auth,cred_expire=10
+# cred_expire is also how long a requeued job is held before it may start again: the
+# shortest SLURM accepts, so that requeue tests wait as little as possible.
+AuthInfo=$auth,cred_expire=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -187,7 +196,12 @@ SlurmdTimeout=30
 KillWait=10
 MinJobAge=300
 InactiveLimit=0
+SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
+# Scheduling passes every 5 s (defaults: 60 s and 30 s): a requeued job starts soon after its
+# hold ends. (At sched_interval=1 an array task's --signal warning was lost: seen here, every
+# time.) Time limits and --signal warnings are checked on slurmctld's fixed 30 s tick, which
+# no parameter changes; the tests that meet it say so.
 SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
@@ -203,20 +217,25 @@ AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
-GresTypes=gpu
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:2 State=UNKNOWN
+# "token": one count-only resource, held by the preemption test's cell and asked for by its
+# urgent job, so that the urgent job preempts exactly that cell whatever else runs.
+GresTypes=gpu,token
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:2,token:1 State=UNKNOWN
 # Preemption by partition priority, for the preemption test only: a job in "urgent"
 # requeues running jobs of "preemptible" (SIGTERM at once, SIGKILL and REQUEUE after
-# GraceTime). "debug", the default every other test uses, is never preempted.
+# GraceTime). "debug" (the default) and gw0..gw15 (one per pytest-xdist worker, so that a
+# worker cleans up only its own jobs) are never preempted.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
-PartitionName=preemptible Nodes=$host MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=60
+$worker_partitions
+PartitionName=preemptible Nodes=$host MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=15
 PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
 
     if write_if_changed "$ETC/gres.conf" 644 <<EOF; then CONF_CHANGED=1; fi
 Name=gpu File=$DIR/dev/gpu[0-1]
+Name=token Count=1
 EOF
 
     # slurmdbd refuses a config readable by others (it holds the DB password).

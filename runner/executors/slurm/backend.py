@@ -1,17 +1,16 @@
 """SLURM through submitit: cells go out as job arrays and requeue themselves on time-out.
 
-* ``submit`` sends N cells in ⌈N / MaxArraySize⌉ ``sbatch`` calls (one job array each), with
-  the ``%N`` throttle of ``array_parallelism``. When a matrix needs several arrays, each one
-  waits for the previous to end (``afterany``) so that the throttle holds for the whole sweep.
+* ``submit`` sends N cells as job arrays of at most MaxArraySize (or ``array_size``) cells,
+  one ``sbatch`` each, with the ``%N`` throttle of ``array_parallelism``; each array waits for
+  the previous one to end (``afterany``) so that the throttle holds for the whole sweep.
 * Each cell runs as :class:`SlurmCellJob`, a :class:`~runner.job.CellJob` that is also
   submitit-``Checkpointable``: SLURM warns it ``signal_delay_s`` before its time limit (or on
   preemption: SIGTERM, or the warning signal through ``scancel --signal``); the recipe stops
-  at its next step and writes a step checkpoint, submitit requeues the same job id (SLURM
-  itself, for a preemption by SIGTERM), and the recipe resumes from that step into the same
-  MLflow run (the ledger's ``run_id``).
-* Requeues are recorded in the attempt's ``slurm.json`` (see :class:`SlurmCellJob`).
-* The sweep does not wait (``waits = False``): the cluster keeps the queue, ``runner status``
-  reads the ledger, and :func:`query_states` asks SLURM about the whole matrix at once.
+  at its next step and writes a step checkpoint, submitit (or SLURM, on a preemption)
+  requeues the same job id, and it resumes from that step into the same MLflow run.
+* Requeues are recorded in the attempt's ``slurm.json`` (see :class:`SlurmCellJob`). The sweep
+  does not wait (``waits = False``): the cluster keeps the queue, ``runner status`` reads the
+  ledger, and :func:`query_states` asks SLURM about the whole matrix at once.
 """
 
 from __future__ import annotations
@@ -243,7 +242,8 @@ class SlurmBackend(Backend):
     @property
     def max_array_size(self) -> int:
         if self._max_array is None:  # asked once per backend, not per submission
-            self._max_array = max_array_size(show_config())
+            cap = max_array_size(show_config())
+            self._max_array = min(cap, self.options.array_size or cap)
         return self._max_array
 
     def _executor(self) -> submitit.SlurmExecutor:

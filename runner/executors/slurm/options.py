@@ -55,6 +55,11 @@ class SlurmExecutorOptions(BaseModel):
         description="at most this many cells of one sweep run at once (the array's %N "
         "throttle, kept across arrays when the matrix needs several); None = no limit",
     )
+    array_size: PositiveInt | None = Field(
+        None,
+        description="most cells per job array (a site may cap a user's submitted jobs below "
+        "MaxArraySize); None = the cluster's MaxArraySize",
+    )
     setup: list[str] = Field(
         default_factory=list,
         description="shell lines run in the batch script before the cell, e.g. "
