@@ -19,9 +19,9 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceD
 from monai.networks.utils import one_hot
 from omegaconf import OmegaConf
 
-from recipes.components.testtime.test_split import exclude_test, held_out_items
+from recipes.components.testtime.held_out import exclude_test, held_out_items
 from recipes.contract import PredictInputError
-from runner.cli import main
+from runner.cli.main import main
 from tests import datasets
 from tests.test_real_data import DATA, LABELS, _ensure_package
 

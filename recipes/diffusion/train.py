@@ -68,22 +68,12 @@ from recipes.components.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recipes.components.training.distributed import Dist, init_distributed
-from recipes.components.training.mlflow_logging import (
-    RunLogger,
-    flatten_config,
-    log_split,
-    open_run_logger,
-)
+from recipes.components.training.distributed import Dist
+from recipes.components.training.frame import open_run, start_process
+from recipes.components.training.loop import requested_stop_reason
+from recipes.components.training.mlflow_logging import RunLogger, flatten_config, log_split
 from recipes.components.training.optim import Schedule, build_optimizer, build_scheduler
-from recipes.components.training.setup import (
-    avoid_onednn_bf16_backward,
-    checkpoint_dir,
-    describe_device,
-    resolve_device,
-    seed_everything,
-    standalone_run_name,
-)
+from recipes.components.training.setup import describe_device
 from recipes.components.training.step import (
     AMP_DTYPES,
     Diverged,
@@ -91,7 +81,6 @@ from recipes.components.training.step import (
     autocast,
     on_device,
 )
-from recipes.components.training.system_metrics import monitor_run
 from recipes.contract import RunContext, TrainResult
 
 __all__ = ["Trainee", "train", "train_step"]
@@ -173,18 +162,13 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
 def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     """Train ``cfg`` to ``training.max_steps`` (resuming from ``last.pt``); see the module doc.
 
-    The MLflow run is ended in one place: FINISHED when the loop returns "done", FAILED when
-    it diverged or raised, KILLED on an interrupt (a cancel). Under a runner ``end`` is a
-    no-op: the runner owns the run.
+    Setup here, the step loop in :func:`_train_loop`; the frame around them (seeding, the
+    DDP group, the MLflow run and how it ends, cleanup) is ``training/frame.py``'s.
     """
     tcfg = cfg.training
     # --- setup: everything from the config, the model before the data -----------------------
-    seed_everything(cfg.seed, tcfg.deterministic)
-    if tcfg.num_threads:
-        torch.set_num_threads(int(tcfg.num_threads))
-    dist = init_distributed(resolve_device(tcfg.device), tcfg.get("ddp_timeout_min", 30))
+    dist = start_process(cfg)
     device = dist.device
-    avoid_onednn_bf16_backward(device, tcfg.amp)
     if (cfg.get("dims") or {}).get("spatial_dims") != 2:
         raise ValueError("the diffusion recipe trains on 2D slices: use dims=2d")
     slice_axis = slice_axis_of(cfg)
@@ -202,8 +186,6 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     if dist.active and not data.shard(dist.rank, dist.world):
         log.info("fewer validation volumes than ranks: every rank validates them all")
     optimizer = build_optimizer(cfg.optimizer, net)
-    logger = open_run_logger(cfg, ctx, dist.main, dist.share, standalone_run_name)
-    ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
     schedule = build_scheduler(cfg.scheduler, optimizer, 1, int(tcfg.max_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     trainee = Trainee(
@@ -220,20 +202,11 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         dist,
     )
 
-    status = "FAILED"
-    stop_monitor = monitor_run(tcfg, logger, device, resumed=(ckpt_dir / LAST).exists())
-    try:
-        with dist.peers_guarded():
-            result = _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, logger, ckpt_dir)
-        status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:  # --- cleanup ------------------------------------------------------------------
-        stop_monitor()
-        logger.end(status)
-        dist.close()
+    # --- the loop; leaving the block is the cleanup ------------------------------------------
+    with open_run(cfg, ctx, dist) as run, dist.peers_guarded():
+        return run.record(
+            _train_loop(cfg, ctx, trainee, schedulers, data, slice_axis, run.logger, run.ckpt_dir)
+        )
 
 
 def _train_loop(
@@ -289,7 +262,7 @@ def _train_loop(
     if progress.in_epoch:  # stopped between two reports: the logged means stay exact
         window.load(progress.in_epoch)
     progress.in_epoch = None
-    stop = ctx.stop if ctx is not None else None
+    stop_request = ctx.stop if ctx is not None else None
     for step, batch in _batches(data, progress.global_step, max_steps, window):
         try:
             window.add(train_step(t, batch, step), batch["image"].shape[0])
@@ -329,14 +302,14 @@ def _train_loop(
                 log_examples(logger, val, step)
         # RunContext.stop (a time limit, a preemption): save this step, then stop; in a DDP
         # cell all ranks at the same step (the signal reaches them at different times).
-        stopping = dist.any(stop is not None and bool(stop)) and step < max_steps
+        stopping = dist.any(stop_request is not None and bool(stop_request)) and step < max_steps
         saving = validating or stopping or step % int(tcfg.checkpoint_every) == 0
         # The steps since the last report (means over the ranks: every rank resumes from it).
         progress.in_epoch = window.state() if saving else None
         if saving and dist.main:
             save_checkpoint(ckpt_dir / LAST, t.module, t.optimizer, t.schedule, progress, t.scaler)
         if stopping:
-            reason = (stop.reason if stop else None) or "stop requested on another rank"
+            reason = requested_stop_reason(stop_request)
             log.warning("stopped at step %d: %s", step, reason)
             return result("interrupted", reason, metrics)
         if reporting:

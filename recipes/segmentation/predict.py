@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from recipes.components.testtime.held_out import held_out_items
 from recipes.components.testtime.inference import (
     Predictor,
     ensemble_probabilities,
@@ -45,7 +46,6 @@ from recipes.components.testtime.inputs import (
     check_headers,
     read_input_folder,
 )
-from recipes.components.testtime.test_split import held_out_items
 from recipes.contract import (
     ModelRef,
     PredictedCase,

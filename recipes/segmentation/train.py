@@ -55,33 +55,23 @@ from recipes.components.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from recipes.components.training.distributed import Dist, init_distributed
-from recipes.components.training.early_stopping import EarlyStopping
+from recipes.components.training.distributed import Dist
+from recipes.components.training.early_stopping import EarlyStop, EarlyStopping
+from recipes.components.training.frame import open_run, start_process
 from recipes.components.training.loop import (
     EpochState,
     Interrupted,
     StepCheckpoints,
     Trainee,
     checkpoint_every_steps,
+    requested_stop_reason,
     train_one_epoch,
 )
 from recipes.components.training.losses import build_loss
 from recipes.components.training.lr_finder import find_lr_and_log
-from recipes.components.training.mlflow_logging import (
-    RunLogger,
-    flatten_config,
-    log_split,
-    open_run_logger,
-)
+from recipes.components.training.mlflow_logging import RunLogger, flatten_config, log_split
 from recipes.components.training.optim import build_optimizer, build_scheduler
-from recipes.components.training.setup import (
-    avoid_onednn_bf16_backward,
-    checkpoint_dir,
-    describe_device,
-    resolve_device,
-    seed_everything,
-    standalone_run_name,
-)
+from recipes.components.training.setup import describe_device
 from recipes.components.training.step import (
     Diverged,
     LoaderClock,
@@ -89,7 +79,6 @@ from recipes.components.training.step import (
     optimizer_steps_per_epoch,
     throughput,
 )
-from recipes.components.training.system_metrics import monitor_run
 from recipes.components.training.validation import check_task, evaluate, save_instances
 from recipes.contract import RunContext, TrainResult
 
@@ -124,20 +113,14 @@ def validate(
 def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
     """Train ``cfg`` to ``training.max_epochs`` (resuming from ``last.pt``); see the module doc.
 
-    The MLflow run is ended in one place: FINISHED when the loop returns "done", FAILED when
-    it diverged or raised, KILLED on an interrupt (a cancel) or a stop request (status
-    "interrupted": a step checkpoint to continue from). Under a runner ``end`` is a no-op:
-    the runner owns the run.
+    Setup here, the epoch loop in :func:`_train_loop`; the frame around them (seeding, the
+    DDP group, the MLflow run and how it ends, cleanup) is ``training/frame.py``'s.
     """
     tcfg = cfg.training
     # --- setup: everything from the config, the model before the data (a model that can't
     # be built fails before minutes of caching) ---------------------------------------------
-    seed_everything(cfg.seed, tcfg.deterministic)
-    if tcfg.num_threads:
-        torch.set_num_threads(int(tcfg.num_threads))
-    dist = init_distributed(resolve_device(tcfg.device), tcfg.get("ddp_timeout_min", 30))
+    dist = start_process(cfg)
     device = dist.device
-    avoid_onednn_bf16_backward(device, tcfg.amp)
     slice_axis = slice_axis_of(cfg)  # None: 3D; else 2D slices across this axis
     check_task(cfg)
     # The widths the network is built with (size preset, DynUNet's plan), as MLflow logs them.
@@ -151,28 +134,16 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
         log.info("fewer validation volumes than ranks: every rank validates them all")
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
-    logger = open_run_logger(cfg, ctx, dist.main, dist.share, standalone_run_name)
-    ckpt_dir = checkpoint_dir(cfg, ctx, logger.run_id)
 
-    status = "FAILED"
-    stop_monitor = monitor_run(tcfg, logger, device, resumed=(ckpt_dir / LAST).exists())
-    try:
+    # --- the loop; leaving the block is the cleanup ------------------------------------------
+    with open_run(cfg, ctx, dist) as run:
         if cfg.get("mode", "train") == "test":
-            result = _test(cfg, model, data, loss_fn, device, logger)
-        else:
-            with dist.peers_guarded():
-                result = _train_loop(
-                    cfg, ctx, model, data, loss_fn, optimizer, device, logger, ckpt_dir, dist
-                )
-        status = {"done": "FINISHED", "interrupted": "KILLED"}.get(result.status, "FAILED")
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:  # --- cleanup ------------------------------------------------------------------
-        stop_monitor()
-        logger.end(status)
-        dist.close()
+            return run.record(_test(cfg, model, data, loss_fn, device, run.logger))
+        with dist.peers_guarded():
+            result = _train_loop(
+                cfg, ctx, model, data, loss_fn, optimizer, device, run.logger, run.ckpt_dir, dist
+            )
+        return run.record(result)
 
 
 def _train_loop(
@@ -202,9 +173,10 @@ def _train_loop(
     group = dist if dist.active else None  # DDP: the ranks agree at every step
     trainee = Trainee(dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group)
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
-    stopper = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
+    early_stopping = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
     every = checkpoint_every_steps(tcfg)
-    stop = ctx.stop if ctx is not None else None
+    # The runner's "stop at the next step and save" (a time limit, a preemption).
+    stop_request = ctx.stop if ctx is not None else None
 
     def save_last() -> None:
         if dist.main:  # one writer; the other ranks hold the same weights
@@ -215,7 +187,7 @@ def _train_loop(
     if not fresh:
         progress = load_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, scaler)
         resumed_from = progress.epoch
-        stopper.load(ckpt_dir, progress.epoch)
+        early_stopping.load(ckpt_dir, progress.epoch)
         log.info("resumed from %s at epoch %d", ckpt_dir / LAST, resumed_from)
     # A step checkpoint: the epoch after progress.epoch is partly trained.
     in_epoch, progress.in_epoch = progress.in_epoch, None
@@ -245,13 +217,12 @@ def _train_loop(
 
     # --- epochs ----------------------------------------------------------------------------
     metrics: dict[str, float] = {}
-    stop_reason: str | None = None
-    early = None
+    # The last validation's early-stopping decision: None (go on), a stop or a divergence.
+    early_stop: EarlyStop | None = None
     for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
         # Asked between epochs (e.g. during a validation): last.pt is this point.
-        if dist.any(bool(stop)):
-            reason = (stop.reason if stop else None) or "stop requested on another rank"
-            return result("interrupted", epoch - 1, reason, metrics)
+        if dist.any(bool(stop_request)):
+            return result("interrupted", epoch - 1, requested_stop_reason(stop_request), metrics)
         start = time.perf_counter()
         state = EpochState.from_dict(in_epoch) if in_epoch else None
         in_epoch = None
@@ -261,15 +232,15 @@ def _train_loop(
         try:
             clock = LoaderClock(data.train_loader, state.wait_s if state else 0.0)
             before = state.seconds if state else 0.0  # this epoch's training in earlier attempts
-            hook = StepCheckpoints(save_last, progress, every, stop, clock, before, group)
+            hook = StepCheckpoints(save_last, progress, every, stop_request, clock, before, group)
             train_loss, patches, lr = train_one_epoch(trainee, clock, epoch, progress, state, hook)
         except Diverged as err:
             log.error("%s", err)
             logger.set_tag("divergence", str(err))
             return result("diverged", epoch - 1, str(err), metrics)
-        except Interrupted as stopped:
-            log.warning("%s; %s holds that step", stopped, ckpt_dir / LAST)
-            return result("interrupted", epoch - 1, stopped.reason, metrics)
+        except Interrupted as interrupted:
+            log.warning("%s; %s holds that step", interrupted, ckpt_dir / LAST)
+            return result("interrupted", epoch - 1, interrupted.reason, metrics)
         train_seconds = time.perf_counter() - start + before
         if schedule.interval == "epoch":
             schedule.scheduler.step()
@@ -289,14 +260,13 @@ def _train_loop(
             metrics = dist.share(metrics)
             if schedule.interval == "val":
                 schedule.scheduler.step(_monitored(metrics, schedule.monitor, "scheduler"))
-            early = stopper.update(progress, metrics, epoch)
-            stop_reason = early.reason if early else None
+            early_stop = early_stopping.update(progress, metrics, epoch)
             if metrics["val_dice"] > progress.best_metric:
                 progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
                 if dist.main:
                     save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
-            if stopper.es and dist.main:  # before last.pt: a resume finds its epoch's history
-                stopper.save(ckpt_dir)
+            if early_stopping.es and dist.main:  # before last.pt: a resume finds its history
+                early_stopping.save(ckpt_dir)
         save_last()
         metrics["epoch_seconds"] = time.perf_counter() - start + before
 
@@ -304,23 +274,24 @@ def _train_loop(
         log.info("epoch %d/%d %s", epoch, tcfg.max_epochs, _fmt(metrics))
         if ctx is not None and ctx.progress is not None:
             ctx.progress({"epoch": epoch, "max_epochs": tcfg.max_epochs, **metrics})
-        if early is not None and early.diverged:
-            log.error("diverged: %s", early.reason)
-            logger.set_tag("divergence", early.reason)
-            return result("diverged", epoch, early.reason, metrics)
+        if early_stop is not None and early_stop.diverged:
+            log.error("diverged: %s", early_stop.reason)
+            logger.set_tag("divergence", early_stop.reason)
+            return result("diverged", epoch, early_stop.reason, metrics)
         # A search's pruner, after each validation (last.pt is saved: resume continues it).
         prune = ctx.should_prune if ctx is not None and "val_dice" in metrics else None
         # Rank 0's pruner decides for all ranks.
         if pruned := dist.share(prune(epoch, metrics) if prune is not None else None):
             return result("pruned", epoch, pruned, metrics)
-        if stop_reason:
-            log.info("early stop: %s", stop_reason)
-            logger.set_tag("early_stop", stop_reason)
+        if early_stop is not None:
+            log.info("early stop: %s", early_stop.reason)
+            logger.set_tag("early_stop", early_stop.reason)
             break
 
     if progress.best_epoch is not None:
         logger.log_metrics({"best_val_dice": progress.best_metric}, step=progress.epoch)
-    return result("done", progress.epoch, stop_reason, metrics)
+    # Why it stopped early; None when it ran to max_epochs (a decision to stop always breaks).
+    return result("done", progress.epoch, early_stop.reason if early_stop else None, metrics)
 
 
 def _monitored(metrics: dict[str, float], key: str, who: str) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 from monai.data.utils import partition_dataset
 
-from recipes.components.testtime.test_split import exclude_test
+from recipes.components.testtime.held_out import exclude_test
 
 Items = list[dict[str, Any]]
 

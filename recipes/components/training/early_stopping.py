@@ -59,7 +59,10 @@ def early_stop_reason(
 
 
 @dataclass
-class Stop:
+class EarlyStop:
+    """A decision to stop after this validation: converged, out of patience, good enough,
+    or (``diverged``) collapsed; not to be confused with the runner's ``StopRequest``."""
+
     reason: str
     diverged: bool = False
 
@@ -95,7 +98,9 @@ class EarlyStopping:
         tmp.write_text(json.dumps({"monitor": self.monitor, "history": self.history}))
         os.replace(tmp, ckpt_dir / HISTORY_FILE)
 
-    def update(self, progress: Progress, metrics: Mapping[str, float], epoch: int) -> Stop | None:
+    def update(
+        self, progress: Progress, metrics: Mapping[str, float], epoch: int
+    ) -> EarlyStop | None:
         """Record this validation; why to stop now, or None. Call before ``progress``
         records a best (as :func:`early_stop_reason`)."""
         if not self.es:
@@ -116,18 +121,18 @@ class EarlyStopping:
         if div is not None:
             was_good = any(self._better(v, float(div)) for v in earlier)
             if not math.isfinite(value) or (was_good and not self._better(value, float(div))):
-                return Stop(f"{self.monitor} {value:.4g} diverged past {div}", diverged=True)
+                return EarlyStop(f"{self.monitor} {value:.4g} diverged past {div}", diverged=True)
         threshold = self.es.get("threshold")
         if threshold is not None and self._reached(value, float(threshold)):
-            return Stop(f"{self.monitor} {value:.4g} reached threshold {threshold}")
+            return EarlyStop(f"{self.monitor} {value:.4g} reached threshold {threshold}")
         if legacy:
-            return Stop(legacy)
+            return EarlyStop(legacy)
         return None if self.monitor == "val_dice" else self._patience(metrics)
 
-    def _patience(self, metrics: Mapping[str, float]) -> Stop | None:
+    def _patience(self, metrics: Mapping[str, float]) -> EarlyStop | None:
         good = self.es.get("good_enough")
         if good is not None and "val_dice" in metrics and metrics["val_dice"] >= float(good):
-            return Stop(f"val_dice {metrics['val_dice']:.4g} >= good_enough {good}")
+            return EarlyStop(f"val_dice {metrics['val_dice']:.4g} >= good_enough {good}")
         patience = self.es.get("patience")
         if patience is None:
             return None
@@ -140,5 +145,5 @@ class EarlyStopping:
                 best = value
         last = self.history[-1][0]
         if last - improved >= int(patience) * self.val_interval:
-            return Stop(f"no {self.monitor} gain > {delta} in {patience} validations")
+            return EarlyStop(f"no {self.monitor} gain > {delta} in {patience} validations")
         return None

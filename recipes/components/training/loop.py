@@ -43,6 +43,7 @@ __all__ = [
     "StepCheckpoints",
     "Trainee",
     "checkpoint_every_steps",
+    "requested_stop_reason",
     "train_one_epoch",
 ]
 
@@ -92,6 +93,12 @@ class Interrupted(Exception):
         self.reason, self.state = reason, state
 
 
+def requested_stop_reason(stop_request: StopRequest | None) -> str:
+    """Why the ranks agreed to stop: this rank's request's reason; a rank that saw no request
+    itself stops because a peer did (one all-reduce tells every rank that one asked)."""
+    return (stop_request.reason if stop_request else None) or "stop requested on another rank"
+
+
 def checkpoint_every_steps(tcfg: DictConfig) -> int | None:
     """``training.checkpoint_every_steps``: null (epoch ends only) or an integer >= 1."""
     every = tcfg.get("checkpoint_every_steps")
@@ -119,17 +126,18 @@ class StepCheckpoints:
         save: Callable[[], None],
         progress: Progress,
         every: int | None,
-        stop: StopRequest | None,
+        stop_request: StopRequest | None,
         clock: LoaderClock,
         offset_s: float = 0.0,
         group: Dist | None = None,
     ) -> None:
-        self.save, self.progress, self.every, self.stop = save, progress, every, stop
+        self.save, self.progress, self.every = save, progress, every
+        self.stop_request = stop_request
         self.clock, self.offset_s, self.started = clock, offset_s, time.perf_counter()
         self.group = group
 
     def __call__(self, state: EpochState) -> None:
-        stopping = self.stop is not None and bool(self.stop)
+        stopping = self.stop_request is not None and bool(self.stop_request)
         if self.group is not None:
             stopping = self.group.any(stopping)
         if not stopping and not (self.every and self.progress.global_step % self.every == 0):
@@ -148,8 +156,7 @@ class StepCheckpoints:
         finally:
             self.progress.in_epoch = None  # an epoch-end checkpoint never carries it
         if stopping:
-            reason = self.stop.reason if self.stop else None
-            raise Interrupted(reason or "stop requested on another rank", state)
+            raise Interrupted(requested_stop_reason(self.stop_request), state)
 
 
 def _no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager[Any]:
