@@ -82,15 +82,15 @@ def _status(path: Path, reconcile: bool) -> None:
     """``runner status PATH`` in this process, its table thrown away; without
     reconciliation when ``reconcile`` is false (the status of before #12)."""
     import runner.sweep.reconcile as rec
-    from runner.cli import main
+    from runner.cli.main import main
 
     real = rec.reconcile
     with contextlib.ExitStack() as stack:
         if not reconcile:
             stack.callback(setattr, rec, "reconcile", real)
             rec.reconcile = lambda plan, states=None: None  # type: ignore[assignment]
-            # runner.commands.status imported the name itself
-            import runner.commands.status as st
+            # runner.cli.status imported the name itself
+            import runner.cli.status as st
 
             stack.callback(setattr, st, "reconcile", st.reconcile)
             st.reconcile = rec.reconcile  # type: ignore[assignment]
@@ -102,7 +102,7 @@ def _status(path: Path, reconcile: bool) -> None:
 def run(opts: Options) -> Outcome:
     if not cluster_answers():
         return Outcome([no_cluster_row("SLURM status with reconciliation")])
-    from runner.cli import main
+    from runner.cli.main import main
     from runner.plan import make_plan
 
     n = 200 if opts.quick else 1000

@@ -1,6 +1,6 @@
 """Benchmark 4: cell start latency, process start to the end of the first training step.
 
-A fresh ``python -m bench.startup_child`` runs the real cell payload (``runner.job.CellJob``)
+A fresh ``python -m bench.startup_child`` runs the real cell payload (``runner.job.cell.CellJob``)
 against a sqlite store and ledger prepared as ``runner sweep`` prepares them (experiment
 created, attempt claimed), with the thread count the local executor would export. The
 baseline is the floor of any PyTorch + MONAI script: interpreter start plus those imports.
@@ -30,7 +30,7 @@ def prepare(work: Path, cells: int) -> list[dict[str, Any]]:
     """What ``runner.sweep.submit.submit`` leaves for each of ``cells`` cells: one store and
     experiment for the sweep, then per cell a claimed attempt in the ledger."""
     from runner import tracking
-    from runner.job import CellJob
+    from runner.job.cell import CellJob
     from runner.ledger import Ledger
     from runner.matrix.cells import cell_id
 

@@ -1,6 +1,6 @@
 """Child process of the start-latency benchmark: a real cell, stopped after its first step.
 
-Runs ``runner.job.CellJob`` (the payload every executor runs) and stamps the wall clock as
+Runs ``runner.job.cell.CellJob`` (the payload every executor runs) and stamps the wall clock as
 the cell goes: interpreter start, the heavy imports (done up front, one by one, so that each
 gets its own line; shared dependencies count for the first that pulls them in), MLflow run
 creation, Hydra composition, data loading, model build, MLflow params, the first batch and
@@ -63,7 +63,7 @@ def main() -> None:
     from recipes.components.training import mlflow_logging
     from recipes.segmentation import train as train_module
     from runner import tracking
-    from runner.job import CellJob
+    from runner.job.cell import CellJob
     from runner.recipe import Recipe
 
     mark("import recipe + runner (MONAI networks/transforms, ...)")

@@ -70,5 +70,5 @@ def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
     grid = expansion.cells
     cells, search = build_search(m, grid, set(recipe.groups), ledger.root)
     if search is not None and m.spec.search is not None:
-        expansion = Expansion(cells, expansion.warnings)
+        expansion = Expansion(cells, expansion.warnings, expansion.data_configs)
     return Plan(m, recipe, expansion, ledger, workdir, search, grid)

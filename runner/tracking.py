@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -198,3 +198,21 @@ def retrying(call: Callable[[], T], attempts: int = 3, pause_s: float = 1.0) -> 
                 raise
             time.sleep(pause_s * 2**i)
     raise AssertionError("unreachable")
+
+
+def log_gpu_hours(uri: str, run_id: str, hours: float, wall_hours: float | None = None) -> None:
+    """Set ``gpu_hours`` (and ``wall_hours``) on a cell's MLflow run: the latest value is the
+    cell's total so far, so logging it again after a resume replaces it in the UI."""
+    figures = {"gpu_hours": hours}
+    if wall_hours is not None:
+        figures["wall_hours"] = wall_hours
+    log_figures(uri, run_id, figures)
+
+
+def log_figures(uri: str, run_id: str, figures: Mapping[str, float]) -> None:
+    """These metrics on a run at step 0, in one call."""
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now_ms, 0) for key, value in figures.items()]
+    client(uri).log_batch(run_id, metrics=metrics)

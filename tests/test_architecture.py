@@ -92,6 +92,59 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+#: The runner's folders as layers, lowest first: a module imports only from its own layer or
+#: below (data flows matrix -> plan -> sweep -> executors -> job -> recipes; report reads
+#: the ledger and MLflow, never the executing side). The executors' options (pydantic only)
+#: and resources (what a machine offers) are declarations the matrix schema validates with.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("runner", "runner.errors", "runner.ledger", "runner.tracking", "runner.recipe"),
+    (
+        "runner.executors",
+        "runner.executors.options",
+        "runner.executors.resources",
+        "runner.executors.*.options",
+    ),
+    ("runner.matrix",),
+    ("runner.search",),
+    ("runner.plan",),
+    ("runner.report",),
+    ("runner.testtime",),
+    ("runner.job",),
+    ("runner.executors.*",),
+    ("runner.sweep",),
+    ("runner.importers",),
+    ("runner.cli", "runner.__main__"),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of ``module``: the most specific pattern that names it or a package above
+    it (``*`` stands for one name)."""
+    best, depth = -1, -1
+    for i, patterns in enumerate(LAYERS):
+        for pattern in patterns:
+            parts, names = pattern.split("."), module.split(".")
+            exact = pattern == "runner.executors" or pattern == "runner"
+            if exact and module != pattern:
+                continue
+            named = all(p in ("*", n) for p, n in zip(parts, names[: len(parts)], strict=False))
+            if len(names) >= len(parts) and named and len(parts) > depth:
+                best, depth = i, len(parts)
+    return best
+
+
+def test_the_runner_reads_one_way_through_its_layers() -> None:
+    graph = _graph()
+    runner = {m: d for m, d in graph.items() if m.split(".")[0] == "runner"}
+    unplaced = sorted(m for m in runner if _layer(m) < 0)
+    assert unplaced == [], "add these to LAYERS"
+    upward = {
+        m: sorted(d for d in deps if d.split(".")[0] == "runner" and _layer(d) > _layer(m))
+        for m, deps in runner.items()
+    }
+    assert {m: d for m, d in upward.items() if d} == {}
+
+
 def test_modules_stay_small() -> None:
     big = {str(p.relative_to(ROOT)): n for p in _modules().values()
            if (n := len(p.read_text().splitlines())) > MAX_LINES}  # fmt: skip
@@ -103,14 +156,44 @@ def test_the_runner_top_level_reads_at_a_glance() -> None:
     assert len(top) <= MAX_TOP_MODULES, top
 
 
-def test_an_executor_kind_is_one_registry_line() -> None:
-    """Every kind in the registry resolves to an options model and a backend whose ``kind``
-    matches, and the matrix schema accepts exactly these kinds."""
-    from runner.executors import KINDS, _load
+def test_an_executor_kind_is_one_line_in_each_registry() -> None:
+    """Every kind has an options model and a backend whose ``kind`` matches, the matrix
+    schema accepts exactly these kinds, and the options import no backend."""
+    from runner.executors.backends import BACKENDS
+    from runner.executors.options import OPTIONS
     from runner.matrix.schema import EXECUTOR_KINDS
 
-    assert tuple(KINDS) == EXECUTOR_KINDS
-    for kind, entry in KINDS.items():
-        options, backend = _load(entry.options), _load(entry.backend)
+    assert tuple(OPTIONS) == EXECUTOR_KINDS and set(BACKENDS) == set(OPTIONS)
+    for kind, options in OPTIONS.items():
         assert get_args(options.model_fields["kind"].annotation) == (kind,)
-        assert backend.kind == kind
+        assert BACKENDS[kind].kind == kind
+        assert callable(options.cell_gpus)
+
+
+def test_attempt_files_are_read_and_written_as_typed_records() -> None:
+    """The runner touches an attempt's files only through the records of
+    runner.ledger.records (``Attempt.load`` / ``Attempt.save``): one reader and writer each,
+    never a dict keyed by file name."""
+    from runner.ledger import records
+
+    files = {
+        cls.FILE
+        for cls in vars(records).values()
+        if isinstance(cls, type) and issubclass(cls, records.Record) and cls is not records.Record
+    }
+    assert {"claim", "job", "status", "heartbeat", "monitor", "cancel", "slurm", "docker"} <= files
+    raw = []
+    for name, path in _modules().items():
+        if not name.startswith("runner") or name.startswith("runner.ledger"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("read", "write")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value in files
+            ):
+                raw.append(f"{name}:{node.lineno}")
+    assert raw == []

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli import main
+from runner.cli.main import main
 from runner.ledger import CellRecord, pid_alive
 from runner.plan import make_plan
 from tests.conftest import ROOT
@@ -26,7 +26,7 @@ GUARDED_WRITE = textwrap.dedent(
     """
     import os, pathlib, signal, sys, torch
     from recipes.components.training.checkpoint import atomic_save
-    from runner.job import interruptible
+    from runner.job import signals
 
     path = pathlib.Path(sys.argv[1])
     atomic_save({"epoch": 1}, path)
@@ -42,7 +42,7 @@ GUARDED_WRITE = textwrap.dedent(
     raised = "no"
     try:
         if sys.argv[2] == "job":  # as a runner job does
-            with interruptible():
+            with signals.handling(signals.LOCAL, signal.default_int_handler):
                 write()
         else:
             write()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli import main
+from runner.cli.main import main
 from runner.plan import make_plan
 from tests.e2e import background_runner, make_tiny_dataset, matrix_text, wait_for
 from tests.test_slurm import cluster  # noqa: F401 - the SLURM test cluster, started once
@@ -252,7 +252,7 @@ def test_gpus_per_cell_is_checked_with_the_matrix(
     """docker and local refuse more ranks than their listed GPUs, naming the key, at plan
     time (exit 2), and a local machine with fewer GPUs refuses at submit."""
     from runner.errors import RunnerError
-    from runner.executors.local import LocalBackend, LocalExecutorOptions
+    from runner.executors.local.backend import LocalBackend, LocalExecutorOptions
 
     data = make_tiny_dataset(project / "demo")
     uri = f"sqlite:///{project / 'mlruns.db'}"

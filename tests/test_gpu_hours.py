@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from runner import tracking
+from runner.executors.resources import gpus_from_env
 from runner.executors.slurm.cluster import parse_usage, tres_gpus
-from runner.executors.slurm.options import SlurmExecutorOptions
-from runner.ledger import CellRecord
+from runner.executors.slurm.options import SlurmExecutorOptions, gres_gpus
+from runner.ledger import CellRecord, ledger_hours
 from runner.plan import Plan, make_plan
 from runner.report import estimate as est
 from runner.report import gpu_hours as gh
-from runner.report.gpu_meter import ledger_hours
 from tests.e2e import make_tiny_dataset, matrix_text
 
 T0 = 1_700_000_000.0
@@ -73,7 +74,7 @@ def test_hours_from_real_ledger_attempts(tmp_path: Path) -> None:
     assert total["gpu_hours_by_state"] == {"done": pytest.approx(5.25), "submitted": 0.0}
     assert gh.summary_line(total).startswith("GPU-hours: 5.25 (done 5.25")
     # status --format json / parquet carry each cell's figures
-    from runner.report.tables import rows
+    from runner.cli.export import rows
 
     by_id = {r["cell_id"]: r for r in rows(plan, hours)}
     assert by_id[ids[0]]["gpu_hours"] == pytest.approx(5.0)
@@ -81,12 +82,11 @@ def test_hours_from_real_ledger_attempts(tmp_path: Path) -> None:
     # What the job logs as it ends (ledger only), into a real MLflow store
     assert ledger_hours(a, gpus=None) == (pytest.approx(5.0), pytest.approx(3.0))
     assert ledger_hours(d, gpus=1)[0] == pytest.approx(0.25)  # no gpus in its status: given
-    from runner import tracking
 
     exp = tracking.ensure_experiment(plan.tracking_uri, "gh", tmp_path / "art")
     run_id = tracking.start_cell_run(plan.tracking_uri, exp, "a", {})
-    gh.log_gpu_hours(plan.tracking_uri, run_id, 1.0, 2.0)
-    gh.log_gpu_hours(plan.tracking_uri, run_id, 5.0, 3.0)  # after a resume: the latest wins
+    tracking.log_gpu_hours(plan.tracking_uri, run_id, 1.0, 2.0)
+    tracking.log_gpu_hours(plan.tracking_uri, run_id, 5.0, 3.0)  # after a resume: the latest wins
     metrics = tracking.client(plan.tracking_uri).get_run(run_id).data.metrics
     assert (metrics["gpu_hours"], metrics["wall_hours"]) == (5.0, 3.0)
 
@@ -94,7 +94,6 @@ def test_hours_from_real_ledger_attempts(tmp_path: Path) -> None:
 def test_report_writes_only_the_figures_that_differ_from_the_runs(tmp_path: Path) -> None:
     """A job logs its ledger figure as it ends; ``runner report`` (log_all) must not log the
     same value again, only a better one (SLURM accounting's) or one the run lacks."""
-    from runner import tracking
 
     plan = _plan(tmp_path, "  seed: [0, 1]")
     a, b = (plan.ledger.cell(x.id) for x in plan.cells)
@@ -104,7 +103,7 @@ def test_report_writes_only_the_figures_that_differ_from_the_runs(tmp_path: Path
     exp = tracking.ensure_experiment(uri, "gh", tmp_path / "art")
     for name, record in (("a", a), ("b", b)):
         record.set_run_id(tracking.start_cell_run(uri, exp, name, {}))
-    gh.log_gpu_hours(uri, a.run_id, *ledger_hours(a, gpus=None))  # what a's job logged
+    tracking.log_gpu_hours(uri, a.run_id, *ledger_hours(a, gpus=None))  # what a's job logged
     client = tracking.client(uri)
 
     def entries(record: CellRecord) -> dict[str, list[float]]:
@@ -151,12 +150,23 @@ def test_gpus_from_the_executor_options_when_the_job_did_not_say(tmp_path: Path)
     usage = {"77_0": (7200.0, 4)}
     hours = gh.cell_hours(plan, usage=usage, here=[])[record.id]
     assert hours.gpu_hours == pytest.approx(8.0) and hours.source == "sacct"
-    assert gh.option_gpus(SlurmExecutorOptions(kind="slurm", gpus_per_task=0)) == 0
-    assert gh.gres_gpus("gpu:a100:2,shard:4") == 2 and gh.gres_gpus("gpu") == 1
-    assert gh.gpus_from_env({"CUDA_VISIBLE_DEVICES": "0,3"}) == 2
-    assert gh.gpus_from_env({"CUDA_VISIBLE_DEVICES": ""}) == 0
-    assert gh.gpus_from_env({"NVIDIA_VISIBLE_DEVICES": "void"}) == 0
-    assert gh.gpus_from_env({}) is None
+    assert SlurmExecutorOptions(kind="slurm", gpus_per_task=0).cell_gpus() == 0
+    assert SlurmExecutorOptions(kind="slurm", gpus_per_cell=2).cell_gpus() == 2
+    assert gres_gpus("gpu:a100:2,shard:4") == 2 and gres_gpus("gpu") == 1
+    assert gpus_from_env({"CUDA_VISIBLE_DEVICES": "0,3"}) == 2
+    assert gpus_from_env({"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert gpus_from_env({"NVIDIA_VISIBLE_DEVICES": "void"}) == 0
+    assert gpus_from_env({}) is None
+
+
+def test_slurm_gpus_per_cell_counts_the_cells_gpus_one_per_rank() -> None:
+    """gpus_per_cell means the same on SLURM as on local and docker: the cell's GPUs, one per
+    rank; a setting that would hold more (ranks × GPUs per task) is refused, saying why."""
+    with pytest.raises(ValueError, match="would hold 4 GPUs per cell"):
+        SlurmExecutorOptions(kind="slurm", gpus_per_cell=2, gpus_per_task=2)
+    with pytest.raises(ValueError, match="ask for gpu:2, one per rank"):
+        SlurmExecutorOptions(kind="slurm", gpus_per_cell=2, gres="gpu:a100:1")
+    assert SlurmExecutorOptions(kind="slurm", gpus_per_cell=2, gres="gpu:a100:2").cell_gpus() == 2
 
 
 def test_sacct_usage_lines() -> None:
@@ -263,7 +273,7 @@ def test_a_real_local_sweep_is_counted_and_logged(
     report logs both figures into each cell's run."""
     from mlflow import MlflowClient
 
-    from runner.cli import main
+    from runner.cli.main import main
 
     data = make_tiny_dataset(tmp_path / "demo")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"

@@ -119,7 +119,7 @@ def test_a_job_that_finishes_while_its_state_is_read_is_not_lost(
     cell read as failed/lost and `resume` would have run a finished cell again. The fault is
     injected at the exact moment between the two looks, which a real process can't hit on
     demand."""
-    import runner.ledger as ledger_module
+    import runner.ledger.store as ledger_module
 
     rec = Ledger(tmp_path, "m").cell("abc")
     attempt = rec.claim("local", 0)
@@ -130,9 +130,9 @@ def test_a_job_that_finishes_while_its_state_is_read_is_not_lost(
     attempt.write("status", {"state": "running", "pid": proc.pid, "host": socket.gethostname()})
     real = ledger_module._dead_here
 
-    def finishes_then_dies(owner: dict[str, Any]) -> bool:
+    def finishes_then_dies(host: str | None, pid: int | None) -> bool:
         attempt.write("status", {"state": "done", "best_val_dice": 0.7, "time": time.time()})
-        return real(owner)
+        return real(host, pid)
 
     monkeypatch.setattr(ledger_module, "_dead_here", finishes_then_dies)
     s = rec.state()

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console, RenderableType
 
-from runner.commands.status import show
+from runner.cli.progress import LiveProgress, Rates
+from runner.cli.status import show
+from runner.cli.tables import BIG, status_view
 from runner.ledger import Attempt, CellState, Ledger
 from runner.matrix.cells import Cell
-from runner.sweep.progress import LiveProgress, Rates
-from runner.sweep.tables import BIG, status_view
 from tests.conftest import ROOT
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, start_as
 
@@ -243,7 +243,7 @@ def test_watch_ends_when_no_cell_is_in_flight(
 
 
 def test_watch_on_a_terminal_redraws_bars_until_the_end(project: Path) -> None:
-    from runner.commands.status import watch
+    from runner.cli.status import watch
     from runner.plan import make_plan
 
     (project / "m.yaml").write_text(GOOD)

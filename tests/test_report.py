@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli import main
+from runner.cli.main import main
 from runner.matrix.cells import Cell
 from runner.report import plots
 from runner.report.stats import CellResult, Group
@@ -237,8 +237,8 @@ def test_one_class_table_drops_the_per_class_column(tmp_path: Path) -> None:
 
     from rich.console import Console
 
+    from runner.cli.report_view import print_report
     from runner.report.publish import Report
-    from runner.report.render import print_report
     from runner.report.stats import group_rows, marginal_effects
 
     for classes, expect in ((1, False), (2, True)):

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.cli.main import main
 from runner.ledger import TERMINAL, CellState
+from runner.matrix.asha import Asha, decide, reason, rung_of_reason
 from runner.matrix.cells import format_number
+from runner.matrix.space import Space, parse, rounded
 from runner.plan import make_plan
 from runner.search import study as journal
-from runner.search.asha import Asha, decide, reason, rung_of_reason
 from runner.search.prune import Reporter, SearchSpec
-from runner.search.refill import ask_new
-from runner.search.space import Space, parse, rounded
+from runner.sweep.refill import ask_new
 from runner.sweep.selection import REASON_KINDS, for_resume
 
 HEAD = "name: s\nrecipe: segmentation\nbase: [data=demo, model=meshnet, loss=ce_weighted]\n"
@@ -381,7 +381,7 @@ def test_readme_search_example_plans(project: Path) -> None:
 def test_slurm_sweeps_go_in_chunks_of_batch(project: Path) -> None:
     """Without executor slots (SLURM), a sweep takes at most ``batch`` trials: pending ones
     first, then new TPE trials asked to fill the chunk."""
-    from runner.search.refill import initial
+    from runner.sweep.refill import initial
 
     tpe = SEARCH.format(trials=6, seed=0).replace("random", "tpe")
     plan = make_plan(_write(project, tpe + "  startup: 2\n  batch: 3\n"))

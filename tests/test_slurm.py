@@ -57,6 +57,8 @@ def _options(**kw: Any) -> SlurmExecutorOptions:
         "time_min": 5,
         "setup": [f"export PYTHONPATH={ROOT}"],
     }
+    if "gres" in kw:  # instead of gpus_per_task
+        del base["gpus_per_task"]
     return SlurmExecutorOptions(**{**base, **kw})
 
 
@@ -453,7 +455,7 @@ def _real_cell(tmp_path: Path, name: str, epochs: int, epoch_s: float) -> tuple[
     from recipes.components.data.demo_data import ensure_demo_dataset
     from recipes.contract import RunContext
     from runner import tracking
-    from runner.job import CellJob
+    from runner.job.cell import CellJob
     from runner.ledger import Ledger
     from runner.recipe import Recipe
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.plan import Plan
-from runner.report.gpu_hours import CellHours, cell_hours, query_usage
+from runner.report.gpu_hours import CellHours, cell_hours
+from runner.sweep.reconcile import accounting
 
 
 def _native(value: Any) -> Any:
@@ -37,11 +38,11 @@ def _iso(attempt: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows(plan: Plan, hours: dict[str, CellHours] | None = None) -> list[dict[str, Any]]:
-    """One row per cell; ``hours`` (:func:`runner.report.gpu_hours.cell_hours`) is asked
-    for (one sacct call for SLURM attempts) when not given."""
+    """One row per cell; ``hours`` (:func:`runner.report.gpu_hours.cell_hours`) is computed
+    (with one sacct call for SLURM attempts) when not given."""
     states = plan.states()
     if hours is None:
-        hours = cell_hours(plan, states, query_usage(plan)[0])
+        hours = cell_hours(plan, states, accounting(plan)[0])
     out = []
     for cell in plan.cells:
         s = states[cell.id]

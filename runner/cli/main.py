@@ -73,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if watching and not args.interval > 0:
         raise RunnerError(f"--interval: give seconds > 0, not {args.interval:g}")
     if fmt in ("json", "parquet"):
-        from runner.report.tables import rows, write_parquet
+        from runner.cli.export import rows, write_parquet
 
         if fmt == "parquet":
             out = Path(args.output or f"{plan.matrix.spec.name}_cells.parquet")
@@ -84,8 +84,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             console.print(f"wrote {len(plan.cells)} rows to {out}")
         else:
             from runner.report.estimate import overview
+            from runner.sweep.reconcile import accounting
 
-            view, hours = overview(plan)
+            view, hours = overview(plan, accounting=accounting(plan))
             if view["warning"]:
                 _warn(view["warning"])
             text = json.dumps(
@@ -103,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             else:
                 print(text)
         return 0
-    from runner.commands import status
+    from runner.cli import status
 
     see_all = f"`runner {args.command} {args.matrix} --all` (or --format json)"
     if watching:
@@ -111,8 +112,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     states = plan.states()
     status.show(console, status.view(plan, states, console.width, args.all, see_all, _warn))
     from runner.report.estimate import overview, overview_lines
+    from runner.sweep.reconcile import accounting
 
-    view, _ = overview(plan, states)
+    view, _ = overview(plan, states, accounting(plan))
     for line in overview_lines(view):
         console.print(line, markup=False)
     if view["warning"]:
@@ -125,9 +127,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
-    from runner.sweep.progress import LiveProgress
+    from runner.cli.progress import LiveProgress
+    from runner.cli.tables import summary
     from runner.sweep.submit import submit
-    from runner.sweep.tables import summary
 
     plan = _plan(args)
     _reconcile(plan)
@@ -164,7 +166,7 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
                 else ""
             )
         )
-        if not outcome.followed:
+        if outcome.mode != "follow":
             for cid, job in outcome.job_ids.items():
                 console.print(f"  {cid}  job {job}")
             console.print("the cells run on; follow them with `runner status` (or sweep --wait)")
@@ -223,13 +225,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from runner.cli.report_view import print_report
     from runner.report import publish
     from runner.report import search as search_report
-    from runner.report.render import print_report
 
     plan = _plan(args)
     baseline_csv = Path(args.baseline_csv) if args.baseline_csv else None
-    report, groups = publish.build(plan, args.baseline, baseline_csv)
+    from runner.sweep.reconcile import accounting
+
+    report, groups = publish.build(plan, args.baseline, baseline_csv, accounting(plan))
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
     report.files = publish.write(report, groups, out_dir, args.format)
     if not args.no_mlflow and report.groups:
@@ -268,23 +272,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from runner.testtime.commands import predict
+    from runner.cli.testtime import predict
 
     return predict(_plan(args), args, console)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from runner.testtime.commands import evaluate
+    from runner.cli.testtime import evaluate
 
     return evaluate(_plan(args) if args.matrix else None, args, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runner.commands.parser import build_parser as build
+    from runner.cli.parser import build_parser as build
 
     commands = {"plan": cmd_plan, "status": cmd_plan, "sweep": cmd_sweep, "resume": cmd_resume}
     commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}
-    return build(__doc__ or "", commands | {"predict": cmd_predict, "evaluate": cmd_evaluate})
+    commands |= {"predict": cmd_predict, "evaluate": cmd_evaluate}
+    return build(__doc__ or "", commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: Before they show anything, plan and status reconcile the ledger with the executor: the
+#: end of a job that ended without a word is written into its attempt (monitor.json), and
+#: metrics that ended cells kept in their spool are uploaded to the tracking store.
+RECONCILES = (
+    " (first reconciles the ledger: writes the ends the executor knows of jobs that said "
+    "nothing, and uploads the metrics ended cells spooled)"
+)
+
 COMMANDS = [
-    ("plan", "show the cells of a matrix and their states"),
-    ("status", "show the states of a matrix's cells"),
+    ("plan", "show the cells of a matrix and their states" + RECONCILES),
+    ("status", "show the states of a matrix's cells" + RECONCILES),
     ("sweep", "submit the cells that never ran"),
     ("resume", "resubmit failed, cancelled and lost cells from their checkpoint"),
     ("cancel", "stop queued, submitted and running cells"),
@@ -52,7 +60,7 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
                 help="seconds a running cell gets to finish its checkpoint and stop before "
                 "it is killed (default 30)",
             )
-    from runner.testtime.commands import add_parsers
+    from runner.cli.testtime import add_parsers
 
     add_parsers(sub, handlers["predict"], handlers["evaluate"])
     return parser
@@ -84,11 +92,11 @@ def _table_args(p: argparse.ArgumentParser, watch: bool) -> None:
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
-    from runner.executors import KINDS
+    from runner.executors.options import OPTIONS
 
     p.add_argument(
         "--executor",
-        choices=sorted(KINDS),
+        choices=sorted(OPTIONS),
         help="run the cells on this executor instead of the matrix's (ids unchanged)",
     )
     p.add_argument("--slots", type=int, help="with --executor local: cells at once")

@@ -24,9 +24,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.cli.tables import STATE_STYLE, dice, duration, epoch_text, eta_s, summary
 from runner.ledger import TERMINAL, CellState
 from runner.matrix.cells import Cell
-from runner.sweep.tables import STATE_STYLE, dice, duration, epoch_text, eta_s, summary
 
 BAR_WIDTH = 24
 

@@ -26,12 +26,12 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from runner.cli.progress import LiveProgress, Rates, bars, is_live
+from runner.cli.tables import BIG, status_view, summary
 from runner.ledger import IN_FLIGHT, CellState
 from runner.plan import Plan, make_plan
 from runner.sweep.background import running_scheduler
-from runner.sweep.progress import LiveProgress, Rates, bars, is_live
 from runner.sweep.reconcile import reconcile
-from runner.sweep.tables import BIG, status_view, summary
 
 Warn = Callable[[str], None]
 

@@ -1,6 +1,6 @@
 """The common surface of executor backends (one small module per backend, as in submitit).
 
-A backend turns :class:`~runner.job.CellJob` payloads into submitit jobs. The scheduler in
+A backend turns :class:`~runner.job.cell.CellJob` payloads into submitit jobs. The scheduler in
 :mod:`runner.sweep.queue` decides *which* cells go out and records them in the ledger; the
 backend decides *how* they run.
 """
@@ -11,11 +11,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import submitit
 
-from runner.job import CellJob
+from runner.job.cell import CellJob
 
 
 @dataclass
@@ -31,14 +31,20 @@ class JobEnd:
     certain: bool = True
 
 
+#: How ``runner sweep`` runs cells: ``follow``: submit them as slots free up and watch each
+#: to its end, in the sweep's process; ``background``: a detached scheduler keeps the queue
+#: (the runner's own: local processes, Docker GPUs) and the sweep returns once it has
+#: claimed the cells; ``return``: the executor keeps the queue (a cluster) and the sweep
+#: returns once the cells are submitted.
+SweepMode = Literal["follow", "background", "return"]
+
+
 class Backend(ABC):
     kind: ClassVar[str]
-    #: Whether ``sweep`` follows the cells to their end by default (local runs live in the
-    #: sweep's session; a cluster's do not need it).
-    waits: ClassVar[bool] = True
-    #: Whether a background scheduler process may keep this backend's queue when the sweep
-    #: does not follow (False for backends that run cells in the sweep's own process).
-    detachable: ClassVar[bool] = True
+    #: The payload this backend runs for a cell (its job side): the sweep builds these.
+    job_class: ClassVar[type[CellJob]] = CellJob
+    #: How a sweep may run this backend's cells, its default first (:data:`SweepMode`).
+    modes: ClassVar[tuple[SweepMode, ...]] = ("follow", "background")
 
     def __init__(self, options: Any, folder: Path) -> None:
         self.options = options
@@ -88,6 +94,13 @@ class Backend(ABC):
         """The ends of those of ``job_ids`` that are over for the executor, asked in one go
         (for backends whose queue outlives the sweep: a cluster), and a warning when it
         could not be asked in full. Default: nothing known."""
+        return {}, None
+
+    @classmethod
+    def usage(cls, job_ids: list[str]) -> tuple[dict[str, tuple[float, int]], str | None]:
+        """What the executor's accounting says these jobs used: ``{job id: (elapsed seconds
+        over all its runs, GPUs)}``, and a problem when it could not answer. Default: none
+        kept (the ledger's figures stand)."""
         return {}, None
 
     def release(self, job: submitit.Job[Any]) -> None:  # noqa: B027 - optional hook

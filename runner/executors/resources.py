@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 
 from runner.errors import RunnerError
 
@@ -105,3 +106,18 @@ class GpuPool:
         if gpu is not None:
             self.give_back(gpu)
         return gpu
+
+
+def gpus_from_env(env: Mapping[str, str]) -> int | None:
+    """The GPUs a job process may use, from what its executor set: ``CUDA_VISIBLE_DEVICES``
+    (local, SLURM), else ``NVIDIA_VISIBLE_DEVICES`` (docker); None when neither says."""
+    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        value = env.get(var)
+        if value is None:
+            continue
+        if value.strip().lower() in ("", "none", "void", "nodevfiles", "-1"):
+            return 0
+        if value.strip().lower() == "all":
+            continue  # "all" of an unknown number: let the next source say
+        return len([x for x in value.split(",") if x.strip() and x.strip() != "-1"])
+    return None

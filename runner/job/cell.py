@@ -15,28 +15,36 @@ peer hits the group's timeout, ``training.ddp_timeout_min``), so rank 0 records 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import submitit
 
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
-from runner.job_process import CellLost, Heartbeat, failure_reason, interruptible
-from runner.ledger import CellRecord, write_json_atomic
-from runner.report.gpu_meter import gpus_from_env, ledger_hours, log_gpu_hours
+from runner.executors.resources import gpus_from_env
+from runner.job import signals
+from runner.job.process import CellLost, Heartbeat, failure_reason
+from runner.job.signals import Meaning
+from runner.ledger import Attempt, Cancel, CellRecord, Status, ledger_hours, write_json_atomic
 from runner.search.prune import Reporter, SearchSpec
 
-__all__ = ["CellJob", "CellLost", "current_job_id", "distributed_env", "interruptible"]
+__all__ = ["CellJob", "CellLost", "current_job_id", "distributed_env"]
 
-J = TypeVar("J", bound="CellJob")
+#: What the recipe is told when it is asked to stop, by what asked.
+STOP_REASONS = {
+    Meaning.CANCEL: "cancelled: runner cancel",
+    Meaning.LOST: "lost: stopped from outside the runner",
+    Meaning.PREEMPTED: "preempted: SIGTERM",
+    Meaning.WARNING: "time limit or preemption warning",
+}
 
 
 @dataclass
@@ -59,51 +67,76 @@ class CellJob:
     #: A searched or pruned matrix: the metric to track, the cell's trial, ASHA's settings.
     search: SearchSpec | None = None
 
-    def recast(self, cls: type[J]) -> J:
-        """This payload as ``cls``, a backend's own job type (a subclass), field for field."""
-        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    #: What each signal means to this executor's cells (:mod:`runner.job.signals`).
+    signal_meanings: ClassVar[Mapping[int, Meaning]] = signals.LOCAL
+    #: The ledger's reason when a LOST signal stops the cell.
+    lost_reason: ClassVar[str] = "lost: the job was stopped from outside the runner"
+
+    # This start's state. Every start begins from a fresh copy (a requeue resubmits
+    # ``dataclasses.replace(self)``), so none of it crosses into the next start.
+    _stop: StopRequest = field(default_factory=StopRequest, init=False, repr=False)
+    _in_recipe: bool = field(default=False, init=False, repr=False)
+    _stopped_by: Meaning | None = field(default=None, init=False, repr=False)
+    #: The handlers ours replaced (submitit's own, on SLURM), by signal.
+    _inner: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self) -> dict[str, Any]:
-        # Fresh each start: a requeued payload is pickled with its previous start's request.
-        self._stop, self._in_recipe, self._cancelling = StopRequest(), False, False
-        with interruptible(self._on_sigint):
+        with signals.handling(self.signal_table(), self._on_signal) as inner:
+            self._inner = inner
             return self._run()
+
+    def signal_table(self) -> Mapping[int, Meaning]:
+        return self.signal_meanings
 
     def host_name(self) -> str:
         """This process's host as the ledger compares it with its own: a pid is checked
         only on its host (a container's job names one that matches no host)."""
         return socket.gethostname()
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self.cancel_by_signal("cancelled: runner cancel")
+    def _attempt(self) -> Attempt:
+        return CellRecord(Path(self.cells_dir), self.cell_id).attempt(self.attempt)
 
-    def cancel_by_signal(self, reason: str) -> None:
-        """`runner cancel` reached this process (from a signal handler): KeyboardInterrupt at
-        once; but a DDP rank that is training asks the recipe to stop instead. Every rank
-        gets the signal, at slightly different times, and one raising alone could leave a
-        peer blocked in the step's all-reduce until it is killed, with nothing recorded; the
-        ranks agree on the stop at their next step, rank 0 writes that step's checkpoint,
-        and :meth:`on_interrupted` then records the cancel."""
-        if int(os.environ.get("WORLD_SIZE") or 1) > 1 and self.request_stop(reason):
-            self._cancelling = True
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        cancel = self._attempt().load(Cancel) is not None
+        self.on_signal(signals.meaning(self.signal_table(), signum, cancel), signum, frame)
+
+    def on_signal(self, meaning: Meaning, signum: int, frame: FrameType | None) -> None:
+        """Act on a signal (in its handler). CANCEL and LOST act at once: the cell records
+        itself cancelled, or lost, as the exception unwinds. But a DDP rank that is training
+        asks the recipe to stop instead: every rank gets the signal, at slightly different
+        times, and one raising alone could leave a peer blocked in the step's all-reduce
+        until it is killed, with nothing recorded; the ranks agree on the stop at their next
+        step, rank 0 writes that step's checkpoint, and :meth:`on_interrupted` records it."""
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1 and self.request_stop(meaning):
             return
-        raise KeyboardInterrupt(reason)
+        if meaning is Meaning.CANCEL:
+            raise KeyboardInterrupt("cancelled: runner cancel")
+        if meaning is Meaning.LOST:
+            raise CellLost(self.lost_reason)
+        raise RuntimeError(f"signal {signum} ({meaning.value}): nothing handles it here")
 
-    def request_stop(self, reason: str) -> bool:
+    def request_stop(self, meaning: Meaning) -> bool:
         """Ask the recipe to stop at its next step and save (from a signal handler); False
         when no recipe is training now, so that the caller acts at once instead."""
-        if not getattr(self, "_in_recipe", False):
+        if not self._in_recipe:
             return False
-        self._stop.request(reason)
+        self._stop.request(STOP_REASONS[meaning])
+        self._stopped_by = self._stopped_by or meaning
         return True
 
     def on_interrupted(self, result: TrainResult) -> None:
         """The recipe stopped at a step checkpoint because :meth:`request_stop` asked: a
-        backend that asks continues the cell elsewhere here (SLURM requeues and never
-        returns). Reaching this base version means nothing will continue it: a failure,
-        unless it was a DDP cell's cancel (:meth:`cancel`)."""
-        if getattr(self, "_cancelling", False):
+        cancel or a stop from outside is recorded now (a cancel request in the ledger wins
+        over whatever asked first); anything else is for :meth:`continue_elsewhere`."""
+        if self._stopped_by is Meaning.CANCEL or self._attempt().load(Cancel):
             raise KeyboardInterrupt("cancelled: runner cancel")
+        if self._stopped_by is Meaning.LOST:
+            raise CellLost(self.lost_reason)
+        self.continue_elsewhere(result)
+
+    def continue_elsewhere(self, result: TrainResult) -> None:
+        """A backend that continues a stopped cell elsewhere does it here (SLURM requeues and
+        never returns). Here nothing will continue it: a failure."""
         raise RuntimeError(f"the recipe stopped ({result.reason}) and nothing requeues it")
 
     def _run(self) -> dict[str, Any]:
@@ -121,31 +154,29 @@ class CellJob:
         if rank != 0:
             return self._run_peer(record, RunContext, Recipe)
         started = time.time()
-        base = {
-            "host": self.host_name(),
-            "pid": os.getpid(),
-            "started": started,
-            "job_id": current_job_id(),
+        base = Status(
+            host=self.host_name(),
+            pid=os.getpid(),
+            started=started,
+            job_id=current_job_id(),
             # The GPUs its executor gave this process, for GPU-hours (runner.report.gpu_hours);
             # a DDP cell's ranks have one share each.
-            "gpus": _times(gpus_from_env(os.environ), world),
-        }
-        if attempt.read("cancel"):
+            gpus=_times(gpus_from_env(os.environ), world),
+        )
+        if attempt.load(Cancel):
             # Cancelled between submission and start (a queued SLURM task, a container that
             # was starting): it never trains.
-            outcome = {**base, "state": "cancelled", "reason": "cancelled", "ended": started}
-            attempt.write("status", {**outcome, "time": time.time()})
+            cancelled = replace(base, state="cancelled", reason="cancelled", ended=started)
+            attempt.save(replace(cancelled, time=time.time()))
             if record.run_id:
                 _safe_finish(self.tracking_uri, record.run_id, "cancelled", "cancelled")
-            return outcome
-        attempt.write("status", {**base, "state": "running", "time": started})
-        run_id = None
+            return cancelled.to_json()
+        attempt.save(replace(base, state="running", time=started))
         reporter = None
         with Heartbeat(attempt) as heartbeat:
             try:
                 # Retried: an array's cells start together on one store.
-                run_id = tracking.retrying(lambda: self._ensure_run(record))
-                base["run_id"] = run_id
+                base.run_id = tracking.retrying(lambda: self._ensure_run(record))
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
                 if self.search is not None:
@@ -153,7 +184,7 @@ class CellJob:
                 ctx = RunContext(
                     spool_dir=record.dir / "spool",
                     tracking_uri=self.tracking_uri,
-                    run_id=run_id,
+                    run_id=base.run_id,
                     checkpoint_dir=record.checkpoint_dir,
                     progress=heartbeat.beat,
                     should_prune=reporter,
@@ -164,45 +195,45 @@ class CellJob:
                     self.on_interrupted(result)
             except BaseException as exc:
                 reason = failure_reason(exc)
-                if attempt.read("cancel"):
+                if attempt.load(Cancel):
                     # `runner cancel` asked for this: whatever the interrupt surfaced as
                     # (C++ code turns it into RuntimeErrors), the cell was cancelled.
                     reason = "cancelled"
                 state = "cancelled" if reason == "cancelled" else "failed"
-                attempt.write(
-                    "status",
-                    {
-                        **base,
-                        "state": state,
-                        "reason": reason,
-                        "ended": time.time(),
-                        "error_tail": traceback.format_exc()[-4000:],
-                        "time": time.time(),
-                        "objective": reporter.best if reporter else None,
-                    },
+                attempt.save(
+                    replace(
+                        base,
+                        state=state,
+                        reason=reason,
+                        ended=time.time(),
+                        error_tail=traceback.format_exc()[-4000:],
+                        time=time.time(),
+                        objective=reporter.best if reporter else None,
+                    )
                 )
-                if run_id:
-                    _log_hours(self.tracking_uri, run_id, record, base.get("gpus"))
-                    _safe_finish(self.tracking_uri, run_id, state, reason)
+                if base.run_id:
+                    _log_hours(self.tracking_uri, base.run_id, record, base.gpus)
+                    _safe_finish(self.tracking_uri, base.run_id, state, reason)
                 raise
+        run_id = base.run_id
         state, reason = result.status, result.reason
-        if attempt.read("cancel"):
+        if attempt.load(Cancel):
             # The cancel arrived as training ended (or its signal was lost): a cancelled
             # cell never turns done.
             state, reason = "cancelled", "cancelled"
-        outcome = {
-            **base,
-            "state": state,
-            "reason": reason,
-            "best_val_dice": result.best_val_dice,
-            "best_epoch": result.best_epoch,
-            "epochs": result.epochs_completed,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "ended": time.time(),
-            "time": time.time(),
-        }
+        outcome = replace(
+            base,
+            state=state,
+            reason=reason,
+            best_val_dice=result.best_val_dice,
+            best_epoch=result.best_epoch,
+            epochs=result.epochs_completed,
+            resumed_from_epoch=result.resumed_from_epoch,
+            ended=time.time(),
+            time=time.time(),
+        )
         if reporter is not None:
-            outcome.update(objective=reporter.best, rung=reporter.pruned_rung)
+            outcome.objective, outcome.rung = reporter.best, reporter.pruned_rung
             try:
                 reporter.finish(state)
             except Exception:
@@ -211,7 +242,7 @@ class CellJob:
                 traceback.print_exc()
         # Counted to the end the status will say, so that the figure is the ledger's to the
         # last digit and `runner report` finds nothing to rewrite.
-        _log_hours(self.tracking_uri, run_id, record, base.get("gpus"), outcome["ended"])
+        _log_hours(self.tracking_uri, run_id, record, base.gpus, outcome.ended)
         try:
             tracking.retrying(lambda: tracking.finish_run(self.tracking_uri, run_id, state, reason))
         except Exception:
@@ -220,14 +251,14 @@ class CellJob:
                 record.dir / "spool" / SPOOL_FINAL,
                 {"run_id": run_id, "state": state, "reason": reason, "time": time.time()},
             )
-        attempt.write("status", outcome)
-        return outcome
+        attempt.save(outcome)
+        return outcome.to_json()
 
     def _run_peer(self, record: CellRecord, context: Any, recipe_cls: Any) -> dict[str, Any]:
         """A DDP rank other than 0: the recipe only, no ledger, no run of its own (rank 0
         logs). Its errors end it (rank 0 sees the group break and records the failure); a
         stop ends it quietly: rank 0 requeues the whole job or records the outcome."""
-        if record.attempt(self.attempt).read("cancel"):
+        if record.attempt(self.attempt).load(Cancel):
             return {"state": "cancelled"}
         recipe = recipe_cls.load(self.recipe)
         cfg = recipe.compose(self.overrides)
@@ -301,7 +332,7 @@ def _previous_objective(record: CellRecord, attempt: int) -> float | None:
     best = None
     for a in record.attempts():
         if a.number < attempt:
-            value = (a.read("status") or {}).get("objective")
+            value = (a.load(Status) or Status()).objective
             best = value if value is not None else best
     return best
 
@@ -328,7 +359,7 @@ def _log_hours(
     ledger keeps what it is made of."""
     try:
         gpu_h, wall_h = ledger_hours(record, gpus, now)
-        log_gpu_hours(uri, run_id, gpu_h, wall_h)
+        tracking.log_gpu_hours(uri, run_id, gpu_h, wall_h)
     except Exception:
         traceback.print_exc()
 

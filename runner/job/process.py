@@ -1,18 +1,14 @@
-"""What a cell's process keeps up around the recipe: SIGINT handled whatever disposition it
-inherited, a heartbeat for the runner to see it alive, and the reason an exception gives in
-the ledger (``lost:``, ``oom:``, ``cancelled``...)."""
+"""What a cell's process keeps up around the recipe: a heartbeat for the runner to see it
+alive, and the reason an exception gives in the ledger (``lost:``, ``oom:``,
+``cancelled``...). What signals mean to it is :mod:`runner.job.signals`'."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
 from typing import Any
 
-from runner.ledger import Attempt
+from runner.ledger import Attempt, records
 
 HEARTBEAT_S = 10.0
 
@@ -42,30 +38,6 @@ def failure_reason(exc: BaseException) -> str:
     return f"exception: {name}: {exc}"[:500]
 
 
-@contextlib.contextmanager
-def interruptible(
-    handler: Callable[[int, FrameType | None], Any] = signal.default_int_handler,
-) -> Iterator[None]:
-    """SIGINT raises KeyboardInterrupt in this block (or calls ``handler``), whatever
-    disposition was inherited.
-
-    ``runner cancel`` interrupts a cell with SIGINT. A process started from a script's
-    ``cmd &``, ``nohup``, cron or some CI runners inherits SIGINT *ignored*, and Python then
-    leaves it ignored: the cancel would be lost and the cell would train on. So the job
-    installs Python's own handler itself rather than relying on what it inherited. Python
-    sets handlers on the main thread only; elsewhere (never the case under submitit) the
-    block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class Heartbeat:
     """Rewrites heartbeat.json every few seconds and on every progress report."""
 
@@ -79,7 +51,7 @@ class Heartbeat:
     def beat(self, progress: dict[str, Any] | None = None) -> None:
         if progress:
             self.latest = {k: v for k, v in progress.items() if isinstance(v, (int, float, str))}
-        self.attempt.write("heartbeat", {**self.latest, "time": time.time()})
+        self.attempt.save(records.Heartbeat(time=time.time(), extra=dict(self.latest)))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

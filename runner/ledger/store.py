@@ -30,11 +30,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from runner.matrix.cells import Cell
+from runner.ledger.records import Cancel, Claim, Heartbeat, Job, Monitor, R, Record, Status
 
-#: ``pruned``: stopped at a rung by the pruner (runner.search.asha); a verdict, like done,
+#: ``pruned``: stopped at a rung by the pruner (runner.matrix.asha); a verdict, like done,
 #: that only ``resume --only pruned`` reverses.
 TERMINAL = ("done", "pruned", "failed", "diverged", "cancelled")
 #: Claimed or submitted, or running (``cancelling``: asked to stop, and a process of it may
@@ -93,16 +93,39 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+class CellLike(Protocol):
+    """What the ledger keeps of a cell (runner.matrix.cells.Cell is one)."""
+
+    id: str
+    run_name: str
+    values: dict[str, Any]
+    overrides: tuple[str, ...]
+    origin: Any
+
+
 @dataclass
 class Attempt:
     number: int
     dir: Path
 
-    def write(self, name: str, data: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / f"{name}.json", data)
+    def load(self, kind: type[R]) -> R | None:
+        """This attempt's record of that kind (:mod:`runner.ledger.records`), if written."""
+        data = read_json(self.dir / f"{kind.FILE}.json")
+        return None if data is None else kind.from_json(data)
+
+    def save(self, record: Record) -> None:
+        """Replace the record's file atomically (each file has one writer: see records)."""
+        write_json_atomic(self.dir / f"{record.FILE}.json", record.to_json())
 
     def read(self, name: str) -> dict[str, Any] | None:
+        """A file as raw JSON, for tools and tests that inspect the ledger (the runner reads
+        through :meth:`load`)."""
         return read_json(self.dir / f"{name}.json")
+
+    def write(self, name: str, data: dict[str, Any]) -> None:
+        """A file written raw, for tests that set up a ledger by hand (the runner writes
+        through :meth:`save`)."""
+        write_json_atomic(self.dir / f"{name}.json", data)
 
 
 @dataclass
@@ -131,7 +154,7 @@ class CellRecord:
         self.attempts_dir = self.dir / "attempts"
         self.checkpoint_dir = self.dir / "checkpoints"
 
-    def write_cell(self, cell: Cell, recipe: str, base: list[str]) -> None:
+    def write_cell(self, cell: CellLike, recipe: str, base: list[str]) -> None:
         data = {
             "id": cell.id,
             "run_name": cell.run_name,
@@ -165,14 +188,8 @@ class CellRecord:
             attempt.dir.mkdir()
         except FileExistsError:
             return None
-        attempt.write(
-            "claim",
-            {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "time": time.time(),
-                "executor": executor,
-            },
+        attempt.save(
+            Claim(host=socket.gethostname(), pid=os.getpid(), time=time.time(), executor=executor)
         )
         return attempt
 
@@ -200,51 +217,52 @@ class CellRecord:
         if not attempts:
             return CellState(self.id, "pending", run_id=self.run_id)
         last = attempts[-1]
-        claim, job, status = last.read("claim"), last.read("job"), last.read("status")
-        beat, monitor = last.read("heartbeat") or {}, last.read("monitor")
+        claim, job, status = last.load(Claim), last.load(Job), last.load(Status)
+        latest, monitor = last.load(Heartbeat), last.load(Monitor)
+        beat = latest or Heartbeat()
         out = CellState(
             self.id,
             "queued",
             attempts=len(attempts),
             run_id=self.run_id,
-            job_id=(job or {}).get("job_id"),
-            progress=beat,
-            updated=(status or beat or job or claim or {}).get("time"),
+            job_id=job.job_id if job else None,
+            progress=beat.progress,
+            updated=next((r.time for r in (status, latest, job, claim) if r), None),
         )
         if status:
-            out.state = status["state"]
-            out.reason = status.get("reason")
-            out.best_val_dice = status.get("best_val_dice")
-            out.objective = status.get("objective")
+            out.state = status.state
+            out.reason = status.reason
+            out.best_val_dice = status.best_val_dice
+            out.objective = status.objective
         elif job:
             out.state = "submitted"
-        elif claim and _dead_here(claim):
+        elif claim and _dead_here(claim.host, claim.pid):
             # Claimed by a sweep that died before submitting: it never ran, so it is pending.
             out.state = "pending"
         if out.state in TERMINAL:
             return out
-        cancel = last.read("cancel")
+        cancel = last.load(Cancel)
         if cancel:
             # Never "cancelled" while a process of the cell may still run: `runner cancel`
             # marks the request stopped once the job is gone; until then the job's own pid
             # (here) or heartbeat (elsewhere) says whether it still runs.
-            stopping = out.state == "running" and not cancel.get("stopped")
-            if stopping and status and status.get("host") == socket.gethostname():
-                stopping = not _dead_here(status)
+            stopping = out.state == "running" and not cancel.stopped
+            if stopping and status and status.host == socket.gethostname():
+                stopping = not _dead_here(status.host, status.pid)
             elif stopping:
                 stopping = time.time() - _last_sign(beat, status) < STOPPED_AFTER_S
             out.state, out.reason = ("cancelling" if stopping else "cancelled"), "cancelled"
         elif monitor:
             # How the watcher (a sweep) or the executor (runner.sweep.reconcile) saw it end.
-            out.state, out.reason = monitor.get("state", "failed"), monitor.get("reason", "lost")
-        elif out.state == "running" and status and _dead_here(status):
-            final = last.read("status") or {}
-            if final.get("state") in TERMINAL:
+            out.state, out.reason = monitor.state, monitor.reason
+        elif out.state == "running" and status and _dead_here(status.host, status.pid):
+            final = last.load(Status) or status
+            if final.state in TERMINAL:
                 # It wrote its outcome and exited between our two looks: not lost. (Calling
                 # it lost would let `resume` run a finished cell again.)
-                out.state, out.reason = final["state"], final.get("reason")
-                out.best_val_dice = final.get("best_val_dice")
-                out.objective = final.get("objective")
+                out.state, out.reason = final.state, final.reason
+                out.best_val_dice = final.best_val_dice
+                out.objective = final.objective
             else:
                 out.state, out.reason = "failed", "lost: the job's process is gone"
         elif out.state == "running" and time.time() - _last_sign(beat, status) > LOST_AFTER_S:
@@ -255,27 +273,27 @@ class CellRecord:
         """Every attempt: job id, host, start, end, state, reason, checkpoint used."""
         rows = []
         for a in self.attempts():
-            job, status = a.read("job") or {}, a.read("status") or {}
+            job, status = a.load(Job) or Job(), a.load(Status) or Status(state="")
+            monitor = a.load(Monitor)
             rows.append(
                 {
                     "attempt": a.number,
-                    "executor": job.get("executor"),
-                    "job_id": job.get("job_id") or status.get("job_id"),
-                    "host": status.get("host"),
-                    "started": status.get("started"),
-                    "ended": status.get("ended"),
-                    "state": status.get("state"),
-                    "reason": status.get("reason") or (a.read("monitor") or {}).get("reason"),
-                    "resumed_from_epoch": status.get("resumed_from_epoch"),
+                    "executor": job.executor,
+                    "job_id": job.job_id or status.job_id,
+                    "host": status.host,
+                    "started": status.started,
+                    "ended": status.ended,
+                    "state": status.state or None,
+                    "reason": status.reason or (monitor.reason if monitor else None),
+                    "resumed_from_epoch": status.resumed_from_epoch,
                 }
             )
         return rows
 
 
-def _dead_here(owner: dict[str, Any]) -> bool:
-    """True when ``owner`` (a claim or status) names a process on this host that is gone."""
-    pid = owner.get("pid")
-    return owner.get("host") == socket.gethostname() and bool(pid) and not pid_alive(int(pid))
+def _dead_here(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` names a process on this host (``host``) that is gone."""
+    return host == socket.gethostname() and bool(pid) and not pid_alive(int(pid or 0))
 
 
 class Ledger:
@@ -309,7 +327,7 @@ class Ledger:
         yield from sorted(names)
 
 
-def _last_sign(beat: dict[str, Any], status: dict[str, Any] | None) -> float:
+def _last_sign(beat: Heartbeat, status: Status | None) -> float:
     """When a running cell last showed life: its heartbeat, or (before its first heartbeat)
     the time it wrote ``running``, so that a cell just started never reads as lost."""
-    return float(beat.get("time") or (status or {}).get("time") or 0)
+    return float(beat.time or (status.time if status else 0) or 0)

@@ -14,17 +14,13 @@ from typing import Any
 from runner.matrix.cells import Cell
 from runner.recipe import Recipe
 
-#: Configs validation composed (or remembered, runner.matrix.cache) for the data sets of a
-#: matrix, as plain containers: the data check then needs no Hydra composition of its own.
-_KNOWN: dict[tuple[str, tuple[str, ...]], Any] = {}
 
-
-def _composed(recipe: Recipe, overrides: tuple[str, ...]) -> Any:
-    known = _KNOWN.get((recipe.name, overrides))
-    if known is not None:
+def _composed(recipe: Recipe, overrides: tuple[str, ...], known: dict[tuple[str, ...], Any]) -> Any:
+    """The config of these overrides: the one validation composed, else composed now."""
+    if overrides in known:
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.create(known)
+        cfg = OmegaConf.create(known[overrides])
         OmegaConf.set_struct(cfg, True)  # as Hydra composes it: a missing key raises
         return cfg
     return recipe.compose(list(overrides))
@@ -39,25 +35,23 @@ def data_sets(base: list[str], cells: list[Cell]) -> list[tuple[str, ...]]:
     return [(*base, *own) for own in sorted({_data_overrides(c.overrides) for c in cells})]
 
 
-def remember(recipe: Recipe, configs: dict[tuple[str, ...], Any]) -> None:
-    """Configs composed elsewhere (plain containers, interpolations unresolved), by
-    overrides: the data check uses these instead of composing."""
-    for overrides, container in configs.items():
-        _KNOWN[(recipe.name, tuple(overrides))] = container
-
-
 def data_problems(
-    recipe: Recipe, base: list[str], cells: list[Cell], listing: bool = True
+    recipe: Recipe,
+    base: list[str],
+    cells: list[Cell],
+    known: dict[tuple[str, ...], Any],
+    listing: bool = True,
 ) -> list[str]:
     """The recipe's problems with each distinct data config of these cells (empty: all can
-    be read, or the recipe has no check). ``listing``: also the problems of finding the
-    cases at all (a data root that does not exist, a label file missing for an image)."""
+    be read, or the recipe has no check). ``known``: the configs validation composed (the
+    plan's ``data_configs``). ``listing``: also the problems of finding the cases at all (a
+    data root that does not exist, a label file missing for an image)."""
     check = recipe.entry("CHECK_DATA")
     if check is None:
         return []
     problems: list[str] = []
     for overrides in data_sets(base, cells):
-        cfg = _composed(recipe, overrides)
+        cfg = _composed(recipe, overrides, known)
         try:
             found = check(cfg.data, listing_errors=listing)
         except OSError as exc:  # a path the OS refuses (too long, ...): it can't be listed

@@ -22,13 +22,16 @@ from runner.matrix.cells import (
     value_key,
 )
 from runner.matrix.schema import MAX_CELLS, LoadedMatrix
-from runner.search.checks import check_search
+from runner.matrix.search_checks import check_search
 
 
 @dataclass
 class Expansion:
     cells: list[Cell]
     warnings: list[Problem] = field(default_factory=list)
+    #: The configs validation composed for each distinct data config of the cells (plain
+    #: containers, by overrides): the data check reads these instead of composing again.
+    data_configs: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
 
 _key = value_key
@@ -109,7 +112,7 @@ def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
 
 
 def _trials_per_point(m: LoadedMatrix) -> int:
-    from runner.search.space import Space
+    from runner.matrix.space import Space
 
     s = m.spec.search
     assert s is not None

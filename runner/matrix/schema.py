@@ -23,10 +23,10 @@ from pydantic import (
 )
 
 from runner.errors import Problem, did_you_mean
-from runner.executors import KINDS, options_model
+from runner.executors.options import OPTIONS
 from runner.matrix.names import parse_template
+from runner.matrix.space import check as check_distribution
 from runner.matrix.yaml_lines import Path_, dotted
-from runner.search.space import check as check_distribution
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_CELLS = 100_000
@@ -39,8 +39,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-EXECUTOR_KINDS = tuple(KINDS)
-EXECUTOR_MODELS = {kind: options_model(kind) for kind in EXECUTOR_KINDS}
+EXECUTOR_KINDS = tuple(OPTIONS)
+EXECUTOR_MODELS = OPTIONS
 ExecutorOptions = Annotated[
     Union[tuple(EXECUTOR_MODELS.values())],  # noqa: UP007 - built from the registry
     Field(discriminator="kind"),
@@ -94,7 +94,7 @@ class SearchOptions(_Strict):
 
 
 class PrunerOptions(_Strict):
-    """Asynchronous successive halving over epochs (runner.search.asha)."""
+    """Asynchronous successive halving over epochs (runner.matrix.asha)."""
 
     kind: Literal["asha"]
     min_epochs: PositiveInt
@@ -142,7 +142,7 @@ class Matrix(_Strict):
     @model_validator(mode="after")
     def _pruner_sets_the_epochs(self) -> Matrix:
         """Every cell of a pruned matrix trains over the pruner's max_epochs (a conflicting
-        value in base is reported by runner.search.checks, with its line)."""
+        value in base is reported by runner.matrix.search_checks, with its line)."""
         if self.pruner is None:
             return self
         if any(b.lstrip("+").partition("=")[0] == FIDELITY_KEY for b in self.base):

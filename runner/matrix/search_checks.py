@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 from runner.errors import Problem
+from runner.matrix.asha import Asha
 from runner.matrix.schema import FIDELITY_KEY, LoadedMatrix
-from runner.search.asha import Asha
-from runner.search.space import Space, parse
+from runner.matrix.space import Space, parse
 
 
 def objective(m: LoadedMatrix) -> tuple[str, str]:

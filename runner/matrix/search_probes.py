@@ -9,7 +9,7 @@ from typing import Any
 
 from runner.matrix.cells import Cell
 from runner.matrix.schema import LoadedMatrix
-from runner.search.space import Dist, parse
+from runner.matrix.space import Dist, parse
 
 
 def _probe_values(dist: Dist, is_group: bool) -> list[Any]:

@@ -20,9 +20,9 @@ from runner.matrix.config_keys import hydra_message, lookup, type_problem
 from runner.matrix.expand import Expansion, expand
 from runner.matrix.name_check import template_names
 from runner.matrix.schema import LoadedMatrix
+from runner.matrix.search_probes import distribution_hint, probe_cells
 from runner.matrix.yaml_lines import Path_
 from runner.recipe import Composer, Recipe, UnknownRecipe
-from runner.search.probes import distribution_hint, probe_cells
 
 
 class _Collector:
@@ -220,13 +220,14 @@ def _check_exclude(m: LoadedMatrix, out: _Collector) -> None:
                 )
 
 
-def _named(expansion: Expansion, names: dict[str, str]) -> Expansion:
-    if not names:
-        return expansion
+def _named(
+    expansion: Expansion, names: dict[str, str], configs: dict[tuple[str, ...], Any]
+) -> Expansion:
     cells = [
-        Cell(c.id, c.values, c.overrides, names[c.id], c.origin, c.tags) for c in expansion.cells
+        Cell(c.id, c.values, c.overrides, names[c.id], c.origin, c.tags) if names else c
+        for c in expansion.cells
     ]
-    return Expansion(cells, expansion.warnings)
+    return Expansion(cells, expansion.warnings, configs)
 
 
 def _data_configs(
@@ -260,8 +261,7 @@ def validate_matrix(m: LoadedMatrix, cache_dir: Path | None = None) -> tuple[Rec
         if known is not None and (
             not m.spec.run_name or all(c.id in known.names for c in expansion.cells)
         ):
-            data_check.remember(recipe, known.configs)
-            return recipe, _named(expansion, known.names)
+            return recipe, _named(expansion, known.names, known.configs)
     out = _Collector(m)
     names: dict[str, str] = {}
     configs: dict[tuple[str, ...], Any] = {}
@@ -284,10 +284,9 @@ def validate_matrix(m: LoadedMatrix, cache_dir: Path | None = None) -> tuple[Rec
                 )
             if not out.problems:
                 configs = _data_configs(m, composer, expansion.cells)
-                data_check.remember(recipe, configs)
     _check_exclude(m, out)
     if out.problems:
         raise MatrixError(m.file, sorted(out.problems.values(), key=lambda p: (p.line or 0, p.key)))
     if cache_dir is not None:
         cache.write(cache_dir, key, cache.Verdict(names, configs))
-    return recipe, _named(expansion, names)
+    return recipe, _named(expansion, names, configs)

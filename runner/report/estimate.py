@@ -24,10 +24,9 @@ from runner.plan import Plan
 from runner.recipe import Composer
 from runner.report.gpu_hours import (
     CellHours,
+    Usage,
     cell_hours,
     fmt_hours,
-    option_gpus,
-    query_usage,
     summary_line,
     totals,
 )
@@ -169,7 +168,7 @@ def estimate(
     result: dict[str, Any] = {
         "cells": len(todo),
         "estimated": 0,
-        "gpus_per_cell": option_gpus(plan.matrix.spec.executor, here),
+        "gpus_per_cell": plan.matrix.spec.executor.cell_gpus(here),
         "gpu_hours": None,
         "wall_hours": None,
         "by_config": [],
@@ -221,14 +220,16 @@ def estimate(
 
 
 def overview(
-    plan: Plan, states: dict[str, CellState] | None = None
+    plan: Plan,
+    states: dict[str, CellState] | None = None,
+    accounting: tuple[Usage, str | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, CellHours]]:
     """What ``plan`` and ``status`` show of GPU-hours: spent (``totals`` and a ``warning``
-    when SLURM accounting could not be asked) and the ``estimate`` for the cells to run,
-    JSON-ready; and each cell's hours (for :func:`runner.report.tables.rows`). One sacct call
-    in all."""
+    when the executors' accounting could not be asked) and the ``estimate`` for the cells to
+    run, JSON-ready; and each cell's hours (for :func:`runner.cli.export.rows`).
+    ``accounting``: :func:`runner.sweep.reconcile.accounting`'s (None: the ledger's)."""
     states = plan.states() if states is None else states
-    usage, warning = query_usage(plan)
+    usage, warning = accounting or ({}, None)
     hours = cell_hours(plan, states, usage)
     out = {**totals(hours), "warning": warning, "estimate": estimate(plan, states, hours)}
     return out, hours

@@ -10,9 +10,9 @@ An attempt costs its wall time × the GPUs it held:
   (status.json; a running attempt counts up to now, one that ended without a word up to its
   last heartbeat) × the GPUs the job saw (``gpus`` in status.json, written by the job from
   ``CUDA_VISIBLE_DEVICES`` / ``NVIDIA_VISIBLE_DEVICES``), else the GPU docker.json names,
-  else what the executor options give a cell (SLURM: ``gpus_per_task`` or the ``gres``
-  count; local and debug: one GPU when this machine has any; docker: one when its pool has
-  GPUs).
+  else what the executor options give a cell (their ``cell_gpus``: SLURM ``gpus_per_task``
+  × ``gpus_per_cell`` or the ``gres`` count; local and debug: one GPU per rank when this
+  machine has any; docker: one per rank when its pool has GPUs).
 
 A cell that ran without a GPU costs 0 GPU-hours: GPU-hours are what a GPU budget is charged,
 and a CPU-hour is not one. Its wall hours are kept beside (``wall_hours``), so a CPU matrix
@@ -28,12 +28,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from runner import tracking
-from runner.executors.resources import visible_gpus
-from runner.ledger import Attempt, CellState
+from runner.executors.options import default_options
+from runner.ledger import Attempt, CellState, Docker, Job, Status, attempt_wall
 from runner.plan import Plan
-from runner.report.gpu_meter import attempt_wall, gpus_from_env, log_figures, log_gpu_hours
-
-__all__ = ["CellHours", "cell_hours", "gpus_from_env", "log_gpu_hours", "query_usage", "totals"]
 
 
 @dataclass
@@ -61,90 +58,37 @@ class CellHours:
         return out
 
 
-def gres_gpus(gres: str) -> int:
-    """GPUs in a ``--gres`` request: ``gpu:a100:2`` -> 2, ``gpu`` -> 1, ``shard:2`` -> 0."""
-    total = 0
-    for item in gres.split(","):
-        parts = item.strip().split(":")
-        if parts[0] != "gpu":
-            continue
-        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    return total
-
-
-def option_gpus(options: Any, here: list[int] | None = None) -> int:
-    """GPUs the executor options give each cell. ``here``: this machine's GPUs (asked of
-    nvidia-smi when None), for the executors that run cells on this machine."""
-    kind = getattr(options, "kind", None)
-    ranks = int(getattr(options, "gpus_per_cell", 1) or 1)  # a DDP cell's processes
-    if kind == "slurm":  # --gres is per node; gpus_per_task per rank
-        return gres_gpus(options.gres) if options.gres else int(options.gpus_per_task) * ranks
-
-    def local() -> list[int]:
-        return visible_gpus() if here is None else here
-
-    if kind == "docker":
-        gpus = local() if options.gpus == "all" else options.gpus
-        return ranks if gpus else 0
-    if kind == "local" and options.gpus is not None:
-        return ranks if options.gpus else 0
-    return ranks if local() else 0  # local with all visible GPUs, debug (cuda:0 if any)
+#: What an executor's accounting says each job used: ``{job id: (elapsed seconds over all
+#: its runs, allocated GPUs)}`` (SLURM's sacct), asked by the caller
+#: (:func:`runner.sweep.reconcile.accounting`): the report reads the ledger and MLflow only.
+Usage = dict[str, tuple[float, int]]
 
 
 def _attempt_gpus(attempt: Attempt, kind: str | None, plan: Plan, here: list[int] | None) -> int:
-    status = attempt.read("status") or {}
-    if isinstance(status.get("gpus"), int):
-        return int(status["gpus"])
-    docker = attempt.read("docker")
+    status = attempt.load(Status)
+    if status is not None and isinstance(status.gpus, int):
+        return status.gpus
+    docker = attempt.load(Docker)
     if docker is not None:
-        listed = docker.get("gpus") or ([] if docker.get("gpu") is None else [docker["gpu"]])
-        return len(listed)
+        return len(docker.gpus or ([] if docker.gpu is None else [docker.gpu]))
     options = plan.matrix.spec.executor
     if kind is not None and kind != options.kind:
-        from runner.executors import options_model
-
         try:
-            options = options_model(kind).model_validate({"kind": kind})
+            options = default_options(kind)
         except Exception:  # a kind whose options need more than its name (docker: image)
             return 0
-    return option_gpus(options, here)
-
-
-def slurm_jobs(plan: Plan) -> list[str]:
-    """The SLURM job ids of every attempt of the matrix (for one sacct call)."""
-    ids = []
-    for cell in plan.cells:
-        for a in plan.ledger.cell(cell.id).attempts():
-            job = a.read("job") or {}
-            if job.get("executor") == "slurm" and job.get("job_id"):
-                ids.append(str(job["job_id"]))
-    return ids
-
-
-def query_usage(plan: Plan) -> tuple[dict[str, tuple[float, int]], str | None]:
-    """SLURM accounting's usage of the matrix's jobs (one sacct call), and a warning."""
-    ids = slurm_jobs(plan)
-    if not ids:
-        return {}, None
-    from runner.executors.slurm.cluster import job_usage
-
-    usage, problem = job_usage(ids)
-    if problem:
-        return usage, (
-            f"GPU-hours of SLURM cells come from the ledger, not accounting ({problem}): "
-            "requeued runs before the last are not counted"
-        )
-    return usage, None
+    return options.cell_gpus(here)
 
 
 def cell_hours(
     plan: Plan,
     states: dict[str, CellState] | None = None,
-    usage: dict[str, tuple[float, int]] | None = None,
+    usage: Usage | None = None,
     now: float | None = None,
     here: list[int] | None = None,
 ) -> dict[str, CellHours]:
-    """Every cell's hours (``usage``: :func:`query_usage`'s; None asks nothing of SLURM)."""
+    """Every cell's hours (``usage``: the executors' accounting, :data:`Usage`; without it,
+    the ledger's figures)."""
     states = plan.states() if states is None else states
     now = time.time() if now is None else now
     usage = usage or {}
@@ -154,9 +98,9 @@ def cell_hours(
         hours = CellHours(cell.id, states[cell.id].state)
         for a in record.attempts():
             hours.attempts += 1
-            job, status = a.read("job") or {}, a.read("status") or {}
-            kind = job.get("executor")
-            job_id = str(job.get("job_id") or status.get("job_id") or "")
+            job, status = a.load(Job) or Job(), a.load(Status) or Status(state="")
+            kind = job.executor
+            job_id = str(job.job_id or status.job_id or "")
             if kind == "slurm" and job_id in usage:
                 wall, gpus = usage[job_id]
                 hours.source = "sacct"
@@ -167,8 +111,8 @@ def cell_hours(
             hours.gpu_s += wall * gpus
             if wall > 0:
                 hours.gpus = gpus
-            if isinstance(status.get("epochs"), int):
-                hours.units = status["epochs"]
+            if isinstance(status.epochs, int):
+                hours.units = status.epochs
         out[cell.id] = hours
     return out
 
@@ -205,7 +149,7 @@ def summary_line(total: Mapping[str, Any]) -> str:
 def log_all(plan: Plan, hours: Mapping[str, CellHours]) -> int:
     """Set a cell's hours on its MLflow run where they differ from what the run holds
     (``runner report``); the runs written. The job logs its own figure as it ends, the
-    ledger's as the ledger keeps it (:func:`runner.report.gpu_meter.ledger_hours`), so the
+    ledger's as the ledger keeps it (:func:`runner.ledger.ledger_hours`), so the
     report writes a better one only: SLURM accounting's, GPUs from the executor options for
     a job that could not tell, a running cell's so far, a job that died before it logged.
     An equal figure is never written again: each write is one more entry in the metric's
@@ -223,7 +167,7 @@ def log_all(plan: Plan, hours: Mapping[str, CellHours]) -> int:
             if key not in held or not _same(held[key], value)
         }
         if figures:
-            log_figures(plan.tracking_uri, run_id, figures)
+            tracking.log_figures(plan.tracking_uri, run_id, figures)
             n += 1
     return n
 

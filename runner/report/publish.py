@@ -50,8 +50,14 @@ def _clean(value: Any) -> Any:
 
 
 def build(
-    plan: Plan, baseline: str | None, baseline_csv: Path | None = None
+    plan: Plan,
+    baseline: str | None,
+    baseline_csv: Path | None = None,
+    accounting: tuple[gh.Usage, str | None] | None = None,
 ) -> tuple[Report, list[Any]]:
+    """The report of the matrix's done cells; ``accounting``: what the executors' accounting
+    says the jobs used (:func:`runner.sweep.reconcile.accounting`) for the GPU-hours, else
+    the ledger's figures."""
     if baseline is not None and baseline_csv is not None:
         raise RunnerError("give --baseline GROUP or --baseline-csv FILE, not both")
     results, classes = collect(plan)
@@ -67,14 +73,16 @@ def build(
     report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
     report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
     report.search = search_report.build(plan)
-    _add_hours(plan, report, groups)
+    _add_hours(plan, report, groups, accounting or ({}, None))
     return report, groups
 
 
-def _add_hours(plan: Plan, report: Report, groups: list[Any]) -> None:
+def _add_hours(
+    plan: Plan, report: Report, groups: list[Any], accounting: tuple[gh.Usage, str | None]
+) -> None:
     """GPU-hours: a column per group (its cells, all their attempts) and the matrix's total
     (every cell, whatever its state: failed and pruned cells cost too)."""
-    usage, warning = gh.query_usage(plan)
+    usage, warning = accounting
     report.cell_hours = gh.cell_hours(plan, usage=usage)
     report.gpu_hours = {**gh.totals(report.cell_hours), "warning": warning}
     by_label = {g.label: g for g in groups}

@@ -31,8 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import tracking
+from runner.ledger import Status
+from runner.matrix.asha import rung_of_reason
 from runner.plan import Plan
-from runner.search.asha import rung_of_reason
 from runner.search.trials import SearchPlan, Study, value_of
 
 if TYPE_CHECKING:
@@ -43,12 +44,12 @@ def _effort(record: CellRecord) -> dict[str, Any]:
     """Epochs and hours a cell spent over its attempts, and the rung it was pruned at."""
     epochs, hours, rung = 0, 0.0, None
     for a in record.attempts():
-        status = a.read("status") or {}
-        epochs = max(epochs, int(status.get("epochs") or 0))
-        if status.get("started") and status.get("ended"):
-            hours += (float(status["ended"]) - float(status["started"])) / 3600
-        if status.get("state") == "pruned":
-            rung = status.get("rung", rung_of_reason(status.get("reason")))
+        status = a.load(Status) or Status(state="")
+        epochs = max(epochs, int(status.epochs or 0))
+        if status.started and status.ended:
+            hours += (float(status.ended) - float(status.started)) / 3600
+        if status.state == "pruned":
+            rung = status.rung if status.rung is not None else rung_of_reason(status.reason)
     return {"epochs": epochs, "hours": hours, "pruned_rung": rung}
 
 

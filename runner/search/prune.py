@@ -1,7 +1,7 @@
 """The job's side of a search: report each validation to the cell's Optuna trial, stop the
 cell at a rung where ASHA says so, and tell the study how the cell ended.
 
-:class:`SearchSpec` travels in the pickled :class:`~runner.job.CellJob`; :class:`Reporter`
+:class:`SearchSpec` travels in the pickled :class:`~runner.job.cell.CellJob`; :class:`Reporter`
 is built inside the job and handed to the recipe as ``RunContext.should_prune`` (the recipe
 stays runner-free: it only calls it after each validation and stops when it gets a reason).
 A trial already finished (a pruned cell resumed with ``resume --only pruned``, a diverged
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from runner.search.asha import Asha, decide, reason, rung_key
+from runner.matrix.asha import Asha, decide, reason, rung_key
 
 
 @dataclass(frozen=True)

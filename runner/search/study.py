@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
 
-    from runner.search.space import Space
+    from runner.matrix.space import Space
 
 JOURNAL = "journal.log"
 

@@ -5,7 +5,7 @@ its own study of ``search.trials`` slots. Slot ``i`` is a cell whose values are 
 plus the sampled ones, so it has an id, a run name, a ledger entry and an MLflow run like
 any cell. A slot's values are a pure function of (seed, study, i) for ``random``, for
 ``grid`` (the shuffled grid of choices) and for TPE's first ``startup`` slots; TPE's later
-slots exist once asked (:mod:`runner.search.refill`), and are read back from their slot
+slots exist once asked (:mod:`runner.sweep.refill`), and are read back from their slot
 files. Planning never writes: it reads the slot files and the ledger.
 
 Restarts: once every slot of a study has ended, the ``top`` best trials by the search metric
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.ledger import TERMINAL, CellRecord, CellState, read_json
+from runner.matrix.asha import Asha
 from runner.matrix.cells import Cell, cell_id, override, run_name_tokens
 from runner.matrix.schema import LoadedMatrix
+from runner.matrix.search_checks import objective, restart_points
+from runner.matrix.space import Space, encode, rounded
 from runner.search import study as journal
-from runner.search.asha import Asha
-from runner.search.checks import objective, restart_points
 from runner.search.prune import SearchSpec
-from runner.search.space import Space, encode, rounded
 
 
 def _digest(*parts: Any) -> str:

@@ -2,7 +2,8 @@
 
 Local processes and Docker GPUs have no cluster queue: the runner itself starts a cell
 whenever a slot (a GPU) frees up. So that ``runner sweep`` can still return at once, it
-hands its chosen cells to a detached process (``python -m runner.sweep.background SPEC``) that:
+hands its chosen cells to a detached process (``python -m runner.cli.background SPEC``: the
+CLI's entry point, which prints progress; :func:`serve` here does the work) that:
 
 1. claims each cell in the ledger under its *own* pid, so that if it dies before starting
    a cell, that cell reads as pending again and the next sweep takes it;
@@ -21,17 +22,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from runner.errors import RunnerError
-from runner.executors import make_backend
+from runner.executors.backends import make_backend
 from runner.ledger import pid_alive, read_json, write_json_atomic
 from runner.plan import Plan, make_plan
-from runner.sweep.progress import LiveProgress
-from runner.sweep.queue import SweepOutcome, claim_jobs, run_queue
+from runner.sweep.queue import Observer, SweepOutcome, claim_jobs, run_queue
 
 READY_TIMEOUT_S = 300.0
 
@@ -75,7 +74,7 @@ def hand_off(
     )
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "runner.sweep.background", str(spec_file)],
+            [sys.executable, "-u", "-m", "runner.cli.background", str(spec_file)],
             cwd=plan.workdir,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -99,7 +98,10 @@ def hand_off(
     outcome.scheduler = {"pid": proc.pid, "log": str(log)}
 
 
-def _serve(spec_file: Path) -> int:
+def serve(spec_file: Path, observer: Callable[[Plan], Observer], say: Callable[[str], None]) -> int:
+    """The background scheduler's work (its process: :mod:`runner.cli.background`): claim
+    the cells the sweep chose, say so, then keep the slots busy until every job has ended.
+    ``observer``: what follows the queue for this plan (the progress lines of its log)."""
     spec = json.loads(spec_file.read_text())
     # The plan again (this is another process): the same validated matrix, cells and ledger.
     plan = make_plan(spec["matrix"], Path(spec["workdir"]))
@@ -108,7 +110,8 @@ def _serve(spec_file: Path) -> int:
     # with another sweep exactly as the sweep's own claim would.
     cells = [c for c in plan.cells if c.id in seen]
     outcome = SweepOutcome(experiment_id=spec["experiment_id"])
-    jobs = claim_jobs(plan, cells, seen, spec["experiment_id"], outcome)
+    backend = make_backend(plan.matrix.spec.executor, plan.ledger.logs_dir)
+    jobs = claim_jobs(plan, cells, seen, spec["experiment_id"], outcome, backend.job_class)
     write_json_atomic(
         scheduler_file(plan),
         {"pid": os.getpid(), "started": time.time(), "log": str(spec_file.with_suffix(".log"))},
@@ -117,18 +120,12 @@ def _serve(spec_file: Path) -> int:
         Path(spec["ready"]),
         {"claimed": [j.cell_id for j in jobs], "lost_race": outcome.lost_race},
     )
-    backend = make_backend(plan.matrix.spec.executor, plan.ledger.logs_dir)
-    console = Console(file=sys.stdout, width=160, force_terminal=False)
-    console.print(f"background scheduler pid {os.getpid()}: {len(jobs)} cells")
+    say(f"background scheduler pid {os.getpid()}: {len(jobs)} cells")
     refill = None
     if spec.get("refill"):
-        from runner.search.refill import make_refill
+        from runner.sweep.refill import make_refill
 
-        refill = make_refill(plan, spec["experiment_id"], outcome)
-    run_queue(plan, backend, jobs, outcome, True, LiveProgress(console, plan.cells), refill)
-    console.print(f"queue empty, every job ended; submitted {len(outcome.submitted)} cells")
+        refill = make_refill(plan, spec["experiment_id"], outcome, backend.job_class)
+    run_queue(plan, backend, jobs, outcome, True, observer(plan), refill)
+    say(f"queue empty, every job ended; submitted {len(outcome.submitted)} cells")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_serve(Path(sys.argv[1])))

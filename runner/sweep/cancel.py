@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from recipes.contract import SPOOL_FINAL
 from runner import tracking
-from runner.executors import make_backend
-from runner.ledger import TERMINAL, CellRecord, write_json_atomic
+from runner.executors.backends import make_backend
+from runner.ledger import TERMINAL, Cancel, CellRecord, Status, write_json_atomic
 from runner.plan import Plan
 from runner.sweep.selection import for_cancel
 
@@ -54,7 +54,7 @@ def cancel(
     for cell in cells:
         record = plan.ledger.cell(cell.id)
         attempt = record.attempts()[-1]
-        attempt.write("cancel", {"time": time.time(), "pid": os.getpid()})
+        attempt.save(Cancel(time=time.time(), pid=os.getpid()))
         outcome.cancelled.append(cell.id)
         records.append(record)
         if states[cell.id].job_id:
@@ -96,9 +96,11 @@ def _mark_stopped(record: CellRecord, tracking_uri: str) -> None:
     ended as KILLED: the job could not when it was killed or never started, and its own
     attempt can fail (a store locked by a writer that was killed inside a transaction)."""
     attempt = record.attempts()[-1]
-    request = attempt.read("cancel") or {"time": time.time()}
-    attempt.write("cancel", {**request, "stopped": time.time()})
-    state = (attempt.read("status") or {}).get("state")
+    request = attempt.load(Cancel) or Cancel(time=time.time())
+    request.stopped = time.time()
+    attempt.save(request)
+    status = attempt.load(Status)
+    state = status.state if status else None
     if not record.run_id or (state in TERMINAL and state != "cancelled"):
         return  # no run yet, or it ended otherwise before the cancel took effect
     for delay in (0.0, 1.0, 2.0, 4.0):

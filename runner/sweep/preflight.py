@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from runner.errors import RunnerError
-from runner.executors import options_model
+from runner.executors.options import options_model
 from runner.matrix.data_check import data_problems
 from runner.plan import Plan
 
@@ -40,9 +40,10 @@ def check_data(plan: Plan, submitting: bool) -> list[str]:
     queueing. `plan` may look at a matrix without its data: a dataset it can't find at all
     (no data root here) is a warning there, an error for `sweep` and `resume`."""
     spec = plan.matrix.spec
-    problems = data_problems(plan.recipe, list(spec.base), plan.cells, listing=False)
+    known = plan.expansion.data_configs
+    problems = data_problems(plan.recipe, list(spec.base), plan.cells, known, listing=False)
     if not problems:
-        unlisted = data_problems(plan.recipe, list(spec.base), plan.cells, listing=True)
+        unlisted = data_problems(plan.recipe, list(spec.base), plan.cells, known, listing=True)
         if not submitting:
             return [f"{problem} (`runner sweep` refuses this)" for problem in unlisted]
         problems = unlisted

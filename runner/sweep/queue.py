@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner import tracking
-from runner.executors.base import Backend
-from runner.job import CellJob
-from runner.ledger import TERMINAL, CellState
+from runner.executors.base import Backend, SweepMode
+from runner.job.cell import CellJob
+from runner.ledger import TERMINAL, Cancel, CellState, Job, Monitor, Status
 from runner.matrix.cells import Cell
 from runner.plan import Plan
 
@@ -34,7 +34,7 @@ class SweepOutcome:
     lost_race: list[str] = field(default_factory=list)
     job_ids: dict[str, str] = field(default_factory=dict)
     experiment_id: str | None = None
-    followed: bool = True  # False when the sweep returned once the cells were submitted
+    mode: SweepMode = "follow"  # how the sweep ran them (runner.executors.base.SweepMode)
     # Set when a background scheduler took the queue: its pid and log file.
     scheduler: dict[str, Any] | None = None
 
@@ -45,8 +45,10 @@ def claim_jobs(
     attempts_seen: dict[str, int],
     experiment_id: str,
     outcome: SweepOutcome,
+    job_class: type[CellJob] = CellJob,
 ) -> list[CellJob]:
-    """Claim each cell's next attempt in the ledger and build the job payloads of those won.
+    """Claim each cell's next attempt in the ledger and build the job payloads of those won,
+    as ``job_class`` (the backend's :attr:`~runner.executors.base.Backend.job_class`).
 
     ``attempts_seen``: cell id -> the attempts the caller saw when it chose the cell. The
     claim numbers from it, so that two racing sweeps agree on one winner; losers go to
@@ -65,7 +67,7 @@ def claim_jobs(
         else:
             claimed.append((cell, attempt.number))
     return [
-        CellJob(
+        job_class(
             matrix=spec.name,
             recipe=spec.recipe,
             cell_id=c.id,
@@ -123,7 +125,7 @@ def run_queue(
             if backend.finished(sj):
                 _check_outcome(plan, backend, job, sj)
                 backend.release(sj)
-                if (_status(plan, job).get("state")) == "cancelled":
+                if _status(plan, job).state == "cancelled":
                     refill = None
             else:
                 still.append((job, sj))
@@ -145,16 +147,16 @@ def run_queue(
 
 
 def _cancelled(plan: Plan, job: CellJob) -> bool:
-    return bool(plan.ledger.cell(job.cell_id).attempt(job.attempt).read("cancel"))
+    return plan.ledger.cell(job.cell_id).attempt(job.attempt).load(Cancel) is not None
 
 
-def _status(plan: Plan, job: CellJob) -> dict[str, Any]:
-    return plan.ledger.cell(job.cell_id).attempt(job.attempt).read("status") or {}
+def _status(plan: Plan, job: CellJob) -> Status:
+    return plan.ledger.cell(job.cell_id).attempt(job.attempt).load(Status) or Status(state="")
 
 
 def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
-    attempt.write("job", {"job_id": str(sj.job_id), "executor": job.executor, "time": time.time()})
+    attempt.save(Job(job_id=str(sj.job_id), executor=job.executor, time=time.time()))
     outcome.submitted.append(job.cell_id)
     outcome.job_ids[job.cell_id] = str(sj.job_id)
 
@@ -162,5 +164,5 @@ def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome)
 def _check_outcome(plan: Plan, backend: Backend, job: CellJob, sj: Any) -> None:
     """A job that ended without a terminal status (killed, crashed) is recorded as lost."""
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
-    if _status(plan, job).get("state") not in TERMINAL:
-        attempt.write("monitor", {"reason": backend.end_reason(sj), "time": time.time()})
+    if _status(plan, job).state not in TERMINAL:
+        attempt.save(Monitor(reason=backend.end_reason(sj), time=time.time()))

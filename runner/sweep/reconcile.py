@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 
-from runner.executors import backend_class, make_backend
+from runner.executors.backends import BACKENDS, backend_class, make_backend
 from runner.executors.base import Backend
-from runner.ledger import LOST_AFTER_S, TERMINAL, CellState
+from runner.ledger import LOST_AFTER_S, TERMINAL, CellState, Job, Monitor, Status
 from runner.plan import Plan
 from runner.sweep.sync import upload_ended
 
@@ -47,20 +47,38 @@ def _executor_ends(plan: Plan, states: dict[str, CellState]) -> tuple[str | None
     for job_id, end in ends.items():
         record = plan.ledger.cell(open_jobs[job_id])
         attempt = record.attempts()[-1]
-        if (attempt.read("status") or {}).get("state") in TERMINAL or attempt.read("monitor"):
+        status = attempt.load(Status)
+        if (status and status.state in TERMINAL) or attempt.load(Monitor):
             continue  # the job wrote its outcome after all, or the end is known already
         last_sign = states[open_jobs[job_id]].updated or 0.0
         if not end.certain and now - last_sign < LOST_AFTER_S:
             continue
-        attempt.write(
-            "monitor",
-            {
-                "state": end.state,
-                "reason": end.reason,
-                "log": end.log,
-                "tail": end.tail,
-                "time": now,
-            },
+        attempt.save(
+            Monitor(state=end.state, reason=end.reason, log=end.log, tail=end.tail, time=now)
         )
         written = True
     return warning, written
+
+
+def accounting(plan: Plan) -> tuple[dict[str, tuple[float, int]], str | None]:
+    """What the executors' accounting says the matrix's jobs used (SLURM: one ``sacct`` call
+    for every attempt that ran there), for the report's GPU-hours; and a warning when it
+    could not be asked. Attempts are grouped by the executor that ran them (``--executor``
+    may have sent some elsewhere)."""
+    by_kind: dict[str, list[str]] = {}
+    for cell in plan.cells:
+        for a in plan.ledger.cell(cell.id).attempts():
+            job = a.load(Job)
+            if job and job.executor in BACKENDS and job.job_id:
+                by_kind.setdefault(job.executor, []).append(str(job.job_id))
+    usage: dict[str, tuple[float, int]] = {}
+    warnings = []
+    for kind, ids in by_kind.items():
+        found, problem = BACKENDS[kind].usage(ids)
+        usage.update(found)
+        if problem:
+            warnings.append(
+                f"GPU-hours of {kind} cells come from the ledger, not accounting ({problem}): "
+                "requeued runs before the last are not counted"
+            )
+    return usage, "; ".join(warnings) or None

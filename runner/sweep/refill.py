@@ -20,7 +20,7 @@ from runner.search.trials import Study
 from runner.sweep.queue import Refill, SweepOutcome, claim_jobs
 
 if TYPE_CHECKING:
-    from runner.job import CellJob
+    from runner.job.cell import CellJob
     from runner.plan import Plan
 
 
@@ -132,8 +132,11 @@ def initial(plan: Plan, pending: list[Cell], slots: int | None) -> list[Cell]:
     return [*trials, *others]
 
 
-def make_refill(plan: Plan, experiment_id: str, outcome: SweepOutcome) -> Refill:
-    """The queue's refill for a sweep of a search: ask trials, else choose restarts."""
+def make_refill(
+    plan: Plan, experiment_id: str, outcome: SweepOutcome, job_class: type[CellJob]
+) -> Refill:
+    """The queue's refill for a sweep of a search: ask trials, else choose restarts, as
+    ``job_class`` payloads (the backend's)."""
 
     def refill(room: int) -> list[CellJob]:
         cells = ask_new(plan, room) if plan.search and plan.search.unasked() else []
@@ -141,6 +144,6 @@ def make_refill(plan: Plan, experiment_id: str, outcome: SweepOutcome) -> Refill
             cells = freeze_restarts(plan)
         if not cells:
             return []
-        return claim_jobs(plan, cells, {c.id: 0 for c in cells}, experiment_id, outcome)
+        return claim_jobs(plan, cells, {c.id: 0 for c in cells}, experiment_id, outcome, job_class)
 
     return refill

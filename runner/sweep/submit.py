@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 from runner import tracking
 from runner.errors import RunnerError
-from runner.executors import make_backend
+from runner.executors.backends import make_backend
+from runner.executors.base import Backend, SweepMode
 from runner.ledger import CellState
 from runner.matrix.cells import Cell
 from runner.plan import Plan
-from runner.search import refill as search_refill
+from runner.sweep import refill as search_refill
 from runner.sweep.background import hand_off
 from runner.sweep.queue import Observer, SweepOutcome, claim_jobs, run_queue
 
@@ -25,7 +26,8 @@ def submit(
     choose: Chooser | None = None,
 ) -> SweepOutcome:
     """Submit the chosen cells (default: those never submitted) once each; follow them to
-    the end when the backend waits. ``choose`` picks cells from the current states.
+    the end in ``follow`` mode (the backend's default, or as ``wait`` asks: ``--wait`` /
+    ``--no-wait``). ``choose`` picks cells from the current states.
 
     A backend whose queue lives in the runner (local processes, Docker GPUs) can't be left
     alone with more cells than slots, so when not following, the queue is handed to a
@@ -49,31 +51,38 @@ def submit(
     tracking.check_reachable(uri)
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
     backend.preflight()  # a cluster that can't take jobs: say so, claim nothing
-    follow = backend.waits if wait is None else wait
-    detach = not follow and backend.slots is not None
-    if detach and not backend.detachable:
-        raise RunnerError(
-            f"executor '{spec.executor.kind}' runs the cells inside `runner sweep` itself: "
-            "drop --no-wait"
-        )
+    mode = outcome.mode = sweep_mode(backend, wait)
     artifact_root = plan.workdir / "mlartifacts"
     experiment_id = tracking.ensure_experiment(uri, spec.name, artifact_root)
     outcome.experiment_id = experiment_id
-    outcome.followed = follow
     if searching:
         pending = search_refill.initial(plan, pending, backend.slots)
         if not pending:
             return outcome
     attempts_seen = {c.id: states[c.id].attempts if c.id in states else 0 for c in pending}
-    if detach:
+    if mode == "background":
         hand_off(plan, attempts_seen, outcome, refill=searching)
         return outcome
-    jobs = claim_jobs(plan, pending, attempts_seen, experiment_id, outcome)
+    jobs = claim_jobs(plan, pending, attempts_seen, experiment_id, outcome, backend.job_class)
     refill = None
-    if searching and follow and backend.slots is not None:
-        refill = search_refill.make_refill(plan, experiment_id, outcome)
-    run_queue(plan, backend, jobs, outcome, follow, observe, refill)
+    if searching and mode == "follow" and backend.slots is not None:
+        refill = search_refill.make_refill(plan, experiment_id, outcome, backend.job_class)
+    run_queue(plan, backend, jobs, outcome, mode == "follow", observe, refill)
     return outcome
+
+
+def sweep_mode(backend: Backend, wait: bool | None) -> SweepMode:
+    """The backend's default mode, or as ``--wait`` / ``--no-wait`` asks."""
+    if wait is None:
+        return backend.modes[0]
+    if wait:
+        return "follow"
+    for mode in backend.modes:
+        if mode != "follow":
+            return mode
+    raise RunnerError(
+        f"executor '{backend.kind}' runs the cells inside `runner sweep` itself: drop --no-wait"
+    )
 
 
 def _search_has_work(plan: Plan, states: dict[str, CellState]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from submitit.helpers import Checkpointable
 
-from runner.executors.slurm.backend import SlurmCellJob
+from runner.executors.slurm.job import SlurmCellJob
 
 
 def sleep_and_report(seconds: float, tag: str) -> dict[str, Any]:

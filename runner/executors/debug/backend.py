@@ -6,26 +6,17 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import submitit
-from pydantic import BaseModel, ConfigDict
 
 from runner.executors.base import Backend
-from runner.job import CellJob
-
-
-class DebugExecutorOptions(BaseModel):
-    """Cells run one after another inside the runner process (breakpoints work)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["debug"]
+from runner.job.cell import CellJob
 
 
 class DebugBackend(Backend):
     kind = "debug"
-    detachable = False  # cells run in this very process, under its debugger
+    modes = ("follow",)  # cells run in this very process, under its debugger
 
     @property
     def slots(self) -> int:

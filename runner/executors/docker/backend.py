@@ -10,7 +10,7 @@
   store are mounted read-write at their own host paths, data (``mounts``) read-only.
 * The image tag and id go into ``attempts/NNNN/docker.json`` (written by the submitter) and
   onto the MLflow run as ``runner.docker_image`` / ``runner.docker_image_id`` (by the job,
-  :mod:`runner.executors.docker.cell`).
+  :mod:`runner.executors.docker.job`).
 * The engine may go away (a dockerd restart): the sweep waits for it, up to
   ``engine_wait_s`` past the cells' last heartbeats, then decides; a cell whose container
   died with the daemon ends failed (lost) and resumable, never silently (see
@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import os
 import sys
@@ -35,17 +36,15 @@ from docker.types import DeviceRequest
 
 from runner.errors import RunnerError
 from runner.executors.base import Backend
-from runner.executors.docker.cell import DockerCellJob
 from runner.executors.docker.engine import INCOMPLETE, LABEL, UNREACHABLE, DockerExecutor, client
+from runner.executors.docker.job import DockerCellJob
 from runner.executors.docker.options import DockerExecutorOptions
 from runner.executors.docker.watch import EngineWatch
 from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
-from runner.job import CellJob
-from runner.ledger import Attempt, CellRecord
+from runner.job.cell import CellJob
+from runner.ledger import Attempt, CellRecord, Docker
 
 __all__ = ["DockerBackend", "DockerCellJob", "DockerExecutor", "DockerExecutorOptions", "client"]
-
-DOCKER_FILE = "docker"  # attempts/NNNN/docker.json, written only by the submitter
 
 
 def _store_dir(uri: str) -> str | None:
@@ -63,9 +62,10 @@ def _is_server(uri: str) -> bool:
 
 class DockerBackend(Backend):
     kind = "docker"
+    job_class = DockerCellJob
     # The runner keeps the queue (containers start as GPUs free up); a sweep hands it to a
     # background scheduler and returns, unless asked to --wait.
-    waits = False
+    modes = ("background", "follow")
 
     def __init__(self, options: DockerExecutorOptions, folder: Path, start: bool = True) -> None:
         super().__init__(options, folder)
@@ -159,7 +159,7 @@ class DockerBackend(Backend):
         env = {n: os.environ[n] for n in self.options.env if n in os.environ}
         if len(gpus) > 1:
             # The container's own numbering (the runtime renumbers its GPUs from 0): each
-            # rank keeps the one of its LOCAL_RANK (runner.job.distributed_env), and the
+            # rank keeps the one of its LOCAL_RANK (runner.job.cell.distributed_env), and the
             # ledger counts one GPU per rank.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpus)))
         t = str(self.threads)
@@ -185,8 +185,9 @@ class DockerBackend(Backend):
                     f"executor 'docker': network 'none' cannot reach {job.tracking_uri}; "
                     "use network: host (or bridge with a reachable address)"
                 )
-            cell = job.recast(DockerCellJob)
-            cell.docker_image, cell.docker_image_id = tag, image_id
+            if not isinstance(job, DockerCellJob):
+                raise TypeError(f"the docker backend runs DockerCellJobs, not {type(job)}")
+            cell = dataclasses.replace(job, docker_image=tag, docker_image_id=image_id)
             group = self.pool.take() if self.pool.gpus else None
             gpus = self.groups[group] if group is not None else []
             shown = ",".join(map(str, gpus))
@@ -234,12 +235,18 @@ class DockerBackend(Backend):
             self._started[sj.job_id] = time.time()
             record = CellRecord(Path(job.cells_dir), job.cell_id)
             self._attempts[sj.job_id] = record.attempt(job.attempt)
-            info = {"container_id": sj.job_id, "image": tag, "image_id": image_id}
-            # "gpu": the first (a one-GPU cell's only) GPU, as before DDP cells; "gpus": all.
-            info |= {"gpu": gpus[0] if gpus else None, "gpus": gpus}
-            info |= {"ranks": self.options.gpus_per_cell}
-            info |= {"network": params["network_mode"], "user": params["user"]}
-            record.attempt(job.attempt).write(DOCKER_FILE, {**info, "time": time.time()})
+            info = Docker(
+                container_id=sj.job_id,
+                image=tag,
+                image_id=image_id,
+                gpu=gpus[0] if gpus else None,
+                gpus=gpus,
+                ranks=self.options.gpus_per_cell,
+                network=params["network_mode"],
+                user=params["user"],
+                time=time.time(),
+            )
+            record.attempt(job.attempt).save(info)
             out.append(sj)
         return out
 

@@ -1,4 +1,5 @@
-"""The payload of a docker cell: a :class:`~runner.job.CellJob` that knows it is in a container.
+"""The payload of a docker cell: a :class:`~runner.job.cell.CellJob` that knows it runs in a
+container.
 
 Two differences from a local cell, both decided inside the container:
 
@@ -12,29 +13,23 @@ Two differences from a local cell, both decided inside the container:
   later in silence (submitit ignores SIGTERM, waiting for SLURM's kill). ``runner cancel``
   sends SIGINT instead, which the cell records as cancelled.
 
-A DDP cell's ranks all get the signal (:mod:`runner.executors.docker.ranks` forwards both).
-A rank that raised at once could leave its peer blocked in a collective waiting for it (a
-peer already in the step's all-reduce) until the container is killed, with no outcome
-recorded; so a rank that is training asks the recipe to stop instead: the ranks agree on it
-at the next step (the stop flag is all-reduced each step), rank 0 writes that step's
-checkpoint, and then records the cell cancelled (SIGINT) or lost (SIGTERM) as above
-(:meth:`DockerCellJob.on_interrupted`). Outside training (setup, data caching) the signal
-acts at once, as for one process.
+Both are its entries in the signal policy (:mod:`runner.job.signals`). A DDP cell's ranks
+all get the signal (:mod:`runner.executors.docker.ranks` forwards both); a rank that is
+training asks the recipe to stop, so that the ranks stop together at their next step
+(:meth:`runner.job.cell.CellJob.on_signal`).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import sys
-import threading
-from pathlib import Path
-from types import FrameType
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
-from recipes.contract import TrainResult
-from runner.job import CellJob, CellLost
+from runner.job import signals
+from runner.job.cell import CellJob
+from runner.job.signals import Meaning
 from runner.ledger import CellRecord
 
 STOPPED = (
@@ -43,50 +38,15 @@ STOPPED = (
 )
 
 
+@dataclass
 class DockerCellJob(CellJob):
     """A cell run in a container (see the module's docstring)."""
 
     docker_image: str = ""
     docker_image_id: str = ""
 
-    def __call__(self) -> dict[str, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return super().__call__()  # signal handlers can only be set on the main thread
-        self._signalled: int | None = None
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
-        try:
-            return super().__call__()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    def _run(self) -> dict[str, Any]:
-        # Inside CellJob.__call__'s own SIGINT handler (KeyboardInterrupt), which it keeps
-        # for one process: ours raises the same there.
-        if threading.current_thread() is not threading.main_thread():
-            return super()._run()
-        previous = signal.signal(signal.SIGINT, self._on_signal)
-        try:
-            return super()._run()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signalled = signum
-        why = "cancelled" if signum == signal.SIGINT else STOPPED
-        # WORLD_SIZE: exported for a DDP rank (runner.job.distributed_env) before it trains.
-        if int(os.environ.get("WORLD_SIZE") or 1) > 1 and self.request_stop(why):
-            return  # the ranks stop together at their next step
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise CellLost(STOPPED)
-
-    def on_interrupted(self, result: TrainResult) -> None:
-        """Only a signal asks a docker cell's recipe to stop, on this rank or another (each
-        gets it): SIGINT is `runner cancel`'s, SIGTERM `docker stop`'s."""
-        cancelled = CellRecord(Path(self.cells_dir), self.cell_id).attempt(self.attempt)
-        if getattr(self, "_signalled", None) == signal.SIGINT or cancelled.read("cancel"):
-            raise KeyboardInterrupt("cancelled: runner cancel")
-        raise CellLost(STOPPED)
+    signal_meanings: ClassVar[Mapping[int, Meaning]] = signals.DOCKER
+    lost_reason: ClassVar[str] = STOPPED
 
     def host_name(self) -> str:
         # Its pids are the container's, not the host's, even under the host's hostname

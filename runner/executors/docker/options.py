@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from runner.executors.resources import visible_gpus
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 
@@ -142,3 +144,9 @@ class DockerExecutorOptions(BaseModel):
 
     def resolved_user(self) -> str:
         return self.user or f"{os.getuid()}:{os.getgid()}"
+
+    def cell_gpus(self, here: list[int] | None = None) -> int:
+        """GPUs each cell holds: one per rank when the pool (``gpus``; "all": this machine's,
+        ``here``, asked of nvidia-smi when None) has any."""
+        pool = (visible_gpus() if here is None else here) if self.gpus == "all" else self.gpus
+        return self.gpus_per_cell if pool else 0

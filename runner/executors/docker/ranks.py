@@ -5,7 +5,7 @@
 A container runs one command; ``executor.gpus_per_cell: N`` needs N processes in it. This
 launcher starts N ``python -u -m submitit.core._submit <folder>`` processes with submitit's
 local task variables (``SUBMITIT_LOCAL_NTASKS=N``, rank k's ``LOCALID``/``GLOBALID=k``, one
-node), so that :func:`runner.job.distributed_env` (submitit's
+node), so that :func:`runner.job.cell.distributed_env` (submitit's
 ``TorchDistributedEnvironment``) gives them RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT. The job
 id stays the container's (``SUBMITIT_LOCAL_JOB_ID``, exported by the engine's entry
 script), so rank 0's log and result are where submitit's Job looks (``<id>_0_*``: rank 0

@@ -10,7 +10,7 @@ import time
 
 from runner.errors import RunnerError
 from runner.executors.docker.engine import UNREACHABLE, client
-from runner.ledger import Attempt
+from runner.ledger import Attempt, Heartbeat
 
 
 class EngineWatch:
@@ -55,7 +55,8 @@ class EngineWatch:
         """Seconds since both the engine and this cell last gave a sign of life."""
         last = self.down_since or time.time()
         if attempt is not None:
-            last = max(last, float((attempt.read("heartbeat") or {}).get("time") or 0))
+            beat = attempt.load(Heartbeat)
+            last = max(last, float(beat.time if beat else 0))
         return time.time() - last
 
     def wait_until_up(self) -> None:

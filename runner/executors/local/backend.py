@@ -5,7 +5,7 @@ submitit's LocalExecutor starts every submitted job at once, so the runner keeps
 (see :mod:`runner.sweep.queue`) and this backend only hands out threads and GPUs.
 
 ``gpus_per_cell: N`` runs a cell as N submitit tasks (``tasks_per_node``) that see the
-cell's N GPUs; :class:`~runner.job.CellJob` turns them into a torch.distributed group
+cell's N GPUs; :class:`~runner.job.cell.CellJob` turns them into a torch.distributed group
 (rank r uses the r-th GPU). On a machine without GPUs the N tasks train on the CPU with
 gloo (a warning says so): that is how DDP is tested without a GPU.
 """
@@ -18,48 +18,17 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import submitit
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from runner.executors.base import Backend
+from runner.executors.local.options import LocalExecutorOptions
 from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
-from runner.job import CellJob
+from runner.job.cell import CellJob
 
 #: How long ``kill`` waits for SIGKILLed processes to be gone.
 KILL_REAP_S = 10.0
-
-
-class LocalExecutorOptions(BaseModel):
-    """Cells run as local processes through submitit's LocalExecutor."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["local"] = "local"
-    slots: PositiveInt = Field(1, description="cells running at once")
-    gpus: list[int] | None = Field(
-        None, description="GPU ids handed out one per running cell; None = all visible GPUs"
-    )
-    threads_per_cell: PositiveInt | None = Field(
-        None, description="torch/OpenMP threads per cell; None = cores // slots"
-    )
-    timeout_min: PositiveInt = Field(7 * 24 * 60, description="wall-clock limit per cell")
-    gpus_per_cell: PositiveInt = Field(
-        1,
-        description="processes (DDP ranks) per cell, one GPU each; on a machine without "
-        "GPUs, that many CPU processes with gloo",
-    )
-
-    @model_validator(mode="after")
-    def _enough_gpus(self) -> LocalExecutorOptions:
-        if self.gpus is not None and self.gpus and self.gpus_per_cell > len(set(self.gpus)):
-            raise ValueError(
-                f"gpus_per_cell={self.gpus_per_cell} but gpus lists {len(set(self.gpus))} "
-                f"GPU(s) ({self.gpus}): list at least {self.gpus_per_cell}, or lower "
-                "gpus_per_cell"
-            )
-        return self
 
 
 class LocalBackend(Backend):

@@ -34,16 +34,20 @@ class SlurmExecutorOptions(BaseModel):
         "resumes from its checkpoint (see max_requeues)",
     )
     gpus_per_task: NonNegativeInt = Field(
-        1, description="GPUs per cell (--gpus-per-task); 0 for CPU-only cells"
+        1,
+        description="GPUs per task, i.e. per rank of the cell (--gpus-per-task): 1, or 0 for "
+        "CPU-only cells; a DDP cell of gpus_per_cell ranks holds gpus_per_cell GPUs",
     )
     gpus_per_cell: PositiveInt = Field(
         1,
-        description="tasks (DDP ranks) per cell on one node (--ntasks-per-node), each with "
-        "gpus_per_task GPUs; with gpus_per_task 0 the ranks train on CPUs with gloo",
+        description="GPUs per cell, one per DDP rank: the cell runs as this many tasks on one "
+        "node (--ntasks-per-node), as on the local and docker executors; with gpus_per_task "
+        "0 the ranks train on CPUs with gloo",
     )
     gres: str | None = Field(
         None,
-        description="generic resources instead of gpus_per_task, e.g. 'gpu:a100:1' (--gres)",
+        description="generic resources per cell (one node) instead of gpus_per_task, e.g. "
+        "'gpu:a100:1' (--gres)",
     )
     cpus_per_task: PositiveInt = Field(4, description="CPU cores per cell (data loading)")
     mem_gb: PositiveFloat | None = Field(
@@ -92,9 +96,37 @@ class SlurmExecutorOptions(BaseModel):
     def _consistent(self) -> SlurmExecutorOptions:
         if self.gres is not None and "gpus_per_task" in self.model_fields_set:
             raise ValueError("set either gpus_per_task or gres, not both")
+        if self.gpus_per_cell > 1 and self.gpus_per_task > 1:
+            raise ValueError(
+                f"gpus_per_cell={self.gpus_per_cell} with gpus_per_task={self.gpus_per_task} "
+                f"would hold {self.gpus_per_cell * self.gpus_per_task} GPUs per cell: "
+                "gpus_per_cell counts the cell's GPUs, one per rank; set gpus_per_task: 1 (or "
+                "0 for CPU ranks)"
+            )
+        held = gres_gpus(self.gres) if self.gres else None
+        if held is not None and self.gpus_per_cell > 1 and held != self.gpus_per_cell:
+            raise ValueError(
+                f"gpus_per_cell={self.gpus_per_cell} ranks but gres {self.gres!r} gives the "
+                f"cell {held} GPU(s): ask for gpu:{self.gpus_per_cell}, one per rank"
+            )
         if self.signal_delay_s >= self.time_min * 60:
             raise ValueError(
                 f"signal_delay_s ({self.signal_delay_s}) must be shorter than the time limit "
                 f"({self.time_min} min)"
             )
         return self
+
+    def cell_gpus(self, here: list[int] | None = None) -> int:
+        """GPUs each cell holds (``here`` is unused: SLURM says what a node has)."""
+        return gres_gpus(self.gres) if self.gres else self.gpus_per_task * self.gpus_per_cell
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs in a ``--gres`` request: ``gpu:a100:2`` -> 2, ``gpu`` -> 1, ``shard:2`` -> 0."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.strip().split(":")
+        if parts[0] != "gpu":
+            continue
+        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total
