@@ -9,6 +9,7 @@
     runner sync MATRIX                            upload metrics kept while MLflow was down
     runner predict MATRIX (--cell C | --best [G]) -i DIR -o DIR   label maps for new images
     runner evaluate --pred DIR --labels DIR | MATRIX    summary.json; test metrics per cell
+    runner import SOURCE [--recipe R] [-o FILE]   a W&B / Orion / Hydra sweep as a matrix
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -283,12 +284,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate(_plan(args) if args.matrix else None, args, console)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from runner.cli.import_sweep import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runner.cli.parser import build_parser as build
 
     commands = {"plan": cmd_plan, "status": cmd_plan, "sweep": cmd_sweep, "resume": cmd_resume}
     commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}
-    commands |= {"predict": cmd_predict, "evaluate": cmd_evaluate}
+    commands |= {"predict": cmd_predict, "evaluate": cmd_evaluate, "import": cmd_import}
     return build(__doc__ or "", commands)
 
 

@@ -63,6 +63,9 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
     from runner.cli.testtime import add_parsers
 
     add_parsers(sub, handlers["predict"], handlers["evaluate"])
+    from runner.cli.import_sweep import add_parser as add_import
+
+    add_import(sub, handlers["import"])
     return parser
 
 
