@@ -128,3 +128,29 @@ docker-down:
 clean:
 	rm -rf sweeps mlruns mlruns.db mlartifacts outputs multirun
 
+# The GPU check (bench/gpu; README "GPU figures"): every GPU figure measured by one script
+# within 8 minutes, written to gpu-check.json and gpu-check.md. `make gpu-wheels` (where a
+# registry is reachable) downloads the wheels it imports beyond a bare torch image into .whl/
+# (git-ignored; sizes printed). `make gpu-check` runs it with the project's venv when there is
+# one; else, where $(PYTHON) has torch (a lent GPU machine: no registry, no venv), it installs
+# .whl/ into .gpu-site/ with pip --no-index and runs it from there. GPU_OUT: where the two
+# files go (default: the repository root); GPU_ARGS: more arguments (e.g. --budget-s 300).
+GPU_OUT ?=
+GPU_ARGS ?=
+GPU_CHECK = -m bench.gpu $(if $(GPU_OUT),--out $(GPU_OUT)) $(GPU_ARGS)
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: install
+	$(BIN)/python -m bench.gpu.wheels download
+
+gpu-check:
+	@if [ -x $(BIN)/python ] && $(BIN)/python -c "import monai, hydra" 2>/dev/null; then \
+	  echo "gpu-check: with $(BIN)/python"; \
+	  $(BIN)/python $(GPU_CHECK); \
+	elif $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  echo "gpu-check: with $(PYTHON) and the wheels of .whl/ in .gpu-site/"; \
+	  $(PYTHON) -m bench.gpu.wheels install && \
+	  PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR) $(PYTHON) $(GPU_CHECK); \
+	else \
+	  $(MAKE) --no-print-directory install && $(BIN)/python $(GPU_CHECK); \
+	fi
