@@ -4,6 +4,7 @@ pytest-xdist workers (tests/infra/shared.py says how)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -72,12 +73,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # --- the SLURM cluster and the Docker Engine --------------------------------------------------
 
 
+_PARTITION: list[str] = []  # this process's, once taken
+_PARTITION_LOCK: list[Any] = []  # its lock file, held open until the process ends
+
+
 def worker_partition() -> str:
-    """This worker's own SLURM partition (tests/infra/slurm_cluster.sh defines gw0..gw15):
+    """This process's own SLURM partition (tests/infra/slurm_cluster.sh defines gw0..gw15):
     its jobs go there by default (SBATCH_PARTITION), and cleaning up after a module cancels
-    only them, never another worker's."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    return worker if worker.startswith("gw") and int(worker[2:]) < 16 else "debug"
+    only them, never another worker's, nor another run's (two runs may share the cluster): a
+    partition is taken with a lock file held for as long as the process lives."""
+    if _PARTITION:
+        return _PARTITION[0]
+    locks = Path(os.environ.get("RUNNER_SLURM_DIR", "/var/lib/runner-slurm")) / "partitions"
+    locks.mkdir(parents=True, exist_ok=True)
+    for i in range(16):
+        lock = open(locks / f"gw{i}.lock", "w")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _PARTITION_LOCK.append(lock)
+        _PARTITION.append(f"gw{i}")
+        return _PARTITION[0]
+    raise RuntimeError(f"all 16 test partitions are taken (locks in {locks})")
 
 
 def drain_partition(partition: str | None, timeout_s: float = 60) -> None:

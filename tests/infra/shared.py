@@ -101,8 +101,9 @@ def ensure(name: str, on_first_start: Callable[[], None] | None = None) -> dict[
     """Service ``name`` up for this run; returns its record (``env``: the variables to
     export, ``ours``: whether this run started it, and so stops it at its end).
 
-    The first caller in the run starts it (and then calls ``on_first_start``, with the
-    record's variables exported); the others, on any worker, read the record."""
+    The first caller in the run starts it (and, when it was not running before, calls
+    ``on_first_start`` with the record's variables exported: another run may be using a
+    service that was already up); the others, on any worker, read the record."""
     record_path = run_dir() / f"{name}.json"
     with _locked(name):
         if record_path.exists():
@@ -112,7 +113,7 @@ def ensure(name: str, on_first_start: Callable[[], None] | None = None) -> dict[
             was_running = running(name)
             record = {"env": _exports(control(name, "start")), "ours": not was_running}
             os.environ.update(record["env"])
-            if on_first_start is not None:
+            if on_first_start is not None and record["ours"]:
                 on_first_start()
             record_path.write_text(json.dumps(record))
     return record
