@@ -5,9 +5,11 @@ pytest-xdist workers (tests/infra/shared.py says how)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +22,24 @@ from tests.infra import schedule, shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# pytest keeps the last 3 numbered temp dirs under one root for every run of the machine's
+# user and deletes older ones, also while another checkout's run still uses them (seen
+# here: two runs at once lost each other's tmp_path). One root per checkout.
+_TEMPROOT = (
+    Path(tempfile.gettempdir()) / f"runner-tests-{hashlib.sha1(bytes(ROOT)).hexdigest()[:8]}"
+)
+_TEMPROOT.mkdir(mode=0o700, exist_ok=True)
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(_TEMPROOT))
+
 
 # --- one run, several workers ----------------------------------------------------------------
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
-        shared.open_run_dir()
+        # The run's own user state (runner.ledger.registry), for module-scoped fixtures;
+        # each test gets its own (_own_state_dir). The workers inherit both variables.
+        os.environ["RUNNER_STATE_DIR"] = str(shared.open_run_dir() / "runner-state")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -152,6 +165,13 @@ def docker_engine() -> Iterator[Any]:
 
 
 # --- a scratch project -----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own user state (runner.ledger.registry: the ledgers a user swept), in
+    its process and the runner processes it starts: tests reuse matrix names freely."""
+    monkeypatch.setenv("RUNNER_STATE_DIR", str(tmp_path / "runner-state"))
 
 
 @pytest.fixture
