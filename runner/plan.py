@@ -2,6 +2,11 @@
 
 Every command starts here (``make_plan``): load the matrix file, validate it against the
 recipe, expand the cells, and open the ledger under ``sweep_dir``.
+
+Relative paths of a matrix (``sweep_dir``, a sqlite ``tracking.uri``, the cells' working
+directory and with it a relative data root) are resolved against the matrix's *project*
+(:func:`project_root`), never the caller's working directory: the same matrix file reaches
+the same ledger and store from any directory.
 """
 
 from __future__ import annotations
@@ -60,8 +65,24 @@ class Plan:
         return tracking.resolve_uri(self.matrix.spec.tracking.uri, self.workdir)
 
 
+#: What marks a project's root folder.
+PROJECT_MARKERS = ("pyproject.toml", ".git")
+
+
+def project_root(matrix_file: Path | str) -> Path:
+    """The matrix's project: the nearest folder above the matrix file holding
+    ``pyproject.toml`` or ``.git``; without one, the matrix file's own folder."""
+    here = Path(matrix_file).absolute().parent
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder
+    return here
+
+
 def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
-    workdir = (workdir or Path.cwd()).absolute()
+    """The plan of ``matrix_file``; ``workdir``: what relative paths resolve against
+    (default: the matrix's :func:`project_root`)."""
+    workdir = (workdir or project_root(matrix_file)).absolute()
     m = load_matrix(matrix_file)
     sweep_dir = Path(m.spec.sweep_dir)
     ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)

@@ -121,8 +121,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if view["warning"]:
         _warn(view["warning"])
     if args.command == "plan":
-        from runner.sweep.preflight import describe_store
+        from runner.sweep.preflight import describe_ledger, describe_store
 
+        console.print(describe_ledger(plan), markup=False)
         console.print(describe_store(plan), markup=False)
     return 0
 
@@ -138,7 +139,13 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
     console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
     # The live display comes down however the sweep ends (done, error, Ctrl-C).
     with LiveProgress(console, plan.cells) as observe:
-        outcome = submit(plan, wait=args.wait, observe=observe, choose=choose)
+        outcome = submit(
+            plan,
+            wait=args.wait,
+            observe=observe,
+            choose=choose,
+            ignore_other_ledgers=getattr(args, "ignore_other_ledgers", False),
+        )
     skipped = ", ".join(f"{n} {s}" for s, n in sorted(outcome.skipped.items()))
     if not outcome.submitted:
         what = "nothing new to submit" if verb == "sweep" else "nothing to resume"
@@ -175,6 +182,7 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
     console.print(f"states: {summary(states)}")
     uri = plan.tracking_uri
     console.print(f"MLflow store: {uri}  (experiment '{spec.name}')")
+    console.print(f"ledger: {plan.ledger.root}", markup=False)
     from runner.report import mlflow_view
 
     lines, warnings = mlflow_view.publish(plan, outcome.experiment_id)

@@ -42,6 +42,14 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
             _table_args(p, watch=name == "status")
         if name in ("sweep", "resume"):
             _submit_args(p)
+        if name == "sweep":
+            p.add_argument(
+                "--ignore-other-ledgers",
+                action="store_true",
+                help="train cells again that are done in another ledger of this matrix (one "
+                "swept from another directory or with another sweep_dir); without it the "
+                "sweep refuses and names that ledger",
+            )
         if name == "resume":
             p.add_argument(
                 "--only",

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from runner.errors import RunnerError
 from runner.executors.options import options_model
+from runner.ledger import Ledger, read_json, registry
 from runner.matrix.data_check import data_problems
 from runner.plan import Plan
 
@@ -90,6 +91,14 @@ SPOOL_NOTE = (
 )
 
 
+def describe_ledger(plan: Plan) -> str:
+    """Where the cells' states live and why there: paths resolve against the project."""
+    return (
+        f"ledger: {plan.ledger.root} (sweep_dir '{plan.matrix.spec.sweep_dir}' resolved "
+        f"against the matrix's project, {plan.workdir})"
+    )
+
+
 def describe_store(plan: Plan) -> str:
     """One line for ``runner plan``: which store this matrix's cells write to, and how."""
     uri = plan.tracking_uri
@@ -126,3 +135,48 @@ def tracking_warnings(plan: Plan) -> list[str]:
         f"tracking.uri {uri} is an sqlite file on this host's {fs} disk: SLURM tasks on "
         f"other nodes can't write it; for a multi-node cluster, {fix}"
     ]
+
+
+def other_ledgers(plan: Plan) -> None:
+    """Refuse a sweep that would train again cells already done in another ledger of the same
+    matrix: one this user swept before (runner.ledger.registry), or ``sweep_dir`` under the
+    working directory, where runners before 0.2 kept it."""
+    name, ids = plan.matrix.spec.name, [c.id for c in plan.cells]
+    candidates = registry.others(plan.ledger, name)
+    sweep_dir = Path(plan.matrix.spec.sweep_dir)
+    legacy = Ledger(Path.cwd() / sweep_dir, name)
+    if not sweep_dir.is_absolute() and legacy.root != plan.ledger.root and legacy.root.is_dir():
+        candidates.append(legacy)
+    here = plan.states()
+    for other in candidates:
+        try:
+            theirs = other.states(ids)
+        except OSError:
+            continue
+        done = [
+            cid
+            for cid in ids
+            if theirs[cid].state == "done"
+            and here[cid].state != "done"
+            and _same_cell(other, plan, cid)
+        ]
+        if done:
+            raise RunnerError(
+                f"matrix '{name}': {len(done)} of its cells are done in another ledger, "
+                f"{other.root}, which this sweep does not use ({plan.ledger.root}: sweep_dir "
+                f"resolved against the matrix's project, {plan.workdir}); sweeping here would "
+                f"train them again. Keep that ledger: set `sweep_dir: {other.root.parent}` in "
+                f"{plan.matrix.file}; or train them again here: `runner sweep "
+                f"{plan.matrix.file} --ignore-other-ledgers`"
+            )
+
+
+def _same_cell(other: Ledger, plan: Plan, cell_id: str) -> bool:
+    """Whether ``other`` ran this very cell: the same overrides on the same base (a cell id
+    names the axis values; the base, a data root say, may differ between two matrices of
+    one name)."""
+    theirs = read_json(other.cell(cell_id).dir / "cell.json") or {}
+    cell = next(c for c in plan.cells if c.id == cell_id)
+    return theirs.get("base") == list(plan.matrix.spec.base) and theirs.get("overrides") == list(
+        cell.overrides
+    )

@@ -9,11 +9,12 @@ from runner import tracking
 from runner.errors import RunnerError
 from runner.executors.backends import make_backend
 from runner.executors.base import Backend, SweepMode
-from runner.ledger import CellState
+from runner.ledger import CellState, registry
 from runner.matrix.cells import Cell
 from runner.plan import Plan
 from runner.sweep import refill as search_refill
 from runner.sweep.background import hand_off
+from runner.sweep.preflight import other_ledgers
 from runner.sweep.queue import Observer, SweepOutcome, claim_jobs, run_queue
 
 Chooser = Callable[[list[Cell], dict[str, CellState]], list[Cell]]
@@ -24,6 +25,7 @@ def submit(
     wait: bool | None = None,
     observe: Observer | None = None,
     choose: Chooser | None = None,
+    ignore_other_ledgers: bool = False,
 ) -> SweepOutcome:
     """Submit the chosen cells (default: those never submitted) once each; follow them to
     the end in ``follow`` mode (the backend's default, or as ``wait`` asks: ``--wait`` /
@@ -47,6 +49,8 @@ def submit(
     if not pending and not (searching and _search_has_work(plan, states)):
         return outcome
     # Everything that can refuse comes before anything is written (logs, claims, runs).
+    if choose is None and not ignore_other_ledgers:
+        other_ledgers(plan)
     uri = plan.tracking_uri
     tracking.check_reachable(uri)
     backend = make_backend(spec.executor, plan.ledger.logs_dir)
@@ -60,6 +64,7 @@ def submit(
         if not pending:
             return outcome
     attempts_seen = {c.id: states[c.id].attempts if c.id in states else 0 for c in pending}
+    registry.remember(plan.ledger, spec.name)
     if mode == "background":
         hand_off(plan, attempts_seen, outcome, refill=searching)
         return outcome
