@@ -58,6 +58,7 @@ def _logger_class(stats: dict[str, Any]) -> type:
 
 
 def run(opts: Options) -> Outcome:
+    from recipes.components.training import mlflow_logging
     from recipes.contract import RunContext
     from recipes.segmentation import train as train_module
     from runner import tracking
@@ -87,7 +88,8 @@ def run(opts: Options) -> Outcome:
         run_id = tracking.start_cell_run(uri, exp, "bench-cell", {"runner.cell_id": "bench"})
         stats["fixed_s"]["run_creation"] = time.perf_counter() - start
         ctx = RunContext(uri, run_id, Path(tmp) / "ckpt", progress)
-        with mock.patch.object(train_module, "RunLogger", _logger_class(stats)):
+        # Where the recipe's run frame builds its logger (open_run_logger).
+        with mock.patch.object(mlflow_logging, "RunLogger", _logger_class(stats)):
             start = time.perf_counter()
             train_module.train(cfg, ctx)
             stats["train_s"] = time.perf_counter() - start
