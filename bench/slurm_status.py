@@ -82,7 +82,7 @@ def _status(path: Path, reconcile: bool) -> None:
     """``runner status PATH`` in this process, its table thrown away; without
     reconciliation when ``reconcile`` is false (the status of before #12)."""
     import runner.sweep.reconcile as rec
-    from runner.cli.main import main
+    from runner.cli import main
 
     real = rec.reconcile
     with contextlib.ExitStack() as stack:
@@ -102,7 +102,7 @@ def _status(path: Path, reconcile: bool) -> None:
 def run(opts: Options) -> Outcome:
     if not cluster_answers():
         return Outcome([no_cluster_row("SLURM status with reconciliation")])
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.plan import make_plan
 
     n = 200 if opts.quick else 1000

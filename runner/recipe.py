@@ -167,3 +167,36 @@ class Composer:
             except Exception as exc:  # Hydra raises several types; all are user errors here
                 self._cache[key] = exc
         return self._cache[key]
+
+
+def code_version() -> dict[str, Any]:
+    """The code a cell trains with, so that cells compared later are known to have run the
+    same: ``digest`` (SHA-256 of every source and config file of the ``recipes`` package:
+    the recipe, the components it shares, the contract), and where git can say, ``commit``
+    and ``dirty`` (uncommitted changes under ``recipes/``)."""
+    import hashlib
+    import subprocess
+
+    import recipes
+
+    root = Path(recipes.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    out: dict[str, Any] = {"digest": digest.hexdigest()[:16], "commit": None, "dirty": None}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        out["commit"] = commit.strip()
+        status = git("status", "--porcelain", "--", ".")
+        out["dirty"] = None if status is None else bool(status.strip())
+    return out

@@ -123,11 +123,32 @@ def cell_tags(
     return tags
 
 
+#: A cell's run that ``runner rerun`` replaced by a new one (kept, never logged to again).
+TAG_SUPERSEDED = "runner.superseded"
+
+
+def code_tags(code: dict[str, object]) -> dict[str, str]:
+    """The code a cell trained with as run tags (runner.recipe.code_version)."""
+    tags = {"runner.code_digest": str(code["digest"])} if code.get("digest") else {}
+    if code.get("dirty") is not None:
+        tags["runner.git_dirty"] = str(bool(code["dirty"])).lower()
+    return tags
+
+
 def find_run(uri: str, experiment_id: str, cell_id: str) -> str | None:
+    """The cell's current run (a superseded one is not)."""
     runs = client(uri).search_runs(
-        [experiment_id], f"tags.`{TAG_CELL}` = '{cell_id}'", max_results=1
+        [experiment_id], f"tags.`{TAG_CELL}` = '{cell_id}'", max_results=100
     )
-    return runs[0].info.run_id if runs else None
+    current = [r for r in runs if r.data.tags.get(TAG_SUPERSEDED) != "true"]
+    return current[0].info.run_id if current else None
+
+
+def supersede(uri: str, run_id: str, attempt: int) -> None:
+    """Mark a cell's run as replaced by a rerun from attempt ``attempt`` on (kept as it is)."""
+    c = client(uri)
+    c.set_tag(run_id, TAG_SUPERSEDED, "true")
+    c.set_tag(run_id, "runner.superseded_at_attempt", str(attempt))
 
 
 def axis_params(tags: dict[str, str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.ledger import pid_alive
 from runner.plan import Plan, make_plan
 from tests.e2e import STARTS, make_tiny_dataset, matrix_text, processes_of, start_as, wait_for

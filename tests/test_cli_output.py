@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from tests.conftest import ROOT
 from tests.e2e import make_tiny_dataset, matrix_text
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.ledger import Status
 from runner.plan import make_plan, project_root
 from tests.conftest import ROOT
 from tests.e2e import TINY, make_tiny_dataset
@@ -88,3 +89,128 @@ def test_a_sweep_that_would_train_done_cells_again_is_refused(swept: Path, tmp_p
     assert "--ignore-other-ledgers" in out.stderr
     assert not (fresh / "sweeps").exists() and not (fresh / "mlruns.db").exists()
     assert make_plan(matrix).states()[make_plan(matrix).cells[0].id].state == "pending"
+
+
+def test_a_sweep_ends_at_its_results_and_the_next_command(swept: Path) -> None:
+    out = _runner(swept, "sweep", "matrix/m.yaml", "--ignore-other-ledgers")
+    assert "nothing new to submit" in out.stdout  # already done: no ending to show
+    again = swept / "again.yaml"
+    text = (swept / "matrix" / "m.yaml").read_text().replace("seed: [0]", "seed: [0, 1]")
+    again.write_text(text.replace("name: daytwo", "name: daytwo2"))
+    out = _runner(swept, "sweep", str(again))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    best = lines.index("best groups so far (best val Dice, mean ± std over seeds):")
+    mean, spread, rest = lines[best + 1].split(maxsplit=2)[0], lines[best + 1], lines[-1]
+    assert float(mean) >= 0 and "± " in spread and "(n=2)" in spread
+    assert rest == f"next: runner report {again}"
+
+
+def test_logs_show_the_training_lines_and_a_cancel_no_traceback(swept: Path) -> None:
+    plan = make_plan(swept / "matrix" / "m.yaml")
+    cell = plan.cells[0]
+    out = _runner(swept, "logs", "matrix/m.yaml", cell.run_name)
+    assert out.returncode == 0, out.stderr
+    assert "_0_log.out <==" in out.stdout and "_0_log.err <==" in out.stdout
+    assert "epoch 1/1" in out.stdout  # the recipe's line per epoch reaches the job's log
+    wrong = _runner(swept, "logs", "matrix/m.yaml", "nosuchcell")
+    assert wrong.returncode == 2 and "no cell 'nosuchcell'" in wrong.stderr
+    missing = _runner(swept, "logs", "matrix/m.yaml", cell.id, "--attempt", "7")
+    assert missing.returncode == 2 and "has no attempt 7; its attempts: 1" in missing.stderr
+
+
+def test_show_prints_the_cells_composed_config(swept: Path) -> None:
+    plan = make_plan(swept / "matrix" / "m.yaml")
+    out = _runner(swept, "show", "matrix/m.yaml", plan.cells[0].id[:6])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"# cell {plan.cells[0].id} ({plan.cells[0].run_name})")
+    import yaml
+
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["seed"] == 0 and cfg["data"]["root"] == "data/demo"
+    assert cfg["training"]["max_epochs"] == 1 and cfg["model"]["size"] == "tiny"
+
+
+def test_rerun_trains_a_done_cell_again_in_a_new_run_and_keeps_the_old(swept: Path) -> None:
+    from mlflow import MlflowClient
+
+    plan = make_plan(swept / "matrix" / "m.yaml")
+    record = plan.ledger.cell(plan.cells[0].id)
+    old_run = record.run_id
+    assert old_run
+    refused = _runner(swept, "rerun", "matrix/m.yaml")
+    assert refused.returncode == 2 and "--cells" in refused.stderr
+    out = _runner(swept, "rerun", "matrix/m.yaml", "--where", "seed=0")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "rerunning 1 cells from scratch" in out.stdout
+    new_run = record.run_id
+    assert new_run and new_run != old_run and len(record.attempts()) == 2
+    kept = record.dir / "superseded" / "0001"
+    assert (kept / "run_id").read_text() == old_run and (kept / "checkpoints" / "last.pt").exists()
+    client = MlflowClient(plan.tracking_uri)
+    old, new = client.get_run(old_run), client.get_run(new_run)
+    assert old.data.tags["runner.superseded"] == "true" and old.info.status == "FINISHED"
+    assert new.info.status == "FINISHED" and "runner.superseded" not in new.data.tags
+    # The new run trained from scratch: its first epoch is 1, and it has every epoch.
+    assert [m.step for m in client.get_metric_history(new_run, "val_dice")] == [1]
+    # Both attempts recorded the code they ran; the report compares one version.
+    code = record.attempts()[-1].load(Status).code  # type: ignore[union-attr]
+    assert (
+        code and len(code["digest"]) == 16 and new.data.tags["runner.code_digest"] == code["digest"]
+    )
+
+
+def test_the_report_warns_when_compared_cells_ran_different_code(tmp_path: Path) -> None:
+    from runner.report.publish import Report, code_versions, code_warning
+
+    plan_dir = tmp_path / "p"
+    plan_dir.mkdir()
+    (plan_dir / "m.yaml").write_text(
+        "name: codes\nrecipe: segmentation\nbase: [data=demo, model.size=tiny]\n"
+        "axes:\n  seed: [0, 1, 2]\n"
+    )
+    plan = make_plan(plan_dir / "m.yaml")
+    for cell, digest in zip(plan.cells, ("aaaa", "aaaa", "bbbb"), strict=True):
+        attempt = plan.ledger.cell(cell.id).claim("local", 0)
+        assert attempt is not None
+        attempt.save(Status(state="done", code={"digest": digest}))
+    versions = code_versions(plan, [c.id for c in plan.cells])
+    assert sorted(map(len, versions.values())) == [1, 2]
+    report = Report([], [], [], 3, 3, code_versions=versions)
+    warning = code_warning(report, plan.matrix.file)
+    assert warning and "aaaa: 2 cells, bbbb: 1 cells" in warning
+    assert f"--cells {plan.cells[2].id}" in warning
+    assert code_warning(Report([], [], [], 1, 1, code_versions={"aaaa": ["x"]}), Path("m")) is None
+
+
+def test_cli_habits_version_completion_help_and_a_closed_pipe(swept: Path) -> None:
+    import argparse
+
+    from runner.cli.commands import build_parser
+    from runner.sweep.selection import REASON_KINDS
+
+    assert _runner(swept, "--version").stdout.startswith("runner ")
+    script = _runner(swept, "--print-completion", "bash").stdout
+    assert "_shtab_runner" in script and "rerun" in script and "logs" in script
+    parser = build_parser()
+    missing = []
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        for action in sub._actions:
+            if not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+    resume_help = _runner(swept, "resume", "--help").stdout.replace("\n", " ")
+    assert all(kind in resume_help for kind in REASON_KINDS)
+    piped = subprocess.run(
+        f"{sys.executable} -m runner status matrix/m.yaml | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        cwd=swept,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr

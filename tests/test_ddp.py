@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.e2e import background_runner, make_tiny_dataset, matrix_text, wait_for
 from tests.test_slurm import cluster  # noqa: F401 - the SLURM test cluster, started once

@@ -109,7 +109,7 @@ def _check_done(path: Path, uri: str, client: Any) -> None:
 def test_three_cells_in_containers_sqlite_store(
     engine: Any, project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.cli.main import main
+    from runner.cli import main
 
     uri = f"sqlite:///{project / 'mlruns.db'}"
     path = project / "m.yaml"
@@ -129,7 +129,7 @@ def test_three_cells_in_containers_sqlite_store(
 
 
 def test_against_an_mlflow_server_on_the_host(engine: Any, project: Path, tiny_data: Path) -> None:
-    from runner.cli.main import main
+    from runner.cli import main
 
     with mlflow_server(project) as uri:
         path = project / "m.yaml"
@@ -201,7 +201,7 @@ def _long_matrix(
 
 
 def test_killed_container_is_lost_then_resumes(engine: Any, project: Path, tiny_data: Path) -> None:
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.plan import make_plan
 
     path = _long_matrix("docker_kill", project, tiny_data)
@@ -238,7 +238,7 @@ def _resumes_into_the_same_run(path: Path, project: Path, engine: Any, name: str
     """`runner resume --wait` completes the cell from its checkpoint, in the same MLflow run."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.plan import make_plan
 
     (cell,) = make_plan(path, project).cells
@@ -354,7 +354,7 @@ def test_runner_cancel_interrupts_the_container(
     was started with SIGINT ignored."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.plan import make_plan
 
     # Long enough that it is still training when the cancel lands, on an idle machine too.
@@ -472,7 +472,7 @@ def test_a_cell_trains_on_a_real_gpu_in_a_container(
     scheduler gave it and trains on it (the run's `device` tag names it)."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
 
     reason = _no_gpu_reason(engine)
     if reason:
@@ -495,7 +495,7 @@ def test_asha_search_in_containers(engine: Any, project: Path, tiny_data: Path) 
     cells end ``pruned`` (ledger and MLflow run), the others ``done``."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.search import study as journal
 
     uri = f"sqlite:///{project / 'mlruns.db'}"

@@ -154,7 +154,7 @@ def test_a_two_process_cell_in_a_container_is_one_run(
 ) -> None:
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
 
     path = _ddp_matrix("docker_ddp", project, tiny_data)
     assert main(["sweep", str(path), "--wait"]) == 0
@@ -194,7 +194,7 @@ def test_a_cancelled_two_process_container_resumes_into_its_run(
     each epoch logged once."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
 
     epochs = 20  # long enough for the cancel to find it running after its first epoch
     extra = [f"training.max_epochs={epochs}", "training.val_interval=10"]
@@ -307,7 +307,7 @@ def test_too_few_gpus_for_gpus_per_cell_is_refused_before_anything_runs(
 ) -> None:
     """Listed GPUs: at plan time (exit 2, the key named); `gpus: all` on a machine with fewer:
     the backend's preflight, before any claim."""
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.errors import RunnerError
     from runner.executors.docker.backend import DockerBackend, DockerExecutorOptions
 

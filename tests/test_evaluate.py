@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from recipes.components.testtime.held_out import exclude_test, held_out_items
 from recipes.contract import PredictInputError
-from runner.cli.main import main
+from runner.cli import main
 from tests import datasets
 from tests.test_real_data import DATA, LABELS, _ensure_package
 

@@ -273,7 +273,7 @@ def test_a_real_local_sweep_is_counted_and_logged(
     report logs both figures into each cell's run."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
 
     data = make_tiny_dataset(tmp_path / "demo")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"

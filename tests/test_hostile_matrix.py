@@ -39,7 +39,7 @@ import yaml
 from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.matrix.schema import MAX_CELLS
 from runner.recipe import Recipe
 from tests.conftest import ROOT

@@ -142,7 +142,7 @@ def test_a_cell_runs_in_the_image_alone(
     the data; the executor adds the sweep dir, the working directory and the store)."""
     from mlflow import MlflowClient
 
-    from runner.cli.main import main
+    from runner.cli import main
     from runner.plan import make_plan
 
     data = make_tiny_dataset(tmp_path_factory.mktemp("data") / "demo")

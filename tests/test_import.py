@@ -445,7 +445,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     try:
         code = args.fn(args, out, err)
-    except RunnerError as exc:  # what runner.cli.main.main prints, with this exit code
+    except RunnerError as exc:  # what runner.cli.commands.main prints, with this exit code
         return exc.exit_code, out.getvalue(), str(exc)
     return code, out.getvalue(), err.getvalue()
 
@@ -519,7 +519,7 @@ def test_readme_bring_your_sweep_examples_run(project: Path) -> None:
     import shlex
     import shutil
 
-    from runner.cli.main import main
+    from runner.cli import main
 
     readme = (ROOT / "README.md").read_text()
     if "## Bring your sweep" not in readme:

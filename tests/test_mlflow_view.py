@@ -20,7 +20,7 @@ import mlflow
 import pytest
 
 from runner import tracking
-from runner.cli.main import main
+from runner.cli import main
 from runner.ledger import Ledger
 from runner.matrix.cells import Cell
 from runner.plan import make_plan

@@ -29,7 +29,7 @@ from scipy import stats
 
 from recipes.components.data.demo_data import ensure_demo_dataset
 from recipes.contract import ModelRef
-from runner.cli.main import main
+from runner.cli import main
 from runner.errors import RunnerError
 from runner.plan import make_plan
 from runner.testtime.matrix_eval import evaluate_cells

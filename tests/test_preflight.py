@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 
 
 def _nnunet_raw(root: Path, ending: str) -> Path:

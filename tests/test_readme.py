@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.conftest import ROOT
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.e2e import matrix_text
 

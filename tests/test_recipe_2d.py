@@ -22,7 +22,7 @@ from recipes.components.training.losses import build_loss
 from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import Trainee, train, train_one_epoch, validate
-from runner.cli.main import main as runner_main
+from runner.cli import main as runner_main
 from tests import datasets
 
 SIZE = 16

@@ -23,7 +23,7 @@ from recipes.components.data.loaders import DataBundle, build_data, read_dataset
 from recipes.components.data.splits import kfold_split
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import train
-from runner.cli.main import main as runner_main
+from runner.cli import main as runner_main
 from tests import datasets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from recipes.components.training.metrics import SegMetrics
 from recipes.components.training.optim import build_optimizer, build_scheduler
 from recipes.segmentation import CONFIG_DIR, CONFIG_NAME
 from recipes.segmentation.train import train
-from runner.cli.main import main as runner_main
+from runner.cli import main as runner_main
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_MODELS = ["dynunet", "unetr", "swin_unetr", "attention_unet", "mednext", "meshnet", "rsunet"]

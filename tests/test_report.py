@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.matrix.cells import Cell
 from runner.report import plots
 from runner.report.stats import CellResult, Group

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.errors import MatrixError
 from runner.matrix import cache
 from runner.matrix.load import load_matrix

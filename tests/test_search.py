@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.ledger import TERMINAL, CellState
 from runner.matrix.asha import Asha, decide, reason, rung_of_reason
 from runner.matrix.cells import format_number

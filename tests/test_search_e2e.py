@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from runner.search import study as journal
 from tests.e2e import TINY, make_tiny_dataset, wait_for

@@ -184,6 +184,9 @@ def test_timeout_requeues_and_resumes_from_checkpoint(
         workdir=str(tmp_path),
     )
     cell.fake_epochs, cell.fake_epoch_s, cell.time_limit_min = 1000, 2.0, 1
+    # As the backend sets it from its options (submit_callables takes payloads as they are):
+    # the grace after the warning is half of it, so that the requeue comes before the limit.
+    cell.signal_delay_s = 15
     progress = tmp_path / "progress.json"
     counting, cell_job = b.submit_callables([CountingWork(str(progress)), cell])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.conftest import ROOT
 from tests.e2e import TINY, make_tiny_dataset, wait_for

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.conftest import ROOT
 from tests.e2e import free_port, make_tiny_dataset, matrix_text, mlflow_server

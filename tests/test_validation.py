@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.matrix.schema import EXECUTOR_KINDS
 from runner.recipe import Recipe
 from tests.conftest import ROOT

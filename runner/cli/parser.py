@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from runner.sweep.selection import REASON_KINDS
+
 Handler = Callable[[argparse.Namespace], int]
 
 #: Before they show anything, plan and status reconcile the ledger with the executor: the
@@ -21,6 +23,11 @@ COMMANDS = [
     ("status", "show the states of a matrix's cells" + RECONCILES),
     ("sweep", "submit the cells that never ran"),
     ("resume", "resubmit failed, cancelled and lost cells from their checkpoint"),
+    (
+        "rerun",
+        "train ended cells again from scratch (done ones too: after fixing a recipe), each "
+        "in a new MLflow run; the earlier run is kept, tagged superseded",
+    ),
     ("cancel", "stop queued, submitted and running cells"),
     ("report", "compare groups over seeds: mean ± std, axis effects, plots"),
     ("sync", "upload metrics kept locally while the tracking server was down"),
@@ -30,9 +37,16 @@ COMMANDS = [
 def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """``handlers``: command name -> the function that runs it (plan, status, sweep,
     resume, cancel, report, sync, predict, evaluate)."""
+    import shtab
+
+    import runner
+
     parser = argparse.ArgumentParser(
         prog="runner", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"runner {runner.__version__}")
+    # `eval "$(runner --print-completion bash)"` (README: shell completion).
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion script")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in COMMANDS:
         p = sub.add_parser(name, help=text, description=text)
@@ -40,8 +54,16 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
         p.set_defaults(fn=handlers[name], command=name)
         if name in ("plan", "status"):
             _table_args(p, watch=name == "status")
-        if name in ("sweep", "resume"):
+        if name in ("sweep", "resume", "rerun"):
             _submit_args(p)
+        if name in ("sweep", "rerun"):
+            p.add_argument(
+                "--where",
+                action="append",
+                metavar="KEY=VALUE",
+                help="only cells with this axis value (repeat for several: all must hold), "
+                "e.g. --where model=unet --where seed=0",
+            )
         if name == "sweep":
             p.add_argument(
                 "--ignore-other-ledgers",
@@ -53,13 +75,16 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
         if name == "resume":
             p.add_argument(
                 "--only",
-                help="only cells that failed for these reasons, e.g. "
-                "oom,timeout (also: exception, lost, cancelled, diverged)",
+                metavar="REASON,...",
+                help="only cells that ended for these reasons (comma-separated): "
+                + ", ".join(REASON_KINDS),
             )
         if name == "report":
             _report_args(p)
-        if name in ("resume", "cancel"):
-            p.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
+        if name in ("sweep", "resume", "cancel", "rerun"):
+            p.add_argument(
+                "--cells", help="only these cells: ids, id prefixes or run names, comma-separated"
+            )
         if name == "cancel":
             p.add_argument(
                 "--grace",
@@ -68,6 +93,28 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
                 help="seconds a running cell gets to finish its checkpoint and stop before "
                 "it is killed (default 30)",
             )
+    logs = sub.add_parser(
+        "logs",
+        help="print a cell's job log (its training lines, warnings, a failure's traceback)",
+        description="print a cell's job log: the .out (a line per epoch or logging window) "
+        "and .err files of its last attempt (or --attempt N), every rank of a DDP cell",
+    )
+    logs.add_argument("matrix", type=Path, help="the matrix YAML file")
+    logs.add_argument("cell", help="a cell id, an id prefix (4+ characters) or a run name")
+    logs.add_argument("--attempt", type=int, help="that attempt (1, 2, ...); default: the last")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing while the cell runs"
+    )
+    logs.set_defaults(fn=handlers["logs"], command="logs")
+    show = sub.add_parser(
+        "show",
+        help="print a cell's composed config, as its job will see it",
+        description="print a cell's config as the recipe composes it (the matrix's base, then "
+        "the cell's overrides), as Hydra's --cfg job prints it",
+    )
+    show.add_argument("matrix", type=Path, help="the matrix YAML file")
+    show.add_argument("cell", help="a cell id, an id prefix (4+ characters) or a run name")
+    show.set_defaults(fn=handlers["show"], command="show")
     from runner.cli.testtime import add_parsers
 
     add_parsers(sub, handlers["predict"], handlers["evaluate"])
@@ -79,7 +126,12 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
 
 def _table_args(p: argparse.ArgumentParser, watch: bool) -> None:
     p.add_argument("--json", action="store_true", help="same as --format json")
-    p.add_argument("--format", choices=("table", "json", "parquet"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "parquet"),
+        default="table",
+        help="a table (default), JSON for scripts, or a Parquet file (-o) for pandas/duckdb",
+    )
     p.add_argument("-o", "--output", help="file for json/parquet output")
     p.add_argument(
         "--all",
@@ -120,7 +172,12 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "parquet"),
+        default="table",
+        help="what goes to stdout (default: tables); the files are written in any case",
+    )
     p.add_argument("--baseline", help="a group label: per-class deltas against it")
     p.add_argument(
         "--baseline-csv",

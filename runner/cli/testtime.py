@@ -41,7 +41,10 @@ def add_parsers(
     )  # fmt: skip
     p.add_argument("-i", "--input", type=Path, required=True, help="CASE_0000.nii.gz, ...")
     p.add_argument("-o", "--output", type=Path, required=True, help="CASE.nii.gz land here")
-    p.add_argument("--checkpoint", choices=select.CHECKPOINTS, default="best")
+    p.add_argument(
+        "--checkpoint", choices=select.CHECKPOINTS, default="best",
+        help="the cell's best.pt (best val Dice: the default) or last.pt",
+    )  # fmt: skip
     p.add_argument(
         "--ensemble", choices=tuple(select.ENSEMBLE_AXES),
         help="average the probabilities of the cell's done seeds (or folds)",
@@ -65,7 +68,10 @@ def add_parsers(
     e.add_argument("--recipe", default="segmentation", help="whose EVALUATE scores folders")
     e.add_argument("--best", action="store_true", help="only the best cell of each group")
     e.add_argument("--cells", help="only these cells: ids, id prefixes or run names")
-    e.add_argument("--checkpoint", choices=select.CHECKPOINTS, default="best")
+    e.add_argument(
+        "--checkpoint", choices=select.CHECKPOINTS, default="best",
+        help="each cell's best.pt (best val Dice: the default) or last.pt",
+    )  # fmt: skip
     e.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     e.set_defaults(fn=evaluate_fn)
 

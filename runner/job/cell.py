@@ -15,8 +15,10 @@ peer hits the group's timeout, ``training.ddp_timeout_min``), so rank 0 records 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Mapping
@@ -141,9 +143,10 @@ class CellJob:
 
     def _run(self) -> dict[str, Any]:
         from recipes.contract import RunContext
-        from runner.recipe import Recipe
+        from runner.recipe import Recipe, code_version
 
         os.chdir(self.workdir)
+        _training_lines_to_stdout()
         # Fail fast when a tracking server is down (MLflow retries for minutes by default):
         # metrics are then spooled and `runner sync` uploads them later.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -162,6 +165,7 @@ class CellJob:
             # The GPUs its executor gave this process, for GPU-hours (runner.report.gpu_hours);
             # a DDP cell's ranks have one share each.
             gpus=_times(gpus_from_env(os.environ), world),
+            code=code_version(),
         )
         if attempt.load(Cancel):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -176,7 +180,7 @@ class CellJob:
         with Heartbeat(attempt) as heartbeat:
             try:
                 # Retried: an array's cells start together on one store.
-                base.run_id = tracking.retrying(lambda: self._ensure_run(record))
+                base.run_id = tracking.retrying(lambda: self._ensure_run(record, base.code))
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
                 if self.search is not None:
@@ -195,25 +199,28 @@ class CellJob:
                     self.on_interrupted(result)
             except BaseException as exc:
                 reason = failure_reason(exc)
-                if attempt.load(Cancel):
+                requested = attempt.load(Cancel) is not None
+                if requested:
                     # `runner cancel` asked for this: whatever the interrupt surfaced as
                     # (C++ code turns it into RuntimeErrors), the cell was cancelled.
                     reason = "cancelled"
                 state = "cancelled" if reason == "cancelled" else "failed"
-                attempt.save(
-                    replace(
-                        base,
-                        state=state,
-                        reason=reason,
-                        ended=time.time(),
-                        error_tail=traceback.format_exc()[-4000:],
-                        time=time.time(),
-                        objective=reporter.best if reporter else None,
-                    )
+                ended = replace(
+                    base,
+                    state=state,
+                    reason=reason,
+                    ended=time.time(),
+                    error_tail=None if requested else traceback.format_exc()[-4000:],
+                    time=time.time(),
+                    objective=reporter.best if reporter else None,
                 )
+                attempt.save(ended)
                 if base.run_id:
                     _log_hours(self.tracking_uri, base.run_id, record, base.gpus)
                     _safe_finish(self.tracking_uri, base.run_id, state, reason)
+                if requested:  # asked for, recorded: nothing went wrong, no traceback
+                    print("cancelled (runner cancel): recorded", file=sys.stderr, flush=True)
+                    return ended.to_json()
                 raise
         run_id = base.run_id
         state, reason = result.status, result.reason
@@ -281,10 +288,11 @@ class CellJob:
         finally:
             self._in_recipe = False
 
-    def _ensure_run(self, record: CellRecord) -> str:
+    def _ensure_run(self, record: CellRecord, code: dict[str, Any] | None = None) -> str:
         tags = tracking.cell_tags(
             self.matrix, self.cell_id, self.values, self.executor, self.commit
         )
+        tags.update(tracking.code_tags(code or {}))
         if self.search is not None and self.search.trial_number is not None:
             tags["runner.study"] = str(self.search.study)
             tags["runner.trial"] = str(self.search.trial_number)
@@ -370,3 +378,16 @@ def _safe_finish(uri: str, run_id: str, state: str, reason: str) -> None:
         tracking.finish_run(uri, run_id, state, reason)
     except Exception:
         traceback.print_exc()
+
+
+def _training_lines_to_stdout() -> None:
+    """The recipe's progress lines (a line per epoch or logging window, ``logging`` at INFO
+    under ``recipes``) into the job's stdout, its ``.out`` log (``runner logs``); the
+    libraries' own INFO chatter stays out."""
+    logger = logging.getLogger("recipes")
+    if not any(getattr(h, "runner_job", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.runner_job = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

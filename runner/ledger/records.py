@@ -91,6 +91,8 @@ class Status(Record):
     rung: int | None = None
     #: SLURM: how often it requeued itself so far (the attempt reads ``submitted`` meanwhile).
     requeues: int | None = None
+    #: The code it trains with (runner.recipe.code_version: digest, commit, dirty).
+    code: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)

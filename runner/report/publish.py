@@ -20,6 +20,7 @@ from typing import Any
 
 from runner import tracking
 from runner.errors import RunnerError
+from runner.ledger import Status
 from runner.plan import Plan
 from runner.report import gpu_hours as gh
 from runner.report import search as search_report
@@ -43,6 +44,8 @@ class Report:
     #: The matrix's GPU-hours (gpu_hours.totals, plus "warning") and each cell's.
     gpu_hours: dict[str, Any] = field(default_factory=dict)
     cell_hours: dict[str, gh.CellHours] = field(default_factory=dict)
+    #: The code the compared (done) cells ran: digest -> their ids (runner.recipe.code_version).
+    code_versions: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
@@ -74,7 +77,34 @@ def build(
     report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
     report.search = search_report.build(plan)
     _add_hours(plan, report, groups, accounting or ({}, None))
+    report.code_versions = code_versions(plan, [r.cell.id for r in results])
     return report, groups
+
+
+def code_versions(plan: Plan, cell_ids: list[str]) -> dict[str, list[str]]:
+    """The code each of these cells last trained with, by digest ("unknown": a cell from a
+    runner that did not record it)."""
+    out: dict[str, list[str]] = {}
+    for cid in cell_ids:
+        attempts = plan.ledger.cell(cid).attempts()
+        status = attempts[-1].load(Status) if attempts else None
+        digest = str((status.code or {}).get("digest") or "unknown") if status else "unknown"
+        out.setdefault(digest, []).append(cid)
+    return out
+
+
+def code_warning(report: Report, matrix_file: Path) -> str | None:
+    """When the compared cells ran different code, say which and how to even it out."""
+    if len(report.code_versions) < 2:
+        return None
+    ranked = sorted(report.code_versions.items(), key=lambda kv: -len(kv[1]))
+    shown = ", ".join(f"{digest}: {len(ids)} cells" for digest, ids in ranked)
+    older = ",".join(cid for _, ids in ranked[1:] for cid in ids)
+    return (
+        f"the cells compared ran different code ({shown}); differences between groups may "
+        f"be the code's: train the others again with `runner rerun {matrix_file} --cells "
+        f"{older}`"
+    )
 
 
 def _add_hours(
@@ -107,6 +137,7 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
             **report.gpu_hours,
             "cells": [h.row() for h in report.cell_hours.values() if h.attempts],
         },
+        "code_versions": report.code_versions,
     }
     (out_dir / "report.json").write_text(json.dumps(data, indent=1))
     files.append(out_dir / "report.json")

@@ -25,11 +25,12 @@ def submit(
     wait: bool | None = None,
     observe: Observer | None = None,
     choose: Chooser | None = None,
-    ignore_other_ledgers: bool = False,
+    check_other_ledgers: bool = False,
 ) -> SweepOutcome:
     """Submit the chosen cells (default: those never submitted) once each; follow them to
     the end in ``follow`` mode (the backend's default, or as ``wait`` asks: ``--wait`` /
-    ``--no-wait``). ``choose`` picks cells from the current states.
+    ``--no-wait``). ``choose`` picks cells from the current states. ``check_other_ledgers``:
+    refuse to train cells done in another ledger of the matrix (a sweep's default).
 
     A backend whose queue lives in the runner (local processes, Docker GPUs) can't be left
     alone with more cells than slots, so when not following, the queue is handed to a
@@ -49,7 +50,7 @@ def submit(
     if not pending and not (searching and _search_has_work(plan, states)):
         return outcome
     # Everything that can refuse comes before anything is written (logs, claims, runs).
-    if choose is None and not ignore_other_ledgers:
+    if check_other_ledgers:
         other_ledgers(plan)
     uri = plan.tracking_uri
     tracking.check_reachable(uri)

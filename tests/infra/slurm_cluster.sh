@@ -199,9 +199,9 @@ InactiveLimit=0
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 # Scheduling passes every 5 s (defaults: 60 s and 30 s): a requeued job starts soon after its
-# hold ends. (At sched_interval=1 an array task's --signal warning was lost: seen here, every
-# time.) Time limits and --signal warnings are checked on slurmctld's fixed 30 s tick, which
-# no parameter changes; the tests that meet it say so.
+# hold ends. Time limits and --signal warnings are checked on slurmctld's fixed 30 s tick,
+# which no parameter changes: where a job starts in that tick's phase decides when in
+# [limit - 45 s, limit - 15 s] its warning comes; the tests that meet it say so.
 SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ def _fake_train(ctx: Any, epochs: int, epoch_s: float) -> Any:
     )
 
 
+@dataclass
 class FakeRecipeCellJob(SlurmCellJob):
     """SlurmCellJob whose recipe is :class:`_FakeRecipe` (patched in the job's process only)."""
 

@@ -7,6 +7,9 @@
     runner cancel MATRIX [--cells ID,..]          stop queued, submitted and running cells
     runner report MATRIX [--baseline G] [--format F]   mean ± std over seeds, axis effects
     runner sync MATRIX                            upload metrics kept while MLflow was down
+    runner logs MATRIX CELL [--attempt N] [-f]    what a cell's job printed
+    runner rerun MATRIX (--cells ID,.. | --where K=V)   train ended cells again, new runs
+    runner show MATRIX CELL                       a cell's composed config
     runner predict MATRIX (--cell C | --best [G]) -i DIR -o DIR   label maps for new images
     runner evaluate --pred DIR --labels DIR | MATRIX    summary.json; test metrics per cell
     runner import SOURCE [--recipe R] [-o FILE]   a W&B / Orion / Hydra sweep as a matrix
@@ -28,9 +31,18 @@ from rich.console import Console
 
 from runner.errors import RunnerError
 
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """`runner status | head`: the reader is gone. rich exits 1 here; the runner ends
+        quietly with 0 instead, as other command-line tools do (see main)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 # Not a terminal (pipes, CI logs): wide enough that tables don't truncate ids and names.
 # emoji=False: ':100:' in 'matrix.yaml:100:' must not become an emoji.
-console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 220)
+console = _Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 220)
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
@@ -120,6 +132,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(line, markup=False)
     if view["warning"]:
         _warn(view["warning"])
+    from runner.cli.logs import failed_lines
+
+    if failed := failed_lines(plan, states):
+        console.print("failed cells:", markup=False)
+        for line in failed:
+            console.print(line, markup=False, soft_wrap=True)
     if args.command == "plan":
         from runner.sweep.preflight import describe_ledger, describe_store
 
@@ -128,13 +146,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -> int:
+def _submit(
+    args: argparse.Namespace, choose: Any = None, verb: str = "sweep", plan: Any = None
+) -> int:
+    from runner.cli import sweep_view
     from runner.cli.progress import LiveProgress
     from runner.cli.tables import summary
     from runner.sweep.submit import submit
 
-    plan = _plan(args)
-    _reconcile(plan)
+    if plan is None:
+        plan = _plan(args)
+        _reconcile(plan)
     spec = plan.matrix.spec
     console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
     # The live display comes down however the sweep ends (done, error, Ctrl-C).
@@ -144,40 +166,10 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
             wait=args.wait,
             observe=observe,
             choose=choose,
-            ignore_other_ledgers=getattr(args, "ignore_other_ledgers", False),
+            check_other_ledgers=verb == "sweep" and not args.ignore_other_ledgers,
         )
-    skipped = ", ".join(f"{n} {s}" for s, n in sorted(outcome.skipped.items()))
-    if not outcome.submitted:
-        what = "nothing new to submit" if verb == "sweep" else "nothing to resume"
-        console.print(f"{what}: no cell needs it ({skipped}).")
-        if outcome.lost_race:
-            console.print(f"{len(outcome.lost_race)} cells were claimed by a concurrent sweep.")
-        if verb == "sweep" and (outcome.skipped.get("failed") or outcome.skipped.get("diverged")):
-            console.print(
-                "failed cells are retried by `runner resume` (not by sweep), so that a "
-                "sweep never repeats work by accident."
-            )
-    elif outcome.scheduler:
-        console.print(
-            f"handed {len(outcome.submitted)} cells to a background scheduler "
-            f"(pid {outcome.scheduler['pid']}), which keeps the executor's slots busy"
-            + (f"; left {sum(outcome.skipped.values())} alone ({skipped})" if skipped else "")
-        )
-        console.print(f"  its log: {outcome.scheduler['log']}")
-        console.print("follow the cells with `runner status`; stop them with `runner cancel`")
-    else:
-        console.print(
-            f"submitted {len(outcome.submitted)} cells"
-            + (
-                f", left {sum(outcome.skipped.values())} alone ({skipped})"
-                if outcome.skipped
-                else ""
-            )
-        )
-        if outcome.mode != "follow":
-            for cid, job in outcome.job_ids.items():
-                console.print(f"  {cid}  job {job}")
-            console.print("the cells run on; follow them with `runner status` (or sweep --wait)")
+    for line in sweep_view.submitted_lines(outcome, verb):
+        console.print(line, markup=False, soft_wrap=True)
     states = plan.states()
     console.print(f"states: {summary(states)}")
     uri = plan.tracking_uri
@@ -190,12 +182,48 @@ def _submit(args: argparse.Namespace, choose: Any = None, verb: str = "sweep") -
         _warn(warning)
     for line in lines:
         console.print(line, markup=False, soft_wrap=True)
+    sweep_view.ending(console, plan, states, outcome.mode == "follow" and bool(outcome.submitted))
     mine = [states[c] for c in outcome.submitted]
     return 1 if any(s.state in ("failed", "diverged", "cancelled") for s in mine) else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    return _submit(args)
+    from runner.sweep.selection import chosen, parse_list
+
+    ids = parse_list(args.cells)
+    if not ids and not args.where:
+        return _submit(args)
+
+    def subset(cells: list[Any], states: dict[str, Any]) -> list[Any]:
+        named = chosen(cells, ids, args.where)
+        return [c for c in named if states[c.id].state == "pending"]
+
+    return _submit(args, subset)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from runner import tracking
+    from runner.sweep.rerun import supersede
+    from runner.sweep.selection import chosen, for_rerun, parse_list
+
+    ids = parse_list(args.cells)
+    if not ids and not args.where:
+        raise RunnerError("rerun: name the cells with --cells ID,... and/or --where KEY=VALUE")
+    plan = _plan(args)
+    _reconcile(plan)
+    picked = for_rerun(
+        plan.cells, plan.states(), chosen(plan.cells, ids, args.where, plan.matrix.labels)
+    )
+    if not picked:
+        console.print("nothing to rerun: the cells named never ran (`runner sweep` runs them)")
+        return 0
+    tracking.check_reachable(plan.tracking_uri)
+    runs = supersede(plan, picked)
+    console.print(
+        f"rerunning {len(picked)} cells from scratch; their earlier runs stay in MLflow, "
+        f"tagged superseded ({len(runs)})"
+    )
+    return _submit(args, lambda cells, states: picked, "rerun", plan)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -244,6 +272,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report, groups = publish.build(plan, args.baseline, baseline_csv, accounting(plan))
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
+    if warning := publish.code_warning(report, plan.matrix.file):
+        _warn(warning)
     report.files = publish.write(report, groups, out_dir, args.format)
     if not args.no_mlflow and report.groups:
         report.summary_run_id = publish.log_summary(plan, report)
@@ -292,6 +322,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate(_plan(args) if args.matrix else None, args, console)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from runner.cli import logs
+
+    return logs.main(_plan(args), args.cell, args.attempt, args.follow)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from runner.sweep.selection import by_ids
+
+    plan = _plan(args)
+    (cell,) = by_ids(plan.cells, [args.cell])
+    cfg = plan.recipe.compose([*plan.matrix.spec.base, *cell.overrides])
+    print(f"# cell {cell.id} ({cell.run_name}) of {plan.matrix.file}")
+    print(OmegaConf.to_yaml(cfg, resolve=False), end="")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from runner.cli.import_sweep import run
 
@@ -304,16 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {"plan": cmd_plan, "status": cmd_plan, "sweep": cmd_sweep, "resume": cmd_resume}
     commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}
     commands |= {"predict": cmd_predict, "evaluate": cmd_evaluate, "import": cmd_import}
+    commands |= {"logs": cmd_logs, "rerun": cmd_rerun, "show": cmd_show}
     return build(__doc__ or "", commands)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # MLflow's own INFO lines (store creation, migrations) are not the runner's output; it
     # reads the variable when imported (lazily, later), the logger level covers an earlier one.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
+        args = build_parser().parse_args(argv)  # --help, --print-completion print here
         try:
             return int(args.fn(args))
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
