@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,77 @@ def test_cli_habits_version_completion_help_and_a_closed_pipe(swept: Path) -> No
         check=False,
     )
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def _ctrl_c_sweep(tmp_path: Path, name: str, epochs: int) -> tuple[subprocess.Popen[str], Any]:
+    """A sweep of three cells on one local slot, as a user's terminal starts it (SIGINT at
+    its default, its own process group: the terminal's Ctrl-C goes to that group); returns
+    once its first cell trains."""
+    from tests.e2e import start_as, wait_for
+
+    data = make_tiny_dataset(tmp_path / "data")
+    base = ["data=demo", f"data.root={data}", *TINY, f"training.max_epochs={epochs}"]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nrecipe: segmentation\nbase: {base!r}\naxes:\n  seed: [0, 1, 2]\n"
+        "executor: {kind: local, slots: 1}\ntracking: {uri: 'sqlite:///mlruns.db'}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "sweep", str(path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=start_as("terminal"),
+        start_new_session=True,
+    )
+    plan = make_plan(path)
+    wait_for(
+        lambda: any(s.progress.get("epoch") for s in plan.states().values()),
+        240,
+        "the first cell's first epoch",
+    )
+    return proc, plan
+
+
+def test_ctrl_c_stops_the_sweep_not_its_cells_and_says_what_next(tmp_path: Path) -> None:
+    import signal
+
+    proc, plan = _ctrl_c_sweep(tmp_path, "ctrlc", epochs=4)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the sweep's whole group
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "1 cells keep running:" in stderr
+    assert "2 cells waited for a slot and were dropped" in stderr
+    assert f"runner cancel {plan.matrix.file}" in stderr
+    assert f"runner sweep {plan.matrix.file}" in stderr
+    states = plan.states()
+    running = [c for c in plan.cells if states[c.id].attempts]
+    dropped = [c for c in plan.cells if not states[c.id].attempts]
+    assert len(running) == 1 and len(dropped) == 2
+    assert all(states[c.id].state == "pending" for c in dropped)  # given back, no attempt
+    from tests.e2e import wait_for
+
+    wait_for(lambda: plan.states()[running[0].id].state == "done", 240, "the cell to finish")
+
+
+def test_a_second_ctrl_c_cancels_the_running_cells(tmp_path: Path) -> None:
+    import signal
+
+    from tests.e2e import wait_for
+
+    proc, plan = _ctrl_c_sweep(tmp_path, "ctrlc2", epochs=50)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stderr is not None
+    seen = ""
+    while "press Ctrl-C again" not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=180)[1]
+    assert proc.returncode == 130 and "cancelled 1 cells" in rest, seen + rest
+    (cell,) = [c for c in plan.cells if plan.states()[c.id].attempts]
+    wait_for(lambda: plan.states()[cell.id].state == "cancelled", 60, "the cell cancelled")

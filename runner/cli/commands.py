@@ -25,55 +25,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-
+from runner.cli.common import _plan, _reconcile, _warn, console, err
 from runner.errors import RunnerError
-
-
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        """`runner status | head`: the reader is gone. rich exits 1 here; the runner ends
-        quietly with 0 instead, as other command-line tools do (see main)."""
-        self.quiet = True
-        raise BrokenPipeError
-
-
-# Not a terminal (pipes, CI logs): wide enough that tables don't truncate ids and names.
-# emoji=False: ':100:' in 'matrix.yaml:100:' must not become an emoji.
-console = _Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 220)
-err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
-
-
-def _warn(text: str) -> None:
-    err.print("[yellow]warning:[/]", end=" ")
-    err.print(text, markup=False)
-
-
-def _plan(args: argparse.Namespace) -> Any:
-    from runner.plan import make_plan
-    from runner.sweep.preflight import check_data, run_elsewhere, tracking_warnings
-
-    plan = make_plan(args.matrix)
-    for w in plan.expansion.warnings:
-        err.print("[yellow]warning:[/]", end=" ")
-        err.print(w.render(plan.matrix.file), markup=False)
-    if getattr(args, "executor", None):
-        run_elsewhere(plan, args.executor, args.slots)
-    if getattr(args, "command", None) in ("plan", "sweep", "resume"):
-        for warning in [*check_data(plan, args.command != "plan"), *tracking_warnings(plan)]:
-            _warn(warning)
-    return plan
-
-
-def _reconcile(plan: Any) -> None:
-    """Write into the ledger the ends the executor knows of and the cells did not say (a
-    SLURM job that died before its cell started, an admin's scancel): one query in all."""
-    from runner.sweep.reconcile import reconcile
-
-    if warning := reconcile(plan):
-        _warn(warning)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -144,95 +98,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(describe_ledger(plan), markup=False)
         console.print(describe_store(plan), markup=False)
     return 0
-
-
-def _submit(
-    args: argparse.Namespace, choose: Any = None, verb: str = "sweep", plan: Any = None
-) -> int:
-    from runner.cli import sweep_view
-    from runner.cli.progress import LiveProgress
-    from runner.cli.tables import summary
-    from runner.sweep.submit import submit
-
-    if plan is None:
-        plan = _plan(args)
-        _reconcile(plan)
-    spec = plan.matrix.spec
-    console.print(f"matrix {spec.name}: {len(plan.cells)} cells, executor {spec.executor.kind}")
-    # The live display comes down however the sweep ends (done, error, Ctrl-C).
-    with LiveProgress(console, plan.cells) as observe:
-        outcome = submit(
-            plan,
-            wait=args.wait,
-            observe=observe,
-            choose=choose,
-            check_other_ledgers=verb == "sweep" and not args.ignore_other_ledgers,
-        )
-    for line in sweep_view.submitted_lines(outcome, verb):
-        console.print(line, markup=False, soft_wrap=True)
-    states = plan.states()
-    console.print(f"states: {summary(states)}")
-    uri = plan.tracking_uri
-    console.print(f"MLflow store: {uri}  (experiment '{spec.name}')")
-    console.print(f"ledger: {plan.ledger.root}", markup=False)
-    from runner.report import mlflow_view
-
-    lines, warnings = mlflow_view.publish(plan, outcome.experiment_id)
-    for warning in warnings:
-        _warn(warning)
-    for line in lines:
-        console.print(line, markup=False, soft_wrap=True)
-    sweep_view.ending(console, plan, states, outcome.mode == "follow" and bool(outcome.submitted))
-    mine = [states[c] for c in outcome.submitted]
-    return 1 if any(s.state in ("failed", "diverged", "cancelled") for s in mine) else 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from runner.sweep.selection import chosen, parse_list
-
-    ids = parse_list(args.cells)
-    if not ids and not args.where:
-        return _submit(args)
-
-    def subset(cells: list[Any], states: dict[str, Any]) -> list[Any]:
-        named = chosen(cells, ids, args.where)
-        return [c for c in named if states[c.id].state == "pending"]
-
-    return _submit(args, subset)
-
-
-def cmd_rerun(args: argparse.Namespace) -> int:
-    from runner import tracking
-    from runner.sweep.rerun import supersede
-    from runner.sweep.selection import chosen, for_rerun, parse_list
-
-    ids = parse_list(args.cells)
-    if not ids and not args.where:
-        raise RunnerError("rerun: name the cells with --cells ID,... and/or --where KEY=VALUE")
-    plan = _plan(args)
-    _reconcile(plan)
-    picked = for_rerun(
-        plan.cells, plan.states(), chosen(plan.cells, ids, args.where, plan.matrix.labels)
-    )
-    if not picked:
-        console.print("nothing to rerun: the cells named never ran (`runner sweep` runs them)")
-        return 0
-    tracking.check_reachable(plan.tracking_uri)
-    runs = supersede(plan, picked)
-    console.print(
-        f"rerunning {len(picked)} cells from scratch; their earlier runs stay in MLflow, "
-        f"tagged superseded ({len(runs)})"
-    )
-    return _submit(args, lambda cells, states: picked, "rerun", plan)
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    from runner.sweep.selection import for_resume, parse_list
-
-    only, ids = parse_list(args.only), parse_list(args.cells)
-    if args.cells is not None and not ids:
-        raise RunnerError("--cells: give at least one cell id")
-    return _submit(args, lambda cells, states: for_resume(cells, states, only, ids), "resume")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -349,6 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from runner.cli.parser import build_parser as build
+    from runner.cli.submitting import cmd_rerun, cmd_resume, cmd_sweep
 
     commands = {"plan": cmd_plan, "status": cmd_plan, "sweep": cmd_sweep, "resume": cmd_resume}
     commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}

@@ -193,6 +193,16 @@ class CellRecord:
         )
         return attempt
 
+    def release(self, attempt: Attempt) -> bool:
+        """Give back an attempt that was claimed but never submitted (an interrupted sweep
+        dropped it): the cell reads pending again, with no attempt to show for it. An
+        attempt with anything more than its claim is kept; returns whether it went."""
+        if not attempt.dir.is_dir() or [p.name for p in attempt.dir.iterdir()] != ["claim.json"]:
+            return False
+        (attempt.dir / "claim.json").unlink()
+        attempt.dir.rmdir()
+        return True
+
     @property
     def run_id(self) -> str | None:
         try:

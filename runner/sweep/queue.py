@@ -102,20 +102,45 @@ def run_queue(
     queue is empty; a cancelled cell stops it (``runner cancel`` ends a search too)."""
     queue = list(jobs)
     active: list[tuple[CellJob, Any]] = []
+    try:
+        _run(plan, backend, queue, active, outcome, follow, observe, refill)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was submitted runs on; what waited in the queue is given back.
+        dropped = [
+            j.cell_id for j in queue if plan.ledger.cell(j.cell_id).release(_attempt(plan, j))
+        ]
+        raise SweepInterrupted([j.cell_id for j, _ in active], dropped) from None
+    if observe:
+        observe(plan.ledger.states([c.id for c in plan.cells]))
+
+
+def _run(
+    plan: Plan,
+    backend: Backend,
+    queue: list[CellJob],
+    active: list[tuple[CellJob, Any]],
+    outcome: SweepOutcome,
+    follow: bool,
+    observe: Observer | None,
+    refill: Refill | None,
+) -> None:
+    """run_queue's loop; ``queue`` and ``active`` are updated in place (an interrupt reads
+    them)."""
     while True:
         room = len(queue) if backend.slots is None else backend.slots - len(active)
         # A cell cancelled while it waited in the queue is not started.
         kept = [j for j in queue if not _cancelled(plan, j)]
         if len(kept) < len(queue):
             refill = None
-        queue = kept
+        queue[:] = kept
         if refill is not None and follow and backend.slots is not None and room > len(queue):
             queue += refill(room - len(queue))
         if room > 0 and queue:
-            batch, queue = queue[:room], queue[room:]
+            batch = queue[:room]
             for job, sj in zip(batch, backend.submit(batch), strict=True):
                 _record_submission(plan, job, sj, outcome)
                 active.append((job, sj))
+            del queue[: len(batch)]
         if not follow:
             if not queue:
                 break
@@ -129,7 +154,7 @@ def run_queue(
                     refill = None
             else:
                 still.append((job, sj))
-        active = still
+        active[:] = still
         if observe:
             observe(plan.ledger.states([c.id for c in plan.cells]))
         if not queue and not active and refill is None:
@@ -142,8 +167,19 @@ def run_queue(
                 break
             continue
         time.sleep(POLL_S)
-    if observe:
-        observe(plan.ledger.states([c.id for c in plan.cells]))
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sweep: ``running``: the cells submitted, which run on; ``dropped``:
+    those that waited for a slot, given back (pending again)."""
+
+    def __init__(self, running: list[str], dropped: list[str]) -> None:
+        super().__init__("sweep interrupted")
+        self.running, self.dropped = running, dropped
+
+
+def _attempt(plan: Plan, job: CellJob) -> Any:
+    return plan.ledger.cell(job.cell_id).attempt(job.attempt)
 
 
 def _cancelled(plan: Plan, job: CellJob) -> bool:

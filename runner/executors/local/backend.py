@@ -13,14 +13,17 @@ gloo (a warning says so): that is how DDP is tested without a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.local import local as submitit_local
 
 from runner.executors.base import Backend
 from runner.executors.local.options import LocalExecutorOptions
@@ -66,7 +69,8 @@ class LocalBackend(Backend):
                 # Threads are set per cell so that `slots` cells share the cores, not fight.
                 setup=[f"export OMP_NUM_THREADS={t} MKL_NUM_THREADS={t}"],
             )
-            sj = self.executor.submit(job)
+            with _controller_in_its_own_session():
+                sj = self.executor.submit(job)
             if gpus:
                 self.held[sj.job_id] = gpus
             out.append(sj)
@@ -157,3 +161,20 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry.name))
     return out
+
+
+@contextlib.contextmanager
+def _controller_in_its_own_session() -> Iterator[None]:
+    """submitit starts each job's controller as a child of the sweep, in the sweep's process
+    group: a terminal's Ctrl-C for the sweep reached the controller too, which then killed
+    its cell. A sweep's Ctrl-C must stop the sweep, not the cells (runner.cli.submitting):
+    for the moment of one submission, the controller's Popen starts a session of its own.
+    submitit has no option for it; this is the only change to how it starts the process."""
+    real = submitit_local.subprocess
+    shim = types.SimpleNamespace(**vars(real))
+    shim.Popen = functools.partial(real.Popen, start_new_session=True)
+    submitit_local.subprocess = shim  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        submitit_local.subprocess = real
