@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import tracking
-from runner.errors import RunnerError
+from runner.errors import MatrixError, RunnerError
 from runner.ledger import CellState, Ledger
 from runner.matrix.cells import Cell
 from runner.matrix.expand import Expansion
-from runner.matrix.load import load_matrix
+from runner.matrix.load import load_matrix, salvage
 from runner.matrix.schema import LoadedMatrix
 from runner.matrix.validate import validate_matrix
 from runner.recipe import Recipe
@@ -79,11 +79,27 @@ def project_root(matrix_file: Path | str) -> Path:
     return here
 
 
+def _with_recipe_problems(matrix_file: Path | str, exc: MatrixError) -> MatrixError:
+    """A matrix whose structure fails in a block the recipe's checks don't need (executor,
+    tracking, search...) is still checked against the recipe: one run shows every problem."""
+    rest = salvage(matrix_file, exc.problems)
+    if rest is None:
+        return exc
+    try:
+        validate_matrix(rest)
+    except MatrixError as more:
+        return MatrixError(exc.file, [*exc.problems, *more.problems])
+    return exc
+
+
 def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
     """The plan of ``matrix_file``; ``workdir``: what relative paths resolve against
     (default: the matrix's :func:`project_root`)."""
     workdir = (workdir or project_root(matrix_file)).absolute()
-    m = load_matrix(matrix_file)
+    try:
+        m = load_matrix(matrix_file)
+    except MatrixError as exc:
+        raise _with_recipe_problems(matrix_file, exc) from None
     sweep_dir = Path(m.spec.sweep_dir)
     ledger = Ledger(sweep_dir if sweep_dir.is_absolute() else workdir / sweep_dir, m.spec.name)
     # A matrix that has run remembers it was valid: `status` does not compose it again.

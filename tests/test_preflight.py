@@ -119,3 +119,36 @@ def test_a_sweep_to_an_unreachable_slurm_controller_says_so_and_records_nothing(
         assert "Traceback" not in err
     attempts = list((project / "sweeps").glob("unreachable/cells/*/attempts/*"))
     assert attempts == []
+
+
+def test_plan_warns_of_an_unreachable_slurm_controller(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`plan` is for looking: it warns where `sweep` would refuse (exit 0, nothing written)."""
+    monkeypatch.setenv("PATH", str(project))  # no SLURM client on this PATH
+    path = project / "m.yaml"
+    path.write_text(
+        "name: planned\nrecipe: segmentation\naxes: {seed: [0]}\n"
+        "executor: {kind: slurm, time_min: 10}\ntracking: {uri: 'http://127.0.0.1:5999'}\n"
+    )
+    assert main(["plan", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "the SLURM controller can't be reached here: no SLURM client (sinfo) on PATH" in err
+    assert "(`runner sweep` refuses this)" in err
+    assert not (project / "sweeps").exists()
+
+
+def test_a_missing_dataset_names_the_variable_its_root_comes_from(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = project / "m.yaml"
+    path.write_text("name: isles\nrecipe: segmentation\nbase: [data=isles24]\naxes: {seed: [0]}\n")
+    monkeypatch.delenv("ISLES24_ROOT", raising=False)
+    assert main(["plan", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "data.root is $ISLES24_ROOT, which is not set here" in err, err
+    assert "set ISLES24_ROOT to the dataset's folder" in err
+    monkeypatch.setenv("ISLES24_ROOT", str(project / "isles"))
+    assert main(["plan", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"(data.root is $ISLES24_ROOT: {project / 'isles'})" in err, err

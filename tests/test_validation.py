@@ -195,3 +195,20 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_schema_and_recipe_problems_are_reported_in_one_pass(
+    write_matrix, project: Path, capsys
+) -> None:
+    """A broken executor block no longer hides the recipe's problems: the rest of the matrix
+    is still checked against the recipe, and one run of `plan` lists all three."""
+    path = write_matrix(
+        "name: onepass\nrecipe: segmentation\n"
+        "base: [data=demo, model.size=tiny, training.max_epoch=3]\n"
+        "axes:\n  model: [unet, segresnett]\nexecutor: {kind: slurn}\n"
+    )
+    code, _, err = run_cli(capsys, "plan", str(path))
+    assert code == 2
+    assert "executor.kind: unknown executor kind 'slurn'" in err and "'slurm'" in err
+    assert "base[2]: 'training.max_epoch' is not a key" in err and "'training.max_epochs'" in err
+    assert "axes.model[1]: unknown model choice 'segresnett'" in err

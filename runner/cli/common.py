@@ -31,7 +31,12 @@ def _warn(text: str) -> None:
 
 def _plan(args: argparse.Namespace) -> Any:
     from runner.plan import make_plan
-    from runner.sweep.preflight import check_data, run_elsewhere, tracking_warnings
+    from runner.sweep.preflight import (
+        check_data,
+        executor_warnings,
+        run_elsewhere,
+        tracking_warnings,
+    )
 
     plan = make_plan(args.matrix)
     for w in plan.expansion.warnings:
@@ -41,6 +46,9 @@ def _plan(args: argparse.Namespace) -> Any:
         run_elsewhere(plan, args.executor, args.slots)
     if getattr(args, "command", None) in ("plan", "sweep", "resume"):
         for warning in [*check_data(plan, args.command != "plan"), *tracking_warnings(plan)]:
+            _warn(warning)
+    if getattr(args, "command", None) == "plan":
+        for warning in executor_warnings(plan):
             _warn(warning)
     return plan
 

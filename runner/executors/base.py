@@ -55,6 +55,12 @@ class Backend(ABC):
         """Cells the runner may have in flight at once; None lets the backend queue them."""
         return None
 
+    @classmethod
+    def unreachable(cls, options: Any) -> str | None:
+        """What keeps this executor from taking jobs now (a cluster controller that does not
+        answer), asked without creating anything: ``plan`` warns with it. Default: nothing."""
+        return None
+
     def preflight(self) -> None:  # noqa: B027 - optional hook
         """Raise a RunnerError saying what is wrong when this backend can't take jobs now
         (no cluster controller, no engine). Called before anything is claimed or written,

@@ -148,6 +148,30 @@ def _labelled_axes(
     return labels, problems
 
 
+#: Top-level blocks the recipe's checks don't need: with a problem in one of them, the rest
+#: of the matrix can still be checked against the recipe, so that one run of `plan` shows
+#: every problem (:func:`salvage`).
+SET_ASIDE = ("executor", "tracking", "sweep_dir", "run_name", "search", "pruner", "restarts")
+
+
+def salvage(file: Path | str, problems: list[Problem]) -> LoadedMatrix | None:
+    """The matrix without the blocks whose structure failed (each at its default), when all
+    of them can be set aside; None when a problem lies elsewhere (name, recipe, axes...)."""
+    blocks = {p.key.split(".")[0].split("[")[0] for p in problems}
+    if not blocks or not blocks <= set(SET_ASIDE):
+        return None
+    data, lines = load_yaml(Path(file))
+    if not isinstance(data, dict):
+        return None
+    kept = {k: v for k, v in data.items() if k not in blocks}
+    labels, _ = _labelled_axes(kept, lines)
+    try:
+        spec = Matrix.model_validate(kept)
+    except ValidationError:
+        return None
+    return LoadedMatrix(spec=spec, file=Path(file), lines=lines, labels=labels)
+
+
 def load_matrix(file: Path | str) -> LoadedMatrix:
     """Parse and structurally validate a matrix file; raise MatrixError listing every problem."""
     file = Path(file)

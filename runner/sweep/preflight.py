@@ -180,3 +180,17 @@ def _same_cell(other: Ledger, plan: Plan, cell_id: str) -> bool:
     return theirs.get("base") == list(plan.matrix.spec.base) and theirs.get("overrides") == list(
         cell.overrides
     )
+
+
+def executor_warnings(plan: Plan) -> list[str]:
+    """What would make the executor refuse the cells now (a SLURM controller that does not
+    answer), for ``plan``: a warning there, an error for ``sweep``."""
+    from runner.executors.backends import backend_class
+
+    options = plan.matrix.spec.executor
+    problem = backend_class(options.kind).unreachable(options)
+    return (
+        [f"executor kind '{options.kind}': {problem} (`runner sweep` refuses this)"]
+        if (problem)
+        else []
+    )

@@ -14,6 +14,10 @@ torch nor MONAI, so planning stays fast.
 
 from __future__ import annotations
 
+import re
+
+import os
+
 import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -188,5 +192,27 @@ def check_readable(data_cfg: Mapping[str, Any], *, listing_errors: bool = False)
     try:
         items, _ = read_cases(data_cfg)
     except (OSError, ValueError, KeyError) as err:
-        return [f"data.root={data_cfg.get('root')}: {err}"] if listing_errors else []
+        if not listing_errors:
+            return []
+        return [f"data.root={data_cfg.get('root')}: {err}{_root_variable(data_cfg)}"]
     return file_problems(case_files(items), data_cfg.get("dataset_key", "main"))
+
+
+def _root_variable(data_cfg: Mapping[str, Any]) -> str:
+    """Which environment variable a data config's root comes from, and whether it is set:
+    ``root: ${oc.env:ISLES24_ROOT,data/isles24}`` reads $ISLES24_ROOT, else the default."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(data_cfg, DictConfig):
+        return ""
+    raw = OmegaConf.to_container(data_cfg, resolve=False).get("root")  # type: ignore[union-attr]
+    found = re.search(r"\$\{oc\.env:(\w+)", str(raw))
+    if found is None:
+        return ""
+    var = found.group(1)
+    if var in os.environ:
+        return f" (data.root is ${var}: {os.environ[var]})"
+    return (
+        f" (data.root is ${var}, which is not set here, so its default was used: set {var} "
+        "to the dataset's folder, or data.root in the matrix)"
+    )

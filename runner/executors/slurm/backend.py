@@ -87,6 +87,11 @@ class SlurmBackend(Backend):
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return executor
 
+    @classmethod
+    def unreachable(cls, options: Any) -> str | None:
+        problem = controller_problem(timeout_s=10.0)
+        return f"the SLURM controller can't be reached here: {problem}" if problem else None
+
     def preflight(self) -> None:
         """The controller must answer before a cell is claimed (else a sweep records an
         attempt for a submission that never happened)."""
