@@ -1,6 +1,8 @@
 # One entry point for users and CI. Everything installs itself, idempotently.
 #   make sweep [MATRIX=matrix/demo.yaml] [EXECUTOR=local]   run a matrix (default: the demo,
 #                                           local, CPU ok); EXECUTOR= runs it elsewhere
+#   make plan | status | report [MATRIX=...]  look at a matrix, its cells, its results
+#   make ui                                 the MLflow UI (127.0.0.1:5000)
 #   make test                               the whole suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +12,7 @@ MATRIX ?= matrix/demo.yaml
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep plan status ui test test-deps test-fast lint bench demo-data system-deps clean \
+.PHONY: install sweep plan status report ui test test-deps test-fast lint bench demo-data system-deps clean \
 	slurm-up slurm-down image docker-up docker-down
 
 # Debian's python3 needs python3-venv for `python3 -m venv`; install it when missing (root).
@@ -42,6 +44,9 @@ plan: install
 
 status: install
 	$(BIN)/runner status $(MATRIX)
+
+report: install
+	$(BIN)/runner report $(MATRIX)
 
 # The MLflow UI over the default sqlite store, on loopback only. First the link to each swept
 # matrix's saved view (its runs grouped over seeds, sorted by best val Dice), written if missing.

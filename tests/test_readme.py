@@ -19,6 +19,13 @@ def _blocks(lang: str) -> list[str]:
 def test_quickstart_is_exactly_two_commands() -> None:
     quickstart = README.split("## Quickstart", 1)[1].split("##", 1)[0]
     assert re.findall(r"```\n(.*?)```", quickstart, flags=re.S) == ["make sweep\nmake test\n"]
+    # ... followed by what comes next: the CLI on PATH, the report, the UI; each exists.
+    after = README.split("### After the first sweep", 1)[1].split("##", 1)[0]
+    (block,) = re.findall(r"```\n(.*?)```", after, flags=re.S)
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    assert lines == ["source .venv/bin/activate", "runner report matrix/demo.yaml", "make ui"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert all(f"\n{target}:" in makefile for target in ("ui", "plan", "status", "report"))
 
 
 def test_matrix_example_plans_with_the_documented_names(project: Path, capsys) -> None:
