@@ -84,6 +84,21 @@ def matrix_text(
     )
 
 
+def run_cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``runner ARGS`` as a user types it, in ``cwd``, with no terminal and no stdin."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def background_runner(cwd: Path, *args: str) -> subprocess.Popen[str]:
     """``python -m runner ARGS`` as a script starts it: its own session, no stdin, output
     piped (read it with ``communicate``)."""

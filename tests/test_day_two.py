@@ -15,23 +15,9 @@ import pytest
 from runner.ledger import Status
 from runner.plan import make_plan, project_root
 from tests.conftest import ROOT
-from tests.e2e import TINY, make_tiny_dataset
+from tests.e2e import TINY, make_tiny_dataset, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _runner(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``runner ARGS`` as a user types it, in ``cwd``, with no terminal and no stdin."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"name: daytwo\nrecipe: segmentation\nbase: {base!r}\naxes:\n  seed: [0]\n"
         "executor: {kind: local, slots: 1}\ntracking: {uri: 'sqlite:///mlruns.db'}\n"
     )
-    out = _runner(project, "sweep", "matrix/m.yaml")
+    out = run_cli(project, "sweep", "matrix/m.yaml")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "1 done" in out.stdout
     return project
@@ -60,12 +46,12 @@ def test_the_same_matrix_reaches_the_same_ledger_and_store_from_any_directory(
     assert project_root(matrix) == swept
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    status = _runner(elsewhere, "status", str(matrix))
+    status = run_cli(elsewhere, "status", str(matrix))
     assert status.returncode == 0 and "1 cells: 1 done" in status.stdout, status.stdout
-    plan = _runner(elsewhere, "plan", str(matrix))
+    plan = run_cli(elsewhere, "plan", str(matrix))
     assert f"ledger: {swept / 'sweeps' / 'daytwo'}" in plan.stdout, plan.stdout
     assert f"sqlite:///{swept / 'mlruns.db'}" in plan.stdout
-    again = _runner(elsewhere, "sweep", str(matrix))
+    again = run_cli(elsewhere, "sweep", str(matrix))
     assert again.returncode == 0 and "nothing new to submit" in again.stdout, again.stdout
     # Nothing of the matrix landed where the command ran.
     assert sorted(p.name for p in elsewhere.iterdir()) == []
@@ -80,7 +66,7 @@ def test_a_sweep_that_would_train_done_cells_again_is_refused(swept: Path, tmp_p
     fresh = tmp_path / "fresh"
     shutil.copytree(swept, fresh, ignore=shutil.ignore_patterns("sweeps", "mlruns.db"))
     matrix = fresh / "matrix" / "m.yaml"
-    out = _runner(old_cwd, "sweep", str(matrix))
+    out = run_cli(old_cwd, "sweep", str(matrix))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert f"1 of its cells are done in another ledger, {old_cwd / 'sweeps' / 'daytwo'}" in (
@@ -93,12 +79,12 @@ def test_a_sweep_that_would_train_done_cells_again_is_refused(swept: Path, tmp_p
 
 
 def test_a_sweep_ends_at_its_results_and_the_next_command(swept: Path) -> None:
-    out = _runner(swept, "sweep", "matrix/m.yaml", "--ignore-other-ledgers")
+    out = run_cli(swept, "sweep", "matrix/m.yaml", "--ignore-other-ledgers")
     assert "nothing new to submit" in out.stdout  # already done: no ending to show
     again = swept / "again.yaml"
     text = (swept / "matrix" / "m.yaml").read_text().replace("seed: [0]", "seed: [0, 1]")
     again.write_text(text.replace("name: daytwo", "name: daytwo2"))
-    out = _runner(swept, "sweep", str(again))
+    out = run_cli(swept, "sweep", str(again))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.splitlines()
     best = lines.index("best groups so far (best val Dice, mean ± std over seeds):")
@@ -110,19 +96,19 @@ def test_a_sweep_ends_at_its_results_and_the_next_command(swept: Path) -> None:
 def test_logs_show_the_training_lines_and_a_cancel_no_traceback(swept: Path) -> None:
     plan = make_plan(swept / "matrix" / "m.yaml")
     cell = plan.cells[0]
-    out = _runner(swept, "logs", "matrix/m.yaml", cell.run_name)
+    out = run_cli(swept, "logs", "matrix/m.yaml", cell.run_name)
     assert out.returncode == 0, out.stderr
     assert "_0_log.out <==" in out.stdout and "_0_log.err <==" in out.stdout
     assert "epoch 1/1" in out.stdout  # the recipe's line per epoch reaches the job's log
-    wrong = _runner(swept, "logs", "matrix/m.yaml", "nosuchcell")
+    wrong = run_cli(swept, "logs", "matrix/m.yaml", "nosuchcell")
     assert wrong.returncode == 2 and "no cell 'nosuchcell'" in wrong.stderr
-    missing = _runner(swept, "logs", "matrix/m.yaml", cell.id, "--attempt", "7")
+    missing = run_cli(swept, "logs", "matrix/m.yaml", cell.id, "--attempt", "7")
     assert missing.returncode == 2 and "has no attempt 7; its attempts: 1" in missing.stderr
 
 
 def test_show_prints_the_cells_composed_config(swept: Path) -> None:
     plan = make_plan(swept / "matrix" / "m.yaml")
-    out = _runner(swept, "show", "matrix/m.yaml", plan.cells[0].id[:6])
+    out = run_cli(swept, "show", "matrix/m.yaml", plan.cells[0].id[:6])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"# cell {plan.cells[0].id} ({plan.cells[0].run_name})")
     import yaml
@@ -139,9 +125,9 @@ def test_rerun_trains_a_done_cell_again_in_a_new_run_and_keeps_the_old(swept: Pa
     record = plan.ledger.cell(plan.cells[0].id)
     old_run = record.run_id
     assert old_run
-    refused = _runner(swept, "rerun", "matrix/m.yaml")
+    refused = run_cli(swept, "rerun", "matrix/m.yaml")
     assert refused.returncode == 2 and "--cells" in refused.stderr
-    out = _runner(swept, "rerun", "matrix/m.yaml", "--where", "seed=0")
+    out = run_cli(swept, "rerun", "matrix/m.yaml", "--where", "seed=0")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "rerunning 1 cells from scratch" in out.stdout
     new_run = record.run_id
@@ -190,8 +176,8 @@ def test_cli_habits_version_completion_help_and_a_closed_pipe(swept: Path) -> No
     from runner.cli.commands import build_parser
     from runner.sweep.selection import REASON_KINDS
 
-    assert _runner(swept, "--version").stdout.startswith("runner ")
-    script = _runner(swept, "--print-completion", "bash").stdout
+    assert run_cli(swept, "--version").stdout.startswith("runner ")
+    script = run_cli(swept, "--print-completion", "bash").stdout
     assert "_shtab_runner" in script and "rerun" in script and "logs" in script
     parser = build_parser()
     missing = []
@@ -201,7 +187,7 @@ def test_cli_habits_version_completion_help_and_a_closed_pipe(swept: Path) -> No
             if not action.help and not isinstance(action, argparse._HelpAction):
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert missing == []
-    resume_help = _runner(swept, "resume", "--help").stdout.replace("\n", " ")
+    resume_help = run_cli(swept, "resume", "--help").stdout.replace("\n", " ")
     assert all(kind in resume_help for kind in REASON_KINDS)
     piped = subprocess.run(
         f"{sys.executable} -m runner status matrix/m.yaml | head -1; exit ${{PIPESTATUS[0]}}",

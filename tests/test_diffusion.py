@@ -24,6 +24,7 @@ from recipes.diffusion import CONFIG_DIR, CONFIG_NAME
 from recipes.diffusion.train import train
 from tests import datasets
 from tests.conftest import ROOT
+from tests.e2e import run_cli
 
 # Hydra reads the segmentation recipe's conf/ through pkg:// but calls it "not available"
 # (no __init__.py there); the recipe silences that, pytest's own warning filters bring it back.
@@ -182,21 +183,9 @@ def test_too_large_a_learning_rate_diverges(demo: Path, tmp_path: Path) -> None:
     assert run.info.status == "FAILED" and run.data.tags["divergence"] == result.reason
 
 
-def _runner_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("name", ["isles24_medsegdiff", "demo_diffusion"])
 def test_the_matrices_plan(name: str, tmp_path: Path) -> None:
-    proc = _runner_cli(tmp_path, "plan", str(ROOT / "matrix" / f"{name}.yaml"), "--json")
+    proc = run_cli(tmp_path, "plan", str(ROOT / "matrix" / f"{name}.yaml"), "--json")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "not available" not in proc.stderr  # the search-path warning stays quiet
 
@@ -221,7 +210,7 @@ def test_demo_matrix_end_to_end(demo: Path, tmp_path: Path) -> None:
     path = tmp_path / "demo_diffusion.yaml"
     path.write_text(yaml.safe_dump(matrix))
 
-    proc = _runner_cli(tmp_path, "sweep", str(path))
+    proc = run_cli(tmp_path, "sweep", str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(matrix["name"]).experiment_id])

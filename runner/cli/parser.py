@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from runner.sweep.selection import REASON_KINDS
 
@@ -93,28 +94,26 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
                 help="seconds a running cell gets to finish its checkpoint and stop before "
                 "it is killed (default 30)",
             )
-    logs = sub.add_parser(
+    logs = _cell_command(
+        sub,
+        handlers["logs"],
         "logs",
-        help="print a cell's job log (its training lines, warnings, a failure's traceback)",
-        description="print a cell's job log: the .out (a line per epoch or logging window) "
-        "and .err files of its last attempt (or --attempt N), every rank of a DDP cell",
+        "print a cell's job log (its training lines, warnings, a failure's traceback)",
+        "print a cell's job log: the .out (a line per epoch or logging window) and .err files "
+        "of its last attempt (or --attempt N), every rank of a DDP cell",
     )
-    logs.add_argument("matrix", type=Path, help="the matrix YAML file")
-    logs.add_argument("cell", help="a cell id, an id prefix (4+ characters) or a run name")
     logs.add_argument("--attempt", type=int, help="that attempt (1, 2, ...); default: the last")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing while the cell runs"
     )
-    logs.set_defaults(fn=handlers["logs"], command="logs")
-    show = sub.add_parser(
+    _cell_command(
+        sub,
+        handlers["show"],
         "show",
-        help="print a cell's composed config, as its job will see it",
-        description="print a cell's config as the recipe composes it (the matrix's base, then "
-        "the cell's overrides), as Hydra's --cfg job prints it",
+        "print a cell's composed config, as its job will see it",
+        "print a cell's config as the recipe composes it (the matrix's base, then the cell's "
+        "overrides), as Hydra's --cfg job prints it",
     )
-    show.add_argument("matrix", type=Path, help="the matrix YAML file")
-    show.add_argument("cell", help="a cell id, an id prefix (4+ characters) or a run name")
-    show.set_defaults(fn=handlers["show"], command="show")
     from runner.cli.testtime import add_parsers
 
     add_parsers(sub, handlers["predict"], handlers["evaluate"])
@@ -122,6 +121,17 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
 
     add_import(sub, handlers["import"])
     return parser
+
+
+def _cell_command(
+    sub: Any, handler: Handler, name: str, text: str, description: str
+) -> argparse.ArgumentParser:
+    """A command about one cell of a matrix: ``runner NAME MATRIX CELL``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=text, description=description)
+    p.add_argument("matrix", type=Path, help="the matrix YAML file")
+    p.add_argument("cell", help="a cell id, an id prefix (4+ characters) or a run name")
+    p.set_defaults(fn=handler, command=name)
+    return p
 
 
 def _table_args(p: argparse.ArgumentParser, watch: bool) -> None:
