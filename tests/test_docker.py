@@ -384,13 +384,13 @@ def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Pat
     import docker.errors
 
     from runner.executors.docker.backend import DockerBackend, DockerExecutorOptions
-    from runner.job.cell import CellJob
+    from runner.executors.docker.job import DockerCellJob
 
     options = DockerExecutorOptions(kind="docker", image=BASE_IMAGE, gpus=[0, 1], python="python")
     backend = DockerBackend(options, tmp_path / "logs", start=False)
     assert backend.slots == 2
 
-    def job(i: int) -> CellJob:
+    def job(i: int) -> DockerCellJob:
         return _job(tmp_path, i, "gpu")
 
     try:
@@ -424,9 +424,9 @@ def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Pat
 
 
 def _job(tmp_path: Path, i: int, matrix: str) -> Any:
-    from runner.job.cell import CellJob
+    from runner.executors.docker.job import DockerCellJob
 
-    return CellJob(
+    return DockerCellJob(
         matrix=matrix,
         recipe="segmentation",
         cell_id=f"c{i}",

@@ -208,6 +208,15 @@ def _watch(project: Path, *args: str, how: str = "terminal") -> subprocess.Popen
     )  # fmt: skip
 
 
+def _rest(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """What the watcher prints after its first line, and its stderr. Not communicate(): it
+    reads the pipe's file descriptor and misses what readline() already buffered (the rest
+    of the first view, when it came in the same chunk)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.wait(timeout=timeout)  # a few lines: the pipes hold them meanwhile
+    return proc.stdout.read(), proc.stderr.read()
+
+
 @pytest.fixture
 def one_running(project: Path) -> Iterator[subprocess.Popen[bytes]]:
     """m.yaml with two cells: one done, one running as a live ``sleep`` of this host."""
@@ -233,7 +242,7 @@ def test_watch_ends_when_no_cell_is_in_flight(
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the first view has started: the loop runs
     one_running.kill()  # the cell's process is gone: the ledger reads it lost
-    out, err = proc.communicate(timeout=120)
+    out, err = _rest(proc, 120)
     out = first + out
     assert proc.returncode == 0, err
     assert "Traceback" not in err and not ANSI.search(out) and "\r" not in out
@@ -280,7 +289,7 @@ def test_watch_stops_on_ctrl_c_and_sigterm(
         time.sleep(3)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = _rest(proc, 60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "stopped watching; the cells run on" in out

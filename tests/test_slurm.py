@@ -458,7 +458,7 @@ def _real_cell(tmp_path: Path, name: str, epochs: int, epoch_s: float) -> tuple[
     from recipes.components.data.demo_data import ensure_demo_dataset
     from recipes.contract import RunContext
     from runner import tracking
-    from runner.job.cell import CellJob
+    from runner.executors.slurm.job import SlurmCellJob
     from runner.ledger import Ledger
     from runner.recipe import Recipe
 
@@ -493,7 +493,7 @@ def _real_cell(tmp_path: Path, name: str, epochs: int, epoch_s: float) -> tuple[
     ledger = Ledger(tmp_path / "sweeps", name)
     attempt = ledger.cell("c1").claim("slurm", 0)
     assert attempt is not None
-    cell = CellJob(
+    cell = SlurmCellJob(
         matrix=name,
         recipe="segmentation",
         cell_id="c1",

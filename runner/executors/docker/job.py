@@ -25,7 +25,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from runner.job import signals
 from runner.job.cell import CellJob
@@ -53,8 +53,8 @@ class DockerCellJob(CellJob):
         # (network: host): the ledger must never look them up among the host's processes.
         return f"{socket.gethostname()} (container)"
 
-    def _ensure_run(self, record: CellRecord) -> str:
-        run_id = super()._ensure_run(record)
+    def _ensure_run(self, record: CellRecord, code: dict[str, Any] | None = None) -> str:
+        run_id = super()._ensure_run(record, code)
         try:  # best effort: docker.json in the ledger has it for sure
             from runner import tracking
 
