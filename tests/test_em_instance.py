@@ -26,7 +26,8 @@ def _compose(*overrides: str) -> DictConfig:
         return compose(CONFIG_NAME, overrides=list(overrides))
 
 
-def test_adapted_rand_and_vi_equal_scikit_image_on_known_instances() -> None:
+def test_the_skimage_convention_equals_scikit_image_on_known_instances() -> None:
+    """task.em_metrics=skimage (the default, cremi, is tested in test_em_metrics.py)."""
     truth = np.zeros((10, 10, 4), np.int64)
     truth[1:4, 1:4] = 1
     truth[5:9, 1:4] = 2
@@ -35,7 +36,7 @@ def test_adapted_rand_and_vi_equal_scikit_image_on_known_instances() -> None:
     pred[truth == 2] = 1  # instances 1 and 2 merged
     pred[5:9, 6:9] = 7  # instance 3 split in two
     pred[0, 0] = 9  # a false positive in the background (ignored by adapted Rand)
-    scores = instance_scores(pred, truth)
+    scores = instance_scores(pred, truth, convention="skimage")
     are, precision, recall = adapted_rand_error(truth, pred)
     assert scores["adapted_rand_error"] == pytest.approx(are)
     assert scores["adapted_rand_precision"] == pytest.approx(precision)
@@ -50,11 +51,11 @@ def test_adapted_rand_and_vi_equal_scikit_image_on_known_instances() -> None:
     shared = 36**2 + 3 * 48**2 - 180
     p, r = shared / pred_pairs, shared / true_pairs
     assert scores["adapted_rand_error"] == pytest.approx(1 - 2 * p * r / (p + r))
-    assert instance_scores(truth, truth)["adapted_rand_error"] == 0.0
+    assert instance_scores(truth, truth, convention="skimage")["adapted_rand_error"] == 0.0
     # A mask: only its voxels count, exactly as scikit-image on those voxels.
     mask = np.zeros_like(truth)
     mask[:, :5] = 1
-    masked = instance_scores(pred, truth, mask)
+    masked = instance_scores(pred, truth, mask, convention="skimage")
     keep = mask > 0
     assert masked["adapted_rand_error"] == pytest.approx(
         adapted_rand_error(truth[keep], pred[keep])[0]

@@ -61,6 +61,7 @@ from recipes.components.diffusion.noise import (
 )
 from recipes.components.diffusion.reporting import StepWindow, log_examples
 from recipes.components.diffusion.validation import Validation, validate
+from recipes.components.training.case_metrics import METRIC_RULES
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -232,7 +233,8 @@ def _train_loop(
     logger.set_tag("device", describe_device(t.device))
     logger.set_tag("sampling_dtype", str(AMP_DTYPES.get(tcfg.amp, torch.float32)).split(".")[1])
     if resumed_from is None or logger.owns_run:
-        logger.log_params(flatten_config(cfg))  # diffusion.sampler, .sampling_steps, ...
+        # diffusion.sampler, .sampling_steps, ...; how val_dice is defined (case_metrics.py)
+        logger.log_params({**flatten_config(cfg), "metric_rules": METRIC_RULES})
         log_split(logger, split_record(data.info))
         logger.log_config(cfg)
     else:

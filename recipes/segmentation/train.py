@@ -48,6 +48,7 @@ from recipes.components.models.build import (
     load_plain_state_dict,
 )
 from recipes.components.models.sizes import effective_model_config
+from recipes.components.testtime.original_grid import validate_on_original_grid
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -79,7 +80,12 @@ from recipes.components.training.step import (
     optimizer_steps_per_epoch,
     throughput,
 )
-from recipes.components.training.validation import check_task, evaluate, save_instances
+from recipes.components.training.validation import (
+    check_task,
+    evaluate,
+    metric_rules,
+    save_instances,
+)
 from recipes.contract import RunContext, TrainResult
 
 __all__ = ["Diverged", "Trainee", "autocast", "train", "train_one_epoch", "validate"]
@@ -143,6 +149,12 @@ def train(cfg: DictConfig, ctx: RunContext | None = None) -> TrainResult:
             result = _train_loop(
                 cfg, ctx, model, data, loss_fn, optimizer, device, run.logger, run.ckpt_dir, dist
             )
+        best, final_check = run.ckpt_dir / BEST, tcfg.get("validate_on_original_grid")
+        if result.status == "done" and final_check and best.exists() and dist.main:
+            # best.pt scored as test is (the input's grid, the same rule): original_grid.py
+            final = validate_on_original_grid(cfg, best, data.info.val_cases, device)
+            run.logger.log_metrics(final, step=result.best_epoch or result.epochs_completed)
+            result.metrics.update(final)
         return run.record(result)
 
 
@@ -197,7 +209,7 @@ def _train_loop(
     if resumed_from is None or logger.owns_run:
         # Params are write-once in MLflow: a resumed run (e.g. max_epochs raised) must not
         # log them again into the same run.
-        logger.log_params(flatten_config(cfg))
+        logger.log_params({**flatten_config(cfg), "metric_rules": metric_rules(cfg)})
         log_split(logger, split_record(data.info))
         logger.log_config(cfg)
     else:
@@ -317,7 +329,7 @@ def _test(
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"mode=test needs test_checkpoint: a checkpoint file, got {path}")
     load_plain_state_dict(model, torch.load(path, map_location="cpu", weights_only=True)["model"])
-    logger.log_params(flatten_config(cfg))
+    logger.log_params({**flatten_config(cfg), "metric_rules": metric_rules(cfg)})
     logger.set_tag("test_checkpoint", str(path))
     out = cfg.get("test_output_dir")
     on_case = save_instances(Path(out)) if out else None

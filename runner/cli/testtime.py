@@ -150,7 +150,8 @@ def evaluate(plan: Plan | None, args: argparse.Namespace, console: Console) -> i
     for col in ("cell", "group", "best val Dice", "test Dice", "test HD95", "test NSD", "cases"):
         table.add_column(col)
     for o in outcomes:
-        fg, best = o.summary["foreground_mean"], states[o.member.cell.id].best_val_dice
+        fg = o.summary.get("over_classes") or o.summary["foreground_mean"]
+        best = states[o.member.cell.id].best_val_dice
         table.add_row(
             o.member.cell.run_name,
             select.group_of(plan, o.member.cell),
@@ -181,6 +182,8 @@ def _evaluate_folders(args: argparse.Namespace, console: Console) -> int:
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
     tmp.write_text(json.dumps(summary, indent=1) + "\n")
     os.replace(tmp, out)  # a failed run above never touched an earlier summary
+    for warning in summary.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False)
     table = Table(title=f"{summary['n_cases']} cases: mean over cases", title_justify="left")
     for col in ("label", "Dice", "IoU", "HD95 (mm)", "NSD"):
         table.add_column(col)

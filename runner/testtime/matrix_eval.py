@@ -44,8 +44,10 @@ class CellOutcome:
 
 
 def test_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a summary (NaN ones left out: MLflow has no use for them)."""
-    out = {f"test_{name}": summary["foreground_mean"][key] for key, name in LOGGED.items()}
+    """The MLflow metrics of a summary (NaN ones left out: MLflow has no use for them).
+    ``test_dice`` is the mean over the classes with a case to score, as ``val_dice`` is."""
+    overall = summary.get("over_classes") or summary["foreground_mean"]
+    out = {f"test_{name}": overall[key] for key, name in LOGGED.items()}
     labels = summary.get("labels", {})
     for value, row in summary["mean"].items():
         out[f"test_dice_{labels.get(value, value)}"] = row["Dice"]

@@ -1,37 +1,46 @@
 """Score label maps against references and write nnU-Net's ``summary.json``.
 
-Per case and foreground class: Dice, IoU, HD95 (mm) and normalised surface Dice at
-``tolerance_mm`` (MONAI's ``DiceMetric``, ``MeanIoU``, ``HausdorffDistanceMetric`` at the 95th
-percentile and ``SurfaceDiceMetric``, with the voxel spacing of each reference's header), plus
-nnU-Net's counts TP, FP, FN, TN, n_pred, n_ref. The file has nnU-Net's keys:
+Per case and foreground class: Dice, IoU (nnU-Net's formulas from its counts TP, FP, FN, TN,
+n_pred, n_ref), HD95 (mm) and normalised surface Dice at ``tolerance_mm`` (MONAI's
+``compute_hausdorff_distance`` at the 95th percentile and ``compute_surface_dice``, with the
+voxel spacing of each reference's header), every one by the rule of
+``training/case_metrics.py``, the one validation uses too. The file has nnU-Net's keys:
 ``metric_per_case`` (one entry per case: ``metrics`` by label value, ``prediction_file``,
 ``reference_file``), ``mean`` (per label value, the mean over cases ignoring NaN) and
-``foreground_mean`` (the mean of the class means), and says how empty classes are scored
-(:data:`EMPTY_POLICY`), which labels it scored and with which tolerance.
+``foreground_mean`` (nnU-Net's mean of the class means: NaN if a class has no case to score),
+plus ``over_classes`` (the mean over the classes that have one: what ``val_dice`` and
+``test_dice`` are), and says how empty classes are scored (:data:`EMPTY_POLICY`), which labels
+it scored and with which tolerance.
+
+Without a dataset.json the labels are every value found in the references **and** the
+predictions: a class only ever predicted scores 0 where it is predicted (nnU-Net would need
+its label list); ``warnings`` names such classes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDiceMetric
 
+from recipes.components.training.case_metrics import (
+    METRIC_RULES,
+    class_means,
+    counts,
+    distances,
+    mean_over_classes,
+    overlap,
+)
 from recipes.contract import EvaluateRequest, PredictInputError
 
 METRICS = ("Dice", "IoU", "HD95", "NSD", "TP", "FP", "FN", "TN", "n_pred", "n_ref")
 EMPTY_POLICY = (
-    "as nnU-Net: a class absent from both the reference and the prediction of a case has "
-    "Dice, IoU, HD95 and NSD NaN for that case and is left out of that class's mean "
-    "(nanmean); absent from one of them only: Dice, IoU and NSD 0, HD95 the image's diagonal "
-    "in mm (the largest distance possible, so a missed or hallucinated class is penalised "
-    "rather than dropped). foreground_mean is the mean of the class means (NaN if a class "
-    "has no case to score)."
+    METRIC_RULES + ". foreground_mean is nnU-Net's mean of the class means (NaN if a class "
+    "has no case to score); over_classes leaves such a class out."
 )
 
 
@@ -92,8 +101,10 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     return np.rint(data).astype(np.int64), np.asarray(img.affine), zooms
 
 
-def _mask(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array)[None, None]
+def load_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A label file's values (int64) and voxel spacing (mm, array-axis order)."""
+    data, _, spacing = _load(path)
+    return data, spacing
 
 
 def score_case(
@@ -105,37 +116,29 @@ def score_case(
     ignore: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every metric of every foreground label value for one case (see the module doc)."""
-    keep = ref != ignore if ignore is not None else None
-    diagonal = float(np.linalg.norm(np.asarray(ref.shape) * np.asarray(spacing)))
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)
-    hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    keep = torch.from_numpy(ref != ignore) if ignore is not None else None
+    total = int(keep.sum()) if keep is not None else int(pred.size)
+    pred_t, ref_t = torch.from_numpy(pred), torch.from_numpy(ref)
     out: dict[str, dict[str, float]] = {}
     for value in values:
-        p, r = pred == value, ref == value
+        p, r = pred_t == value, ref_t == value
         if keep is not None:  # nnU-Net's ignore label: those voxels count nowhere
             p, r = p & keep, r & keep
-        tp, fp, fn = int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())
-        tn = int(keep.sum() if keep is not None else p.size) - tp - fp - fn
-        yp, yr = _mask(p), _mask(r)
-        nsd = SurfaceDiceMetric([tolerance_mm], include_background=True, reduction="none")
-        row = {
-            "Dice": float(dice(yp, yr)[0, 0]),
-            "IoU": float(iou(yp, yr)[0, 0]),
-            "HD95": math.nan,
-            "NSD": math.nan,
+        tp, fp, fn = counts(p, r)
+        dice, iou = overlap(tp, fp, fn)
+        hd95, nsd = distances(p, r, spacing, nsd_tolerance_mm=tolerance_mm)
+        out[str(value)] = {
+            "Dice": dice,
+            "IoU": iou,
+            "HD95": hd95,
+            "NSD": nsd,
+            "TP": tp,
+            "FP": fp,
+            "FN": fn,
+            "TN": total - tp - fp - fn,
+            "n_pred": tp + fp,
+            "n_ref": tp + fn,
         }
-        if tp + fp + fn == 0:  # empty in both: nnU-Net scores nothing
-            row["Dice"] = row["IoU"] = math.nan
-        elif tp + fn == 0 or tp + fp == 0:  # one side empty: MONAI gives inf or NaN
-            row["HD95"], row["NSD"] = diagonal, 0.0
-        else:
-            with warnings.catch_warnings():  # MONAI's own use of its deprecated argument
-                warnings.filterwarnings("ignore", message=".*always_return_as_numpy")
-                row["HD95"] = float(hd95(yp, yr, spacing=list(spacing))[0, 0])
-                row["NSD"] = float(nsd(yp, yr, spacing=list(spacing))[0, 0])
-        row.update(TP=tp, FP=fp, FN=fn, TN=tn, n_pred=tp + fp, n_ref=tp + fn)
-        out[str(value)] = row
     return out
 
 
@@ -166,9 +169,9 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
                 "differ (a prediction must be on its reference's grid)"
             )
         loaded.append((case, pred_path, ref_path, pred, ref, spacing))
+    warnings: list[str] = []
     if labels is None:
-        found = sorted(set().union(*(np.unique(r).tolist() for *_, r, _ in loaded)) | {0})
-        labels = {int(v): str(v) for v in found}
+        labels, warnings = _labels_found(loaded, ignore)
     values = sorted(v for v in labels if v != 0 and v != ignore)
     per_case = []
     for case, pred_path, ref_path, pred, ref, spacing in loaded:
@@ -181,16 +184,16 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
                 "spacing": list(spacing),
             }
         )
-    mean = {
-        str(v): {m: _nanmean([c["metrics"][str(v)][m] for c in per_case]) for m in METRICS}
-        for v in values
-    }
-    foreground_mean = {
-        m: float(np.mean([mean[str(v)][m] for v in values])) if values else math.nan
+    table = {
+        m: np.asarray([[c["metrics"][str(v)][m] for v in values] for c in per_case], float)
         for m in METRICS
     }
+    by_class = {m: class_means(table[m].reshape(len(per_case), len(values))) for m in METRICS}
+    mean = {str(v): {m: float(by_class[m][i]) for m in METRICS} for i, v in enumerate(values)}
+    foreground_mean = {m: float(np.mean(by_class[m])) if values else math.nan for m in METRICS}
     return {
         "foreground_mean": foreground_mean,
+        "over_classes": {m: mean_over_classes(by_class[m]) for m in METRICS},
         "mean": mean,
         "metric_per_case": per_case,
         "labels": {str(v): labels[v] for v in sorted(labels)},
@@ -199,9 +202,23 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
         "spacing": "each reference's NIfTI header (mm)",
         "empty_classes": EMPTY_POLICY,
         "n_cases": len(per_case),
+        "warnings": warnings,
     }
 
 
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
+def _labels_found(loaded: list[Any], ignore: int | None) -> tuple[dict[int, str], list[str]]:
+    """Without a label list: every value in the references and the predictions, and a
+    warning naming the values only predictions have (scored, never skipped)."""
+    in_refs = set().union(*(np.unique(c[4]).tolist() for c in loaded)) | {0}
+    in_preds = set().union(*(np.unique(c[3]).tolist() for c in loaded))
+    only_pred = sorted(v for v in in_preds - in_refs if v != ignore)
+    warnings = []
+    if only_pred:
+        cases = sorted(c[0] for c in loaded if set(np.unique(c[3]).tolist()) & set(only_pred))
+        warnings.append(
+            f"label value(s) {', '.join(map(str, only_pred))} appear only in predictions "
+            f"({', '.join(cases[:5])}{' ...' if len(cases) > 5 else ''}): scored 0 where "
+            "predicted (false positives), NaN elsewhere; pass --dataset-json to name the "
+            "classes"
+        )
+    return {int(v): str(v) for v in sorted(in_refs | set(only_pred))}, warnings

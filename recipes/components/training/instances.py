@@ -6,10 +6,11 @@ scikit-image: seeds are the connected components of voxels that are confidently 
 high); each seed grows by ``skimage.segmentation.watershed`` down the distance map over the
 foreground (binary above ``foreground``), so touching vesicles split along their boundary.
 
-Scores (per validation volume, then averaged over volumes): scikit-image's adapted Rand
-error (``metrics.adapted_rand_error``, which ignores ground-truth background, as in CREMI
-and SNEMI3D), variation of information (``metrics.variation_of_information``: split =
-H(prediction | truth), merge = H(truth | prediction)) and the Dice of the foreground.
+Scores (per validation volume, then averaged over volumes): adapted Rand error and variation
+of information (split = H(prediction | truth), merge = H(truth | prediction)) in the
+convention ``task.em_metrics`` names (``em_scores.py``: ``cremi``, the CREMI / PyTorch
+Connectomics one, by default; ``skimage``), and the Dice of the foreground by the one rule of
+``case_metrics.py`` (a volume with no foreground in truth and prediction is NaN and left out).
 Only voxels inside the dataset's mask count.
 """
 
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from skimage.measure import label as connected_components
-from skimage.metrics import adapted_rand_error, variation_of_information
 from skimage.segmentation import watershed
+
+from recipes.components.training import em_scores
 
 DEFAULTS: dict[str, float] = {
     "seed_foreground": 0.75,
@@ -67,7 +69,10 @@ def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def instance_scores(
-    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+    convention: str = em_scores.DEFAULT,
 ) -> dict[str, float]:
     """Adapted Rand error / precision / recall, VI split / merge, foreground Dice of one
     volume, on the voxels where ``mask`` is nonzero (all of them without a mask)."""
@@ -76,29 +81,19 @@ def instance_scores(
         keep = np.asarray(mask) > 0
         pred, truth = pred[keep], truth[keep]
     pred, truth = pred.astype(np.int64).ravel(), truth.astype(np.int64).ravel()
-    if not (truth > 0).any():
-        are, precision, recall = (0.0, 1.0, 1.0) if not (pred > 0).any() else (1.0, 0.0, 0.0)
-    else:
-        are, precision, recall = adapted_rand_error(truth, pred)
-    split, merge = variation_of_information(truth, pred)
-    both = 2.0 * float(np.count_nonzero((pred > 0) & (truth > 0)))
-    total = float(np.count_nonzero(pred > 0) + np.count_nonzero(truth > 0))
-    return {
-        "adapted_rand_error": float(are),
-        "adapted_rand_precision": float(precision),
-        "adapted_rand_recall": float(recall),
-        "voi_split": float(split),
-        "voi_merge": float(merge),
-        "voi": float(split + merge),
-        "dice_fg": both / total if total else 1.0,
-    }
+    out = em_scores.scores(truth, pred, convention)
+    out["dice_fg"] = em_scores.foreground_dice(truth, pred)
+    return out
 
 
 class InstanceMetrics:
     """Accumulates :func:`instance_scores` over validation volumes (batches of one)."""
 
-    def __init__(self, watershed_cfg: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, watershed_cfg: Mapping[str, Any] | None = None, convention: str = em_scores.DEFAULT
+    ) -> None:
         self.params = dict(watershed_cfg or {})
+        self.convention = em_scores.check_convention(convention)
         self.scores: list[dict[str, float]] = []
 
     def predict(self, logits: torch.Tensor) -> np.ndarray:
@@ -112,13 +107,18 @@ class InstanceMetrics:
         pred = self.predict(logits)
         truth = np.rint(label[0, 0].float().cpu().numpy()).astype(np.int64)
         keep = None if mask is None else mask[0, 0].cpu().numpy()
-        self.scores.append(instance_scores(pred, truth, keep))
+        self.scores.append(instance_scores(pred, truth, keep, self.convention))
         return pred
 
     def aggregate(self) -> tuple[torch.Tensor, dict[str, float]]:
         """(foreground Dice as a one-class tensor, {"val_adapted_rand_error": ..., ...})."""
         if not self.scores:
             return torch.tensor([float("nan")]), {}
-        means = {k: float(np.mean([s[k] for s in self.scores])) for k in self.scores[0]}
+        means = {k: _nanmean([s[k] for s in self.scores]) for k in self.scores[0]}
         dice = means.pop("dice_fg")
         return torch.tensor([dice]), {f"val_{k}": v for k, v in means.items()}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")

@@ -20,6 +20,8 @@ from monai.inferers import Inferer
 from omegaconf import DictConfig
 from torch import nn
 
+from recipes.components.training import em_scores
+from recipes.components.training.case_metrics import METRIC_RULES
 from recipes.components.training.distributed import Dist
 from recipes.components.training.instances import InstanceMetrics
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
@@ -37,6 +39,18 @@ def task_of(cfg: DictConfig) -> str:
     return str(name)
 
 
+def em_metrics(cfg: DictConfig) -> str:
+    """The EM metrics' convention, ``task.em_metrics`` (``em_scores.py``; default cremi)."""
+    return str((cfg.get("task") or {}).get("em_metrics", em_scores.DEFAULT))
+
+
+def metric_rules(cfg: DictConfig) -> str:
+    """How this run's metrics are defined: the param ``metric_rules`` (README: metrics)."""
+    if task_of(cfg) == "em_instance":
+        return f"{METRIC_RULES}; {em_scores.RULES[em_scores.check_convention(em_metrics(cfg))]}"
+    return METRIC_RULES
+
+
 def check_task(cfg: DictConfig) -> str:
     """The task, after checking that model, loss and data fit it (clear errors up front)."""
     task, loss = task_of(cfg), cfg.loss.get("name")
@@ -50,6 +64,7 @@ def check_task(cfg: DictConfig) -> str:
             problems.append(f"data.num_classes={cfg.data.num_classes} (background + one class)")
         if problems:
             raise ValueError("task=em_instance does not fit " + "; ".join(problems))
+        em_scores.check_convention(em_metrics(cfg))
     elif loss == "em_instance":
         raise ValueError("loss=em_instance is the loss of task=em_instance; pick that task")
     return task
@@ -76,7 +91,7 @@ def evaluate(
     em = task_of(cfg) == "em_instance"
     metrics: InstanceMetrics | SegMetrics
     if em:
-        metrics = InstanceMetrics(cfg.task.get("watershed"))
+        metrics = InstanceMetrics(cfg.task.get("watershed"), em_metrics(cfg))
     else:
         metrics = SegMetrics(cfg.data.num_classes, cfg.training.get("metrics"))
     losses: list[float] = []
