@@ -93,8 +93,17 @@ def test_figures_match_a_computation_from_mlflow(
     for png in ("dice_by_model.png", "learning_curves.png"):
         with Image.open(tmp_path / png) as img:
             assert min(img.info["dpi"]) >= 199.5
-    # A second report is a second run; the first is not reopened (its end stays put).
-    assert main(["report", str(path), "--format", "json", "-o", str(tmp_path)]) == 0
+    # The run carries the report's trust notes (2 seeds: intervals too wide) and its digest.
+    assert "n = 2 over seeds" in first[0].data.tags["runner.trust"]
+    # The same report again is not logged again ...
+    assert main(["report", str(path), "--format", "csv", "-o", str(tmp_path)]) == 0
+    said = capsys.readouterr().err
+    assert f"unchanged since MLflow run {first[0].info.run_id}: not logged again" in said
+    assert len(client.search_runs([reports.experiment_id])) == 1
+    # ... a different one is a second run; the first is not reopened (its end stays put).
+    assert (
+        main(["report", str(path), "--format", "json", "--delta", "0.1", "-o", str(tmp_path)]) == 0
+    )
     capsys.readouterr()
     again = client.search_runs([reports.experiment_id], order_by=["attribute.start_time ASC"])
     assert len(again) == 2 and all(r.info.status == "FINISHED" for r in again)
@@ -160,6 +169,48 @@ def test_a_summary_run_left_among_the_cells_is_retired(
     assert not id_file.exists()
     active = client.search_runs([exp.experiment_id])
     assert active and all("runner.cell_id" in r.data.tags for r in active)
+
+
+@pytest.mark.slow
+def test_report_folder_paper_tables_html_and_groups_without_results(
+    finished: tuple[Path, str], capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each report leaves only its own files; md/latex print the ranking; --html writes one
+    self-contained page; a matrix with nothing done writes nothing, lists its groups with
+    why, and exits 1."""
+    path, uri = finished
+    monkeypatch.chdir(path.parent)
+    out = tmp_path / "out"
+    base = ["report", str(path), "--no-mlflow", "-o", str(out)]
+    assert main([*base, "--baseline", "unet", "--format", "csv"]) == 0
+    assert (out / "per_class_vs_baseline.csv").is_file()
+    (out / "mine.txt").write_text("a user's note")
+    assert main([*base, "--format", "md", "--html"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| Rank | Group | n | Val Dice | Val 95% CI |")
+    assert md.splitlines()[2].split(" | ")[1] in {"unet", "segresnet"}
+    assert not (out / "per_class_vs_baseline.csv").exists()  # the earlier report's: gone
+    assert not (out / "per_class_vs_baseline.png").exists()
+    assert (out / "mine.txt").is_file() and (out / "ranking.tex").is_file()
+    page = (out / "report.html").read_text()
+    assert "How far to trust this" in page and "n=2 &lt; 3: too few to compare" in page
+    assert page.count('src="data:image/png;base64,') == 2  # dice_by_model, learning curves
+    assert main([*base, "--format", "latex"]) == 0
+    assert capsys.readouterr().out.startswith("\\begin{tabular}")
+    assert not (out / "report.html").exists()  # not asked for this time
+    assert main([*base, "--budget-factor", "0.5"]) == 2
+    assert "a factor >= 1" in capsys.readouterr().err
+    # A matrix of the same data with nothing done: exit 1, nothing written, groups listed.
+    data = make_tiny_dataset(tmp_path / "demo")
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(
+        matrix_text("fresh", data, "  model: [unet]\n  seed: [0]", "{kind: debug}", uri)
+    )
+    empty = tmp_path / "empty"
+    assert main(["report", str(fresh), "--no-mlflow", "-o", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "group unet: no result: 1 cell, 1 pending" in err and "nothing to report" in err
+    assert not empty.exists()
 
 
 def _groups(classes: int = 1) -> list[Group]:

@@ -128,34 +128,54 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from runner.cli.report_view import print_report
+    from runner.cli.trust_view import print_missing, write_extras
     from runner.report import publish
     from runner.report import search as search_report
+    from runner.report.outputs import keep_only
 
     plan = _plan(args)
     baseline_csv = Path(args.baseline_csv) if args.baseline_csv else None
     from runner.sweep.reconcile import accounting
 
-    report, groups = publish.build(plan, args.baseline, baseline_csv, accounting(plan))
+    if args.budget_factor is not None and not args.budget_factor >= 1:
+        raise RunnerError(f"--budget-factor {args.budget_factor}: a factor >= 1 (e.g. 1.5)")
+    report, groups = publish.build(
+        plan, args.baseline, baseline_csv, accounting(plan), args.delta, args.budget_factor
+    )
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
+    if not report.groups:  # nothing to compare: nothing is written or logged
+        print_missing(err, report)
+        err.print(f"no cell is done yet: nothing to report (no file written to {out_dir}).")
+        return 1
     if warning := publish.code_warning(report, plan.matrix.file):
         _warn(warning)
     report.files = publish.write(report, groups, out_dir, args.format)
-    if not args.no_mlflow and report.groups:
-        report.summary_run_id = publish.log_summary(plan, report)
+    report.files += write_extras(report, groups, out_dir, args, plan)
+    keep_only(out_dir, report.files)  # an earlier report's files that this one lacks go
+    logged_before = None
+    if not args.no_mlflow:
+        logged_before = publish.earlier_report_run(plan, report)
+        if logged_before is None:
+            report.summary_run_id = publish.log_summary(plan, report)
     if args.format == "json":
         print((out_dir / "report.json").read_text())
     elif args.format == "csv":
         print((out_dir / "groups.csv").read_text(), end="")
+    elif args.format in ("md", "latex"):
+        print((out_dir / ("ranking.md" if args.format == "md" else "ranking.tex")).read_text())
     elif args.format == "table":
         print_report(console, report, plan.matrix.spec.name, args.baseline)
         search_report.render(console, report.search)
     # Machine-readable output owns stdout (`report --format csv > groups.csv`): status on stderr.
     say = console if args.format == "table" else err
-    if not report.groups:
-        say.print("no cell is done yet: nothing to compare.")
     say.print(
         f"report files in {out_dir}"
         + (f"; logged to MLflow run {report.summary_run_id}" if report.summary_run_id else "")
+        + (
+            f"; unchanged since MLflow run {logged_before}: not logged again"
+            if logged_before
+            else ""
+        )
     )
     return 0
 

@@ -184,9 +184,28 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
-        choices=("table", "csv", "json", "parquet"),
+        choices=("table", "csv", "json", "parquet", "md", "latex"),
         default="table",
-        help="what goes to stdout (default: tables); the files are written in any case",
+        help="what goes to stdout (default: tables); the files are written in any case; md "
+        "and latex print the ranking table for a paper (ranking.md / ranking.tex)",
+    )
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: the whole report in one self-contained file",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        help="a difference of Dice worth detecting: the seeds each comparison needs for it "
+        "(80%% power, α = 0.05), beside those for the difference seen",
+    )
+    p.add_argument(
+        "--budget-factor",
+        type=float,
+        default=1.5,
+        help="flag compared arms whose tuning budgets (trials, epochs, GPU-hours) differ by "
+        "more than this factor (default 1.5)",
     )
     p.add_argument("--baseline", help="a group label: per-class deltas against it")
     p.add_argument(

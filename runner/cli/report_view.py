@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from runner.cli.trust_view import print_trust
 from runner.report.gpu_hours import fmt_hours, summary_line
 from runner.report.publish import Report
 from runner.report.stats import fmt
@@ -19,7 +20,8 @@ def _nan(value: float | None) -> float:
 
 def _ci(row: dict[str, Any], prefix: str) -> str:
     low, high = _nan(row.get(f"{prefix}ci_low")), _nan(row.get(f"{prefix}ci_high"))
-    return "-" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+    note = f" ({row[f'{prefix}ci_note']})" if row.get(f"{prefix}ci_note") else ""
+    return ("-" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]") + note
 
 
 def _p(value: float | None) -> str:
@@ -68,6 +70,12 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
         _print_paired(console, report, baseline)
     if report.per_class:
         _print_per_class(console, report)
+    if report.effects:  # one group, or no axis with two values: nothing to show
+        _print_effects(console, report)
+    print_trust(console, report)
+
+
+def _print_effects(console: Console, report: Report) -> None:
     effects = Table(
         title="marginal effect of each axis value (vs the mean of all groups)",
         title_justify="left",

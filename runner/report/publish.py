@@ -24,7 +24,10 @@ from runner.ledger import Status
 from runner.plan import Plan
 from runner.report import gpu_hours as gh
 from runner.report import search as search_report
+from runner.report import trust
 from runner.report.baseline import label_order, per_class_rows, read_csv
+from runner.report.missing import groups_without_results
+from runner.report.outputs import DIGEST_TAG, digest, earlier_run
 from runner.report.plots import dice_by_axis, group_colors, learning_curves, per_class_vs_baseline
 from runner.report.stats import collect, group_rows, make_groups, marginal_effects
 
@@ -46,6 +49,12 @@ class Report:
     cell_hours: dict[str, gh.CellHours] = field(default_factory=dict)
     #: The code the compared (done) cells ran: digest -> their ids (runner.recipe.code_version).
     code_versions: dict[str, list[str]] = field(default_factory=dict)
+    #: How far the comparisons can be trusted (runner.report.trust).
+    trust: dict[str, Any] = field(default_factory=dict)
+    #: Groups with no figures, and why (runner.report.missing).
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    #: How the compared cells defined their metrics (the param metric_rules) -> their ids.
+    metric_rules: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
@@ -57,6 +66,8 @@ def build(
     baseline: str | None,
     baseline_csv: Path | None = None,
     accounting: tuple[gh.Usage, str | None] | None = None,
+    delta: float | None = None,
+    budget_factor: float = trust.BUDGET_FACTOR,
 ) -> tuple[Report, list[Any]]:
     """The report of the matrix's done cells; ``accounting``: what the executors' accounting
     says the jobs used (:func:`runner.sweep.reconcile.accounting`) for the GPU-hours, else
@@ -78,6 +89,14 @@ def build(
     report.search = search_report.build(plan)
     _add_hours(plan, report, groups, accounting or ({}, None))
     report.code_versions = code_versions(plan, [r.cell.id for r in results])
+    report.missing = groups_without_results(plan, results)
+    for r in results:
+        report.metric_rules.setdefault(r.metric_rules or trust.NO_RULES, []).append(r.cell.id)
+    report.trust = trust.build(
+        plan, report.groups, groups, report.cell_hours, baseline=baseline, delta=delta,
+        factor=budget_factor, baseline_csv=baseline_csv is not None,
+    )  # fmt: skip
+    report.trust["notes"] += trust.rules_notes(report.metric_rules)
     return report, groups
 
 
@@ -138,6 +157,9 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
             "cells": [h.row() for h in report.cell_hours.values() if h.attempts],
         },
         "code_versions": report.code_versions,
+        "metric_rules": report.metric_rules,
+        "trust": report.trust,
+        "groups_without_results": report.missing,
     }
     (out_dir / "report.json").write_text(json.dumps(data, indent=1))
     files.append(out_dir / "report.json")
@@ -202,7 +224,13 @@ def log_summary(plan: Plan, report: Report) -> str:
     run = client.create_run(
         exp_id,
         run_name=f"{name}_report_{stamp}",
-        tags={"runner.summary": "true", tracking.TAG_MATRIX: name},
+        tags={
+            "runner.summary": "true",
+            tracking.TAG_MATRIX: name,
+            # one run per distinct report (runner.report.outputs); its trust notes beside it
+            DIGEST_TAG: digest(next(p for p in report.files if p.name == "report.json")),
+            "runner.trust": " | ".join(report.trust.get("notes", []))[:4900] or "no caveat",
+        },
     )
     run_id = run.info.run_id
     try:
@@ -222,6 +250,14 @@ def log_summary(plan: Plan, report: Report) -> str:
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def earlier_report_run(plan: Plan, report: Report) -> str | None:
+    """A finished report run holding exactly this report's content, if there is one."""
+    path = next((p for p in report.files if p.name == "report.json"), None)
+    if path is None:
+        return None
+    return earlier_run(plan, reports_experiment(plan.matrix.spec.name), digest(path))
 
 
 def _retire_old_summary(plan: Plan, client: Any) -> None:

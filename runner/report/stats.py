@@ -28,6 +28,7 @@ from runner.errors import RunnerError, did_you_mean
 from runner.matrix.cells import Cell, Labels, run_name_tokens
 from runner.plan import Plan
 from runner.report import significance
+from runner.report.intervals import seed_interval
 from runner.report.mlflow_view import is_seed_axis
 
 
@@ -41,6 +42,7 @@ class CellResult:
     curve: list[tuple[int, float]]  # (epoch, val_dice)
     test: dict[str, float] = field(default_factory=dict)  # test_* metrics of the run
     test_cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case -> dice_*
+    metric_rules: str | None = None  # the run's param: how its metrics are defined
 
 
 @dataclass
@@ -112,6 +114,7 @@ def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
                 cell, s.run_id, best, best_epoch, per_class, curve, test, read_cases(summary)
             )
         )
+        results[-1].metric_rules = run.data.params.get("metric_rules")
     return results, classes
 
 
@@ -204,8 +207,9 @@ def group_rows(
                 row[f"delta_{c}"] = cm - base.stats(c)[0]
         if base is not None:
             row["delta_mean"] = mean - base.stats()[0]
-        val = significance.t_interval(g.scores())
+        val = seed_interval(g.scores())  # t, clipped to [0, 1], noted when n < 3
         row["dice_ci_low"], row["dice_ci_high"] = val["ci_low"], val["ci_high"]
+        row["dice_ci_note"] = val["ci_note"]
         row.update(_test_columns(g, classes))
         rows.append(row)
     if base is not None:
@@ -215,10 +219,10 @@ def group_rows(
 
 def _test_columns(g: Group, classes: list[str]) -> dict[str, Any]:
     """Test Dice over the group's cells (those evaluated): mean, std, 95 % CI, n."""
-    test = significance.t_interval(g.scores(test=True))
+    test = seed_interval(g.scores(test=True))
     if not test["n"]:
         return {}
-    row = {f"test_dice_{k}": test[k] for k in ("mean", "std", "ci_low", "ci_high")}
+    row = {f"test_dice_{k}": test[k] for k in ("mean", "std", "ci_low", "ci_high", "ci_note")}
     row["test_n"] = test["n"]
     for c in classes:
         per_class = significance.t_interval(g.scores(c, test=True))
