@@ -64,3 +64,17 @@ def test_menu_table_lists_every_config_choice() -> None:
     groups = Recipe.load("segmentation").groups
     rows.pop("group")  # the header
     assert {g: c.split(", ") for g, c in rows.items()} == groups
+
+
+def test_report_examples_parse_and_name_real_options() -> None:
+    """The report examples of "how far to trust a report" are commands the CLI accepts."""
+    from runner.cli.commands import build_parser
+
+    section = README.split("### One definition per metric")[1].split("\n## ")[0]
+    block = re.findall(r"```\n(.*?)```", section, flags=re.S)[0]
+    examples = [ln.split("#")[0].split(">")[0].split() for ln in block.splitlines()]
+    assert len(examples) == 4
+    for argv in examples:
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "report"
+    assert "metric_rules" in section and "validate_on_original_grid" in section

@@ -184,6 +184,7 @@ def test_report_folder_paper_tables_html_and_groups_without_results(
     base = ["report", str(path), "--no-mlflow", "-o", str(out)]
     assert main([*base, "--baseline", "unet", "--format", "csv"]) == 0
     assert (out / "per_class_vs_baseline.csv").is_file()
+    capsys.readouterr()
     (out / "mine.txt").write_text("a user's note")
     assert main([*base, "--format", "md", "--html"]) == 0
     md = capsys.readouterr().out

@@ -46,8 +46,8 @@ def print_trust(console: Console, report: Any) -> None:
     if len(arms) > 1:
         flagged = {f["arm"] for f in trust.get("unfair", [])}
         table = Table(
-            title=f"tuning budget per arm (flagged: beyond {trust['budget_factor']:g}x the "
-            f"reference's, {trust['reference']})",
+            title="tuning budget per arm (flagged: trials or epochs beyond "
+            f"{trust['budget_factor']:g}x the reference's, {trust['reference']})",
             title_justify="left",
         )
         for col in ("arm", "cells run", "epochs", arms[0]["hours_kind"], "pruned", ""):

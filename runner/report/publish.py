@@ -257,6 +257,7 @@ def earlier_report_run(plan: Plan, report: Report) -> str | None:
     path = next((p for p in report.files if p.name == "report.json"), None)
     if path is None:
         return None
+    _retire_old_summary(plan, tracking.client(plan.tracking_uri))  # as log_summary does
     return earlier_run(plan, reports_experiment(plan.matrix.spec.name), digest(path))
 
 
