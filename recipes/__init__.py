@@ -10,6 +10,9 @@ A recipe is a package ``recipes.<name>`` that exposes, without importing torch:
   ``data.test`` cases, one model or an ensemble) and ``EVALUATE`` (a
   ``recipes.contract.EvaluateFn``: predictions against references, nnU-Net's
   ``summary.json``), which ``runner predict`` and ``runner evaluate`` call;
+- optionally ``PROFILE``: ``(cfg, steps, report) -> dict``, the cell's first ``steps``
+  optimizer steps trained as ``TRAIN`` trains them, and their figures (step time,
+  memory, the run's length; an out-of-memory as a result), which ``runner profile`` calls;
 - optionally ``CHECK_DATA``: ``(data config, listing_errors: bool) -> list[str]``, the
   problems that would stop training from reading the data (no reader installed for an
   extension; with ``listing_errors``, also cases that can't be found: a missing root or

@@ -9,3 +9,5 @@ PREDICT = "recipes.segmentation.predict:predict"
 EVALUATE = "recipes.components.testtime.summary:evaluate"
 #: Can every file of a data config be read? (problems as messages; runner plan calls it)
 CHECK_DATA = "recipes.components.data.readable:check_readable"
+#: Train a cell's first steps and predict its cost (``runner profile``).
+PROFILE = "recipes.segmentation.profile:profile"

@@ -49,6 +49,7 @@ from recipes.components.models.build import (
 )
 from recipes.components.models.sizes import effective_model_config
 from recipes.components.testtime.original_grid import validate_on_original_grid
+from recipes.components.training.budget import Budget
 from recipes.components.training.checkpoint import (
     BEST,
     LAST,
@@ -77,7 +78,6 @@ from recipes.components.training.step import (
     Diverged,
     LoaderClock,
     autocast,
-    optimizer_steps_per_epoch,
     throughput,
 )
 from recipes.components.training.validation import (
@@ -177,10 +177,11 @@ def _train_loop(
     if fresh and tcfg.get("find_lr"):
         # Before the schedule is built: OneCycle and friends read the lr as their peak.
         find_lr_and_log(model, optimizer, loss_fn, data.train_loader, device, cfg, logger, ckpt_dir)
-    steps_per_epoch = optimizer_steps_per_epoch(
-        len(data.train_loader), tcfg.get("accumulate_steps", 1)
+    # Epochs, their steps (training.steps_per_epoch) and the end (max_epochs, max_steps).
+    budget = Budget.of(tcfg, len(data.train_loader))
+    schedule = build_scheduler(
+        cfg.scheduler, optimizer, budget.steps_per_epoch, budget.epochs, budget.total_steps
     )
-    schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, tcfg.max_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     group = dist if dist.active else None  # DDP: the ranks agree at every step
     trainee = Trainee(dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group)
@@ -210,6 +211,7 @@ def _train_loop(
         # Params are write-once in MLflow: a resumed run (e.g. max_epochs raised) must not
         # log them again into the same run.
         logger.log_params({**flatten_config(cfg), "metric_rules": metric_rules(cfg)})
+        logger.log_params({f"budget.{k}": str(v) for k, v in budget.describe().items()})
         log_split(logger, split_record(data.info))
         logger.log_config(cfg)
     else:
@@ -231,7 +233,8 @@ def _train_loop(
     metrics: dict[str, float] = {}
     # The last validation's early-stopping decision: None (go on), a stop or a divergence.
     early_stop: EarlyStop | None = None
-    for epoch in range(progress.epoch + 1, tcfg.max_epochs + 1):
+    last = budget.epochs
+    for epoch in range(progress.epoch + 1, last + 1):
         # Asked between epochs (e.g. during a validation): last.pt is this point.
         if dist.any(bool(stop_request)):
             return result("interrupted", epoch - 1, requested_stop_reason(stop_request), metrics)
@@ -240,7 +243,7 @@ def _train_loop(
         in_epoch = None
         # Shuffle + augmentation follow (seed, epoch, case) only; a resumed epoch skips the
         # batches it trained on.
-        data.set_epoch(epoch, state.batches if state else 0)
+        data.set_epoch(epoch, state.batches if state else 0, budget.batches(epoch))
         try:
             clock = LoaderClock(data.train_loader, state.wait_s if state else 0.0)
             before = state.seconds if state else 0.0  # this epoch's training in earlier attempts
@@ -259,9 +262,11 @@ def _train_loop(
         train_loss, patches = dist.mean(train_loss), dist.total(patches)
         metrics = {"train_loss": train_loss, "lr": lr}
         metrics.update(throughput(clock, train_seconds, patches, tcfg.patch_size, device))
+        if rss := data.worker_rss_gb():  # the busiest loader worker's peak so far
+            metrics["loader_worker_rss_gb"] = max(rss)
 
         progress.epoch = epoch
-        if epoch % tcfg.val_interval == 0 or epoch == tcfg.max_epochs:
+        if epoch % tcfg.val_interval == 0 or epoch == last:
             # DDP: each rank scores its share of the volumes, the metrics are gathered; rank
             # 0's numbers are then everyone's, so that all ranks take the same decisions.
             dice, extra = validate(model, data.val_loader, device, cfg, inferer, loss_fn, dist)
@@ -283,9 +288,9 @@ def _train_loop(
         metrics["epoch_seconds"] = time.perf_counter() - start + before
 
         logger.log_metrics(metrics, step=epoch)
-        log.info("epoch %d/%d %s", epoch, tcfg.max_epochs, _fmt(metrics))
+        log.info("epoch %d/%d %s", epoch, last, _fmt(metrics))
         if ctx is not None and ctx.progress is not None:
-            ctx.progress({"epoch": epoch, "max_epochs": tcfg.max_epochs, **metrics})
+            ctx.progress({"epoch": epoch, "max_epochs": last, **metrics})
         if early_stop is not None and early_stop.diverged:
             log.error("diverged: %s", early_stop.reason)
             logger.set_tag("divergence", early_stop.reason)

@@ -13,6 +13,7 @@
     runner predict MATRIX (--cell C | --best [G]) -i DIR -o DIR   label maps for new images
     runner evaluate --pred DIR --labels DIR | MATRIX    summary.json; test metrics per cell
     runner import SOURCE [--recipe R] [-o FILE]   a W&B / Orion / Hydra sweep as a matrix
+    runner profile MATRIX [--steps N] [--cells ..]   a few steps per cell shape: time, memory, cost
 
 User errors print one clear message per problem and exit 2, without a traceback.
 """
@@ -232,6 +233,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from runner.cli.profile_view import run
+
+    return run(_plan(args), args, console, _warn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runner.cli.parser import build_parser as build
     from runner.cli.submitting import cmd_rerun, cmd_resume, cmd_sweep
@@ -240,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands |= {"cancel": cmd_cancel, "report": cmd_report, "sync": cmd_sync}
     commands |= {"predict": cmd_predict, "evaluate": cmd_evaluate, "import": cmd_import}
     commands |= {"logs": cmd_logs, "rerun": cmd_rerun, "show": cmd_show}
+    commands |= {"profile": cmd_profile}
     return build(__doc__ or "", commands)
 
 

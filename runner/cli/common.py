@@ -44,7 +44,7 @@ def _plan(args: argparse.Namespace) -> Any:
         err.print(w.render(plan.matrix.file), markup=False)
     if getattr(args, "executor", None):
         run_elsewhere(plan, args.executor, args.slots)
-    if getattr(args, "command", None) in ("plan", "sweep", "resume"):
+    if getattr(args, "command", None) in ("plan", "sweep", "resume", "profile"):
         for warning in [*check_data(plan, args.command != "plan"), *tracking_warnings(plan)]:
             _warn(warning)
     if getattr(args, "command", None) == "plan":

@@ -120,6 +120,9 @@ def build_parser(description: str, handlers: Mapping[str, Handler]) -> argparse.
     from runner.cli.import_sweep import add_parser as add_import
 
     add_import(sub, handlers["import"])
+    from runner.cli.profile_view import add_parser as add_profile
+
+    add_profile(sub, handlers["profile"])
     return parser
 
 

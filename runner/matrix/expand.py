@@ -42,6 +42,9 @@ def _check_axes(m: LoadedMatrix) -> list[Problem]:
     spec = m.spec
     if not spec.axes and not spec.include and spec.search is None:
         problems.append(m.problem(("axes",), "the matrix has no axes and no include: no cells"))
+    # A zipped axis may repeat a value (model: [unet, unet, swin_unetr]); its group's
+    # combinations must be distinct instead (checked below).
+    in_zip = {name for group in spec.zip for name in group}
     for name, values in spec.axes.items():
         if not values:
             problems.append(
@@ -51,7 +54,7 @@ def _check_axes(m: LoadedMatrix) -> list[Problem]:
                 )
             )
         seen: dict[str, int] = {}
-        for i, v in enumerate(values):
+        for i, v in enumerate(values if name not in in_zip else []):
             k = _key(v)
             if k in seen:
                 problems.append(
@@ -88,6 +91,19 @@ def _check_axes(m: LoadedMatrix) -> list[Problem]:
             problems.append(
                 m.problem(("zip", z), f"zipped axes must have equal lengths; got {shown}")
             )
+        elif lengths:
+            combos: dict[tuple[str, ...], int] = {}
+            columns = [spec.axes[n] for n in group if n in spec.axes]
+            for i, combo in enumerate(zip(*columns, strict=True)):
+                first = combos.setdefault(tuple(_key(v) for v in combo), i)
+                if first != i:
+                    problems.append(
+                        m.problem(
+                            ("zip", z),
+                            f"positions {first + 1} and {i + 1} of the zipped axes give the "
+                            "same values: it would repeat cells",
+                        )
+                    )
     return problems + check_search(m)
 
 

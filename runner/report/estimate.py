@@ -5,8 +5,10 @@ epoch of the done cells with the same model, patch and batch (their wall time ov
 attempts, startup and validation included, divided by the epochs they completed; the median
 over those cells) × its own ``max_epochs`` (``max_steps`` for step-based recipes) × the GPUs
 the executor options give it. Pruned cells count as done here: their epochs cost the same.
-A cell with no such done cell is not guessed at: the estimate says which (model, patch,
-batch) it lacks. Early stopping makes the figure an upper bound.
+A cell with no such done cell takes the run time ``runner profile`` predicted for it (its
+shape's step time × its steps), marked "profiled"; with neither it is not guessed at: the
+estimate says which (model, patch, batch) it lacks. Early stopping makes the figure an upper
+bound; a profile counts training steps only (no validation), a lower bound of its own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ PROFILES = "profiles.json"
 #: What a remembered profile holds: a change of :class:`Profile` or of how it is read from
 #: a config bumps it, and older records are composed again.
 PROFILE_FORMAT = 1
+#: Where ``runner profile`` keeps its figures, in the sweep directory.
+PROFILED = "profile/profiles.json"
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,17 @@ def _remember(path: Path, key: str, known: dict[tuple[str, ...], Profile | None]
         write_json_atomic(path, {"key": key, "profiles": rows})
 
 
+def profiled_seconds(plan: Plan) -> dict[str, float]:
+    """Cell id -> the run time ``runner profile`` predicted for it (seconds)."""
+    saved = read_json(plan.ledger.root / PROFILED) or {}
+    out: dict[str, float] = {}
+    for shape in (saved.get("shapes") or {}).values():
+        for cid, cell in (shape.get("cells") or {}).items():
+            if isinstance(cell, dict) and isinstance(cell.get("run_s"), (int, float)):
+                out[cid] = float(cell["run_s"])
+    return out
+
+
 def estimate(
     plan: Plan,
     states: dict[str, CellState],
@@ -176,7 +191,10 @@ def estimate(
     }
     if not todo:
         return result
-    if not done:  # nothing measured yet: no composition needed to say so
+    profiled = profiled_seconds(plan)
+    result["profiled"] = 0
+    if not done and not any(c.id in profiled for c in todo):
+        # Nothing measured yet: no composition needed to say so.
         result["cannot"].append(f"cannot estimate {len(todo)} cell(s): no cell is done yet")
         return result
     prof = profiles(plan, todo + done)
@@ -199,18 +217,30 @@ def estimate(
         if p.key in rates and p.length:
             per_epoch = statistics.median(rates[p.key])
             entry.update(from_done=len(rates[p.key]), seconds_per_epoch=per_epoch)
-            entry["wall_s"] += per_epoch * p.length
-            wall_total += per_epoch * p.length
-            result["estimated"] += 1
+            seconds = per_epoch * p.length
+        elif c.id in profiled:  # no done cell: the profile's prediction
+            entry["profiled"] = entry.get("profiled", 0) + 1
+            result["profiled"] += 1
+            seconds = profiled[c.id]
+        else:
+            continue
+        entry["wall_s"] += seconds
+        entry["estimated"] = entry.get("estimated", 0) + 1
+        wall_total += seconds
+        result["estimated"] += 1
     for entry in by_key.values():
         wall_s = entry.pop("wall_s")
-        if "seconds_per_epoch" in entry:
+        estimated = entry.pop("estimated", 0)
+        if estimated:
             entry.update(wall_hours=wall_s / 3600, gpu_hours=wall_s * gpus / 3600)
+            entry["source"] = "profiled" if "seconds_per_epoch" not in entry else "done cells"
         else:
             entry["gpu_hours"] = None
+        if estimated < entry["cells"]:
             result["cannot"].append(
-                f"cannot estimate {entry['cells']} cell(s): no done cell with "
-                f"model={entry['model']}, patch={entry['patch']}, batch={entry['batch']}"
+                f"cannot estimate {entry['cells'] - estimated} cell(s): no done cell with "
+                f"model={entry['model']}, patch={entry['patch']}, batch={entry['batch']} "
+                "(and no `runner profile` of them)"
             )
         result["by_config"].append(entry)
     if result["estimated"]:
@@ -253,10 +283,16 @@ def describe(est: dict[str, Any]) -> list[str]:
             if est["gpus_per_cell"]
             else "0 GPU-hours (CPU cells)"
         )
+        n_profiled = est.get("profiled", 0)
+        source = (
+            "profiled: `runner profile`'s step time x each cell's steps"
+            if n_profiled == est["estimated"]
+            else "from the done cells' time per epoch"
+            + (f"; {n_profiled} profiled" if n_profiled else "")
+        )
         lines.append(
             f"estimate for {est['estimated']} of {est['cells']} cells to run: {what}, "
-            f"{fmt_hours(est['wall_hours'])} cell-hours of wall time "
-            "(from the done cells' time per epoch)"
+            f"{fmt_hours(est['wall_hours'])} cell-hours of wall time ({source})"
         )
     lines += est["cannot"]
     return lines

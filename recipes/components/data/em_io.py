@@ -101,6 +101,28 @@ class H5Reader(_StackReader):
             return np.asarray(handle[h5_dataset_name(path, handle, self.dataset_key)][()])
 
 
+class ChunkedReader(_StackReader):
+    """A zarr store or a folder of TIFF slices, read whole (``data/chunked.py``): what a
+    validation volume's sliding window needs. Training reads these volumes a patch at a time
+    instead (``data/grid.py``), never through this reader."""
+
+    def __init__(
+        self, dataset_key: str | None = None, voxel_size: Sequence[float] | None = None
+    ) -> None:
+        super().__init__(voxel_size)
+        self.dataset_key = dataset_key
+
+    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
+        from recipes.components.data.chunked import is_chunked
+
+        return all(is_chunked(n) for n in ensure_tuple(filename))
+
+    def _load(self, path: str) -> np.ndarray:
+        from recipes.components.data.chunked import open_volume
+
+        return open_volume(path, self.dataset_key).read_all()
+
+
 class TiffReader(_StackReader):
     """Multi-page TIFF stacks (``.tif``, ``.tiff``), one page per section."""
 
@@ -119,8 +141,12 @@ def stack_readers(
     files: Sequence[str], dataset_key: str | None, voxel_size: Sequence[float] | None
 ) -> list[ImageReader]:
     """The readers ``files`` need beyond MONAI's own (none for NIfTI, NRRD, MHA...)."""
+    from recipes.components.data.chunked import is_chunked
+
     suffixes = {str(f).lower().rsplit(".", 1)[-1] for f in files}
     readers: list[ImageReader] = []
+    if any(is_chunked(f) for f in files):  # first: a TIFF folder has no suffix to go by
+        readers.append(ChunkedReader(dataset_key, voxel_size))
     if suffixes & set(H5_SUFFIXES):
         readers.append(H5Reader(dataset_key, voxel_size))
     if suffixes & set(TIFF_SUFFIXES):

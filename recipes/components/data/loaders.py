@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import DataLoader
 from monai.transforms import (
     AsDiscreted,
     Compose,
@@ -42,7 +42,9 @@ from recipes.components.data.demo_data import ensure_demo_dataset
 from recipes.components.data.em_demo_data import ensure_em_demo_dataset
 from recipes.components.data.em_io import stack_readers
 from recipes.components.data.em_targets import EMTargetsd
+from recipes.components.data.grid import grid_dataset, intensity_window, patch_stride
 from recipes.components.data.layouts import DatasetInfo, read_dataset, select_channels
+from recipes.components.data.loader_settings import cache_rate, loader_kwargs, volume_dataset
 from recipes.components.data.readable import (
     UnreadableDataError,
     case_files,
@@ -76,17 +78,26 @@ class DataBundle:
     info: DatasetInfo
     train_dataset: EpochSeeded
 
-    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+    def set_epoch(self, epoch: int, batches_done: int = 0, batches: int | None = None) -> None:
         """Call before each training epoch: its shuffle and augmentation follow (seed, epoch).
 
         ``batches_done``: an earlier attempt trained on that many batches of this epoch (a
-        step checkpoint); the loader yields the rest of the epoch's batches only."""
+        step checkpoint); the loader yields the rest of the epoch's batches only.
+        ``batches``: the epoch ends after that many batches (None: a full pass)."""
         self.train_dataset.set_epoch(epoch)
         sampler = self.train_loader.sampler
+        size = int(self.train_loader.batch_size or 1)
         if isinstance(sampler, ResumableSampler):
-            sampler.skip = batches_done * int(self.train_loader.batch_size or 1)
-        elif batches_done:
-            raise ValueError("this train loader cannot start an epoch mid-way")
+            sampler.skip = batches_done * size
+            sampler.limit = None if batches is None else batches * size
+        elif batches_done or batches is not None:
+            raise ValueError("this train loader cannot start an epoch mid-way or cap it")
+
+    def worker_rss_gb(self) -> list[float]:
+        """Peak resident memory of each training loader worker, GiB (empty: no workers)."""
+        if not self.train_loader.num_workers:
+            return []
+        return self.train_dataset.worker_rss_gb()
 
     def shard(self, rank: int, world: int) -> bool:
         """Train on rank ``rank``'s share of each epoch and validate its share of the
@@ -173,8 +184,11 @@ def load_transforms(
         transforms.append(
             Spacingd(keys, pixdim=list(data_cfg.spacing), mode=("bilinear", *nearest))
         )
+    # data.intensity_range: a fixed window, as chunked volumes' patches are scaled (grid.py).
+    window = intensity_window(data_cfg)
     transforms.append(
-        NormalizeIntensityd("image", nonzero=data_cfg.normalize_nonzero, channel_wise=True)
+        window
+        or NormalizeIntensityd("image", nonzero=data_cfg.normalize_nonzero, channel_wise=True)
     )
     if data_cfg.get("instance_labels") and task_name(task_cfg) == "semantic":
         transforms.append(AsDiscreted("label", threshold=0.5))  # any instance id -> 1
@@ -213,64 +227,38 @@ def train_transforms(
         ),
         *squeeze_slice(keys, slice_axis),
     ]
+    return Compose(
+        transforms + random_tail(data_cfg, train_cfg, aug_cfg, slice_axis, keys, task_cfg)
+    )
+
+
+def random_tail(
+    data_cfg: DictConfig,
+    train_cfg: DictConfig,
+    aug_cfg: DictConfig | None,
+    slice_axis: int | None,
+    keys: Sequence[str],
+    task_cfg: Mapping[str, Any] | None,
+) -> list[MapTransform]:
+    """What follows a training patch's crop: augmentation, then em_instance's targets."""
+    out: list[MapTransform] = []
     if train_cfg.augment:
-        transforms += augment_transforms(aug_cfg, 3 if slice_axis is None else 2, keys)
+        out += augment_transforms(aug_cfg, 3 if slice_axis is None else 2, list(keys))
     if task_name(task_cfg) == "em_instance":  # after augmentation: targets of what is seen
-        transforms.append(em_targets(data_cfg, task_cfg or {}))
-    return Compose(transforms)
-
-
-def cache_rate(data_cfg: DictConfig) -> float:
-    """``data.cache_rate`` in [0, 1]; the older boolean ``data.cache`` still means 1 or 0."""
-    rate, legacy = data_cfg.get("cache_rate"), data_cfg.get("cache")
-    if rate is not None and legacy is not None:
-        raise ValueError("set data.cache_rate (0..1) or the older data.cache (bool), not both")
-    if rate is None:
-        return 1.0 if legacy is None or legacy else 0.0
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"data.cache_rate must be a number in [0, 1], got {rate!r}")
-    return float(rate)
-
-
-def loader_kwargs(train_cfg: DictConfig) -> dict[str, Any]:
-    """DataLoader arguments from ``training``; worker-only ones only when there are workers,
-    so that e.g. an axis over num_workers may include 0 with persistent_workers in base."""
-    workers = train_cfg.get("num_workers", 0)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"training.num_workers must be an integer >= 0, got {workers!r}")
-    flags = {}
-    for key in ("persistent_workers", "pin_memory"):
-        value = train_cfg.get(key, False)
-        if not isinstance(value, bool):
-            raise ValueError(f"training.{key} must be true or false, got {value!r}")
-        flags[key] = value
-    prefetch = train_cfg.get("prefetch_factor")
-    if prefetch is not None and (
-        isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
-    ):
-        raise ValueError(
-            f"training.prefetch_factor must be an integer >= 1 or null, got {prefetch!r}"
-        )
-    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": flags["pin_memory"]}
-    if workers > 0:
-        kwargs["persistent_workers"] = flags["persistent_workers"]
-        if prefetch is not None:
-            kwargs["prefetch_factor"] = prefetch
-    return kwargs
-
-
-def _dataset(items: list[dict[str, Any]], transform: Compose, rate: float) -> Dataset:
-    if rate > 0:
-        # Caches everything up to the first random transform, i.e. loaded, normalised volumes.
-        return CacheDataset(items, transform, cache_rate=rate, num_workers=1, progress=False)
-    return Dataset(items, transform)
+        out.append(em_targets(data_cfg, task_cfg or {}))
+    return out
 
 
 def _read(data_cfg: DictConfig) -> tuple[list[dict[str, Any]], DatasetInfo]:
     root = Path(data_cfg.root) if data_cfg.get("root") else None
     fmt = data_cfg.get("format", "auto")
-    if data_cfg.get("synthetic") and root is not None:
-        if fmt in STACK_LAYOUTS:
+    synthetic = data_cfg.get("synthetic")
+    if synthetic and root is not None:
+        if synthetic == "scroll":  # zarr stores and TIFF folders of sheets with ink
+            from recipes.components.data.scroll_demo_data import ensure_scroll_demo
+
+            ensure_scroll_demo(root)
+        elif fmt in STACK_LAYOUTS:
             ensure_em_demo_dataset(root)
         elif not (root / "dataset.json").exists():
             ensure_demo_dataset(root)
@@ -338,10 +326,22 @@ def build_data(
 
     rate = cache_rate(data_cfg)
     kwargs = loader_kwargs(train_cfg)
-    train_tf = train_transforms(
-        data_cfg, train_cfg, aug_cfg, slice_axis, select, keys, task_cfg, files
-    )
-    train_ds = EpochSeeded(_dataset(train_items, train_tf, rate), train_tf, seed)
+    if patch_stride(train_cfg) is not None:  # an epoch: the grid of every training volume
+        if slice_axis is not None:
+            raise ValueError(
+                "training.patch_stride grids 3D patches; dims=2d samples slices at random: "
+                "set training.patch_stride=null"
+            )
+        tail = random_tail(data_cfg, train_cfg, aug_cfg, None, keys, task_cfg)
+        load = load_transforms(data_cfg, select, keys, task_cfg, files)
+        grid, train_tf = grid_dataset(train_items, data_cfg, train_cfg, tail, load, keys)
+        train_ds = EpochSeeded(grid, train_tf, seed, kwargs["num_workers"])
+    else:
+        train_tf = train_transforms(
+            data_cfg, train_cfg, aug_cfg, slice_axis, select, keys, task_cfg, files
+        )
+        inner = volume_dataset(train_items, train_tf, rate)
+        train_ds = EpochSeeded(inner, train_tf, seed, kwargs["num_workers"])
     # Its own generator: the worker seeds it draws at each epoch's start would otherwise
     # advance torch's global RNG, which a step checkpoint restores *after* that draw.
     train_loader = DataLoader(
@@ -354,7 +354,7 @@ def build_data(
     val_tf = Compose(load_transforms(data_cfg, select, keys, task_cfg, files))
     if task == "em_instance":
         val_tf = Compose([*val_tf.transforms, em_targets(data_cfg, task_cfg or {})])
-    val_ds = _dataset(val_items, val_tf, rate)
+    val_ds = volume_dataset(val_items, val_tf, rate)
     val_loader = DataLoader(val_ds, batch_size=1, sampler=ShardSampler(val_ds), **kwargs)
     return DataBundle(train_loader, val_loader, train_tf, info, train_ds)
 

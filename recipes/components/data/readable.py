@@ -45,6 +45,7 @@ TIFF = Reader("TiffReader (recipes.components.data.em_io)", "tifffile", "tifffil
 NUMPY = Reader("NumpyReader", "numpy", "numpy")
 PIL = Reader("PILReader", "PIL", "pillow")
 PYDICOM = Reader("PydicomReader", "pydicom", "pydicom")
+ZARR = Reader("ChunkedReader (recipes.components.data.chunked)", "zarr", "zarr")
 
 # Extension -> the readers that open it, in the order LoadImaged prefers them. nnU-Net's
 # ``file_ending`` values are all here (.nii.gz, .nrrd, .mha, .tif); ITK also reads MetaImage
@@ -130,6 +131,9 @@ def file_problems(files: Iterable[str], dataset_key: str | None = "main") -> lis
     by_ext: dict[str, list[str]] = {}
     problems: list[str] = []
     for path in dict.fromkeys(files):
+        if Path(path).is_dir():  # a zarr store or a folder of TIFF slices
+            problems += chunked_problems(path, dataset_key)
+            continue
         if not Path(path).is_file():
             problems.append(f"{path}: file not found")
             continue
@@ -151,6 +155,27 @@ def file_problems(files: Iterable[str], dataset_key: str | None = "main") -> lis
         elif readers == (H5,):
             problems += _h5_problems(paths, dataset_key)
     return problems
+
+
+def chunked_problems(path: str, key: str | None) -> list[str]:
+    """A directory as a volume: a zarr store holding ``key`` (metadata only), or a folder
+    of TIFF slices."""
+    from recipes.components.data.chunked import ZarrKeyError, is_zarr, open_zarr_array, tiff_slices
+
+    if is_zarr(path):
+        if not installed(ZARR):
+            return [f"{path}: a zarr store is read by {describe([ZARR])}; it is not installed"]
+        try:
+            open_zarr_array(path, key)
+        except ZarrKeyError as err:
+            return [str(err)]
+        return []
+    if not tiff_slices(Path(path)):
+        return [
+            f"{path}: a folder, but neither a zarr store (*.zarr) nor a folder of TIFF slices "
+            "(*.tif, *.tiff)"
+        ]
+    return []
 
 
 def _h5_problems(paths: list[str], key: str | None) -> list[str]:

@@ -28,15 +28,24 @@ class ResumableSampler(EpochSampler):
     Sharded (DDP), rank r takes every ``world``-th index of the same permutation from the
     r-th: step k's batches of all ranks are the run a single process with the global batch
     takes at step k. Padded with its own start (as DistributedSampler) so that every rank
-    has as many batches; ``skip`` counts indices of this rank's shard."""
+    has as many batches; ``skip`` counts indices of this rank's shard.
+
+    ``limit``: the epoch ends after this many indices of the shard (``training.steps_per_epoch``
+    and ``max_steps`` cap an epoch); each epoch still draws its own permutation, so capped
+    epochs see different items."""
 
     def __init__(self, source: EpochSeeded) -> None:
         super().__init__(source)
         self.skip = 0
+        self.limit: int | None = None
         self.rank, self.world = 0, 1
 
-    def _shard_len(self) -> int:
+    def _full_len(self) -> int:
         return -(-len(self.source) // self.world)  # ceil
+
+    def _shard_len(self) -> int:
+        full = self._full_len()
+        return full if self.limit is None else min(full, self.limit)
 
     def __len__(self) -> int:
         return max(0, self._shard_len() - self.skip)
@@ -45,9 +54,9 @@ class ResumableSampler(EpochSampler):
         order: Iterator[int] = super().__iter__()
         if self.world > 1:
             perm = list(order)
-            perm += perm[: self._shard_len() * self.world - len(perm)]
+            perm += perm[: self._full_len() * self.world - len(perm)]
             order = iter(perm[self.rank :: self.world])
-        return itertools.islice(order, self.skip, None)
+        return itertools.islice(order, self.skip, self._shard_len())
 
 
 class ShardSampler(Sampler[int]):

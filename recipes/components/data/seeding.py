@@ -16,6 +16,7 @@ persistent workers alike). The shuffle order comes from a sampler seeded by
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,23 +36,45 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
-class EpochSeeded(Dataset):
-    """Wraps a MONAI dataset whose random transforms are ``transform``; see the module doc."""
+def resident_bytes() -> int:
+    """This process's resident set size (``/proc/self/statm``: cheap enough for every item)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
-    def __init__(self, dataset: Any, transform: Randomizable, seed: int) -> None:
+
+class EpochSeeded(Dataset):
+    """Wraps a MONAI dataset whose random transforms are ``transform``; see the module doc.
+
+    ``workers``: the loader's worker count; each worker records its peak resident memory in
+    a shared-memory slot as it loads items (:meth:`worker_rss_gb`), which is what a worker
+    holding a whole volume (or a cache copy) shows."""
+
+    def __init__(self, dataset: Any, transform: Randomizable, seed: int, workers: int = 0) -> None:
         self.dataset, self.transform, self.seed = dataset, transform, int(seed)
         # Shared memory: a persistent worker reads the epoch the main process set last.
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.rss = torch.zeros(max(1, int(workers)), dtype=torch.float64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.fill_(int(epoch))
+
+    def worker_rss_gb(self) -> list[float]:
+        """Peak resident memory of each loader worker so far, GiB (0: it loaded nothing yet)."""
+        return [float(v) / 2**30 for v in self.rss.tolist()]
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
         self.transform.set_random_state(seed=item_seed(self.seed, int(self.epoch), index))
-        return self.dataset[index]
+        item = self.dataset[index]
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id < len(self.rss):
+            self.rss[worker.id] = max(float(self.rss[worker.id]), float(resident_bytes()))
+        return item
 
 
 class EpochSampler(Sampler[int]):

@@ -12,6 +12,11 @@ patterns match the same text (``vol*_im.h5`` and ``vol*_vesicle_ins.h5`` pair ``
 same way; they replace the random split or the folds, and files they match are left out of
 the training set (``vol*_im.h5`` matches ``vol_val1_im.h5`` too). A mask's nonzero voxels
 are the ones the loss and the metrics count.
+
+A pattern may also match volumes that are directories: zarr stores (``scroll*.zarr``, the
+``zarr`` layout) and folders of TIFF slices (``frag*/volume``), read patch by patch
+(``data/chunked.py``). A case is named after its file (``vol1_im``); when two share a name
+(``1/volume``, ``2/volume``), after what the wildcards matched (``1``, ``2``).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recipes.components.data.chunked import is_chunked
+
 if TYPE_CHECKING:
     from recipes.components.data.layouts import DatasetInfo
 
-STACK_LAYOUTS = ("h5", "tiff")
+STACK_LAYOUTS = ("h5", "tiff", "zarr")
 ROLES = ("image", "label", "mask")
 
 
@@ -62,7 +69,7 @@ def find_files(root: Path | None, pattern: str) -> dict[tuple[str, ...], str]:
     found: dict[tuple[str, ...], str] = {}
     for path in sorted(glob.glob(full, recursive=True)):
         match = regex.match(path)
-        if match is None or not Path(path).is_file():
+        if match is None or not (Path(path).is_file() or is_chunked(path)):
             continue
         found[match.groups()] = path
     return found
@@ -90,7 +97,7 @@ def _files(
         )
     cases = []
     for key, image in sorted(images.items()):
-        item = {"image": image}
+        item = {"image": image, "wildcards": "_".join(k.strip("/").replace("/", "_") for k in key)}
         for role in ("label", "mask"):
             if role not in by_role:
                 continue
@@ -131,8 +138,11 @@ def read_stacks(
         for item in _files(root, val, {}):
             items.append({**item, "subset": "validation", "split_method": "validation-files"})
     seen: dict[str, str] = {}
-    for item in items:
-        item["case"] = case_name(item["image"])
+    names = [case_name(item["image"]) for item in items]
+    by_wildcards = len(set(names)) < len(names)  # e.g. 1/volume, 2/volume
+    for item, name in zip(items, names, strict=True):
+        wildcards = item.pop("wildcards")
+        item["case"] = wildcards if by_wildcards and wildcards else name
         if item["case"] in seen:
             raise ValueError(
                 f"two image files have the case name {item['case']!r}: {seen[item['case']]} and "

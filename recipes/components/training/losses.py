@@ -27,6 +27,7 @@ from monai.losses import (
     DiceFocalLoss,
     DiceLoss,
     GeneralizedDiceLoss,
+    SoftclDiceLoss,
     TverskyLoss,
 )
 from monai.networks.utils import one_hot
@@ -87,6 +88,39 @@ class DiceBCE(nn.Module):
         return self.lambda_dice * self.dice(logits, label) + self.lambda_bce * self.bce(
             logits, target
         )
+
+
+class DiceBCEclDice(DiceBCE):
+    """:class:`DiceBCE` plus ``lambda_cldice`` x MONAI's soft clDice (Shit et al. 2021) on
+    the sigmoid outputs: Dice on the soft skeletons, which rewards keeping thin structures
+    (ink strokes, sheets) connected rather than only overlapping. ``cldice_iterations``: the
+    soft skeleton's erosion steps (about half the thickest structure, in voxels)."""
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        lambda_dice: float = 1.0,
+        lambda_bce: float = 1.0,
+        lambda_cldice: float = 0.5,
+        cldice_iterations: int = 3,
+        cldice_smooth: float = 1.0,
+    ) -> None:
+        super().__init__(include_background, lambda_dice, lambda_bce)
+        self.cldice = SoftclDiceLoss(
+            iter_=int(cldice_iterations),
+            smooth_nr=float(cldice_smooth),
+            smooth_dr=float(cldice_smooth),
+            include_background=include_background,
+            to_onehot_y=True,
+            sigmoid=True,
+        )
+        self.lambda_cldice = float(lambda_cldice)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        loss = super().forward(logits, label)
+        if self.lambda_cldice:
+            loss = loss + self.lambda_cldice * self.cldice(logits, label)
+        return loss
 
 
 class WeightedSum(nn.Module):
@@ -183,7 +217,7 @@ MONAI_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "generalized_dice": GeneralizedDiceLoss,
     "tversky": TverskyLoss,
 }
-LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "terms", "em_instance")
+LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "dice_bce_cldice", "terms", "em_instance")
 
 
 def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
@@ -196,6 +230,8 @@ def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
         )
     if name == "dice_bce":
         return DiceBCE(**kwargs)
+    if name == "dice_bce_cldice":
+        return DiceBCEclDice(**kwargs)
     if name == "terms":
         terms = [dict(t) for t in kwargs["terms"]]
         weights = [float(t.pop("weight", 1.0)) for t in terms]

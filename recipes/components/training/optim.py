@@ -98,12 +98,19 @@ def build_optimizer(
 
 
 def build_scheduler(
-    sched_cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int, max_epochs: int
+    sched_cfg: DictConfig,
+    optimizer: Optimizer,
+    steps_per_epoch: int,
+    max_epochs: int,
+    total_steps: int | None = None,
 ) -> Schedule:
-    """Build the schedule for a run of ``max_epochs`` epochs of ``steps_per_epoch`` steps."""
+    """Build the schedule for a run of ``max_epochs`` epochs of ``steps_per_epoch`` steps;
+    ``total_steps``: the run ends earlier, after that many steps (``training.max_steps``)."""
     name = sched_cfg.name
     interval: Interval = sched_cfg.get("interval", "step")
     total = max_epochs * (steps_per_epoch if interval == "step" else 1)
+    if interval == "step" and total_steps is not None:
+        total = min(total, total_steps)
     scheduler: LRScheduler | ReduceLROnPlateau
     if name == "onecycle":
         scheduler = OneCycleLR(
