@@ -224,3 +224,59 @@ def test_diffusion_stopped_at_a_random_step_resumes_exactly(
         assert [s for s, _ in got] == [s for s, _ in want] and want, (key, got)
         for (step, value), (_, expected) in zip(got, want, strict=True):
             assert value == pytest.approx(expected, abs=1e-6), f"{key} step {step} seed {seed}"
+
+
+def test_grid_epoch_stopped_at_a_random_step_resumes_exactly(
+    tmp_path: Path, on_sigusr1: list[StopRequest]
+) -> None:
+    """Epochs over the strided patch grid of zarr volumes (read a patch at a time by two
+    workers), capped by ``training.steps_per_epoch`` and ended inside an epoch by
+    ``max_steps``: stopped at a random step, the run resumes on the same remaining patches
+    and logs what an uninterrupted one logs."""
+    from recipes.components.data.scroll_demo_data import ensure_scroll_demo
+
+    root = ensure_scroll_demo(tmp_path / "scroll", shape=(16, 32, 32))
+    grid = [
+        "data=scroll_demo",
+        f"data.root={root}",
+        "model.size=tiny",
+        "model.dropout_prob=0.2",
+        "training.patch_size=[16,16,16]",
+        "training.patch_stride=[16,16,8]",  # 2 x 2 x 1 patches a volume, 2 volumes: 8
+        "training.batch_size=1",
+        "training.steps_per_epoch=6",  # epoch 1: 6 of the 8 patches
+        "training.max_steps=11",  # epoch 2: 5 steps, then the run ends
+        "training.max_epochs=50",
+        "training.val_interval=1",
+        "training.num_threads=1",
+        "training.num_workers=2",
+        "scheduler=warmup_cosine",
+    ]
+
+    def cfg() -> DictConfig:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose(CONFIG_NAME, overrides=grid)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    straight = new_run(uri, "straight")
+    assert train(cfg(), RunContext(uri, straight, tmp_path / "straight")).status == "done"
+
+    steps = (6, 5)  # looks: 1 at an epoch's start + one after each step but its last
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    epoch = rng.randrange(2)
+    k = rng.randrange(1, steps[epoch])
+    at = sum(steps[:epoch]) + 1 + k
+    run_id, ckpt = new_run(uri, "stopped"), tmp_path / "stopped"
+    stop = SignalAt(at)
+    on_sigusr1.append(stop)
+    first = train(cfg(), RunContext(uri, run_id, ckpt, stop=stop))
+    assert first.status == "interrupted", f"seed {seed}"
+    saved = torch.load(ckpt / LAST, map_location="cpu", weights_only=True)
+    assert (saved["epoch"], saved["in_epoch"]["batches"]) == (epoch, k), f"seed {seed}"
+    assert saved["global_step"] == 6 * epoch + k
+
+    second = train(cfg(), RunContext(uri, run_id, ckpt))
+    assert second.status == "done" and second.epochs_completed == EPOCHS
+    assert torch.load(ckpt / LAST, weights_only=True)["global_step"] == 11
+    assert_same_epochs(uri, straight, run_id)

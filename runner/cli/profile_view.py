@@ -33,6 +33,8 @@ def add_parser(sub: Any, handler: Any) -> None:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 2 * 3600:
@@ -53,16 +55,25 @@ def _memory(r: dict[str, Any]) -> str:
 
 
 def _status(r: dict[str, Any]) -> str:
-    status = str(r.get("status", "?"))
+    return {"ok": "ok", "oom": "OOM"}.get(str(r.get("status")), str(r.get("status", "?")))
+
+
+def note(sid: str, r: dict[str, Any]) -> str | None:
+    """A line under the table for a shape that did not run its steps: how far it got."""
+    status = r.get("status")
+    if status == "ok":
+        return None
+    reached = r.get("reached") or r
+    steps = reached.get("steps", 0)
     if status == "oom":
-        reached = r.get("reached") or r
-        at = f"{r.get('phase', 'step')} phase" if "phase" in r else "killed"
+        where = f"in the {r['phase']} phase" if "phase" in r else "(the process was killed)"
         tried = r.get("tried_to_allocate_gb")
-        more = f", asked {tried:.1f} GB more" if isinstance(tried, (int, float)) else ""
-        return f"OOM ({at}, {reached.get('steps', 0)} steps done, {_memory(reached)}{more})"
-    if status != "ok":
-        return f"{status}: {str(r.get('message', ''))[:120]}"
-    return "ok"
+        more = f"; it asked for {tried:.1f} GB more" if isinstance(tried, (int, float)) else ""
+        return (
+            f"{sid}: out of memory {where} after {steps} step(s), peak {_memory(reached)}"
+            f"{more}: {r.get('message', '')}"
+        )
+    return f"{sid}: {status} after {steps} step(s): {r.get('message', '')}"
 
 
 def table(profiles: dict[str, Any], chosen: list[str]) -> Table:
@@ -135,6 +146,9 @@ def run(plan: Any, args: argparse.Namespace, console: Console, warn: Any) -> int
         print(json.dumps({**out, "shapes": {s: out["shapes"][s] for s in ids_done}}, indent=1))
     else:
         console.print(table(out, ids_done))
+        for sid in ids_done:
+            if line := note(sid, out["shapes"][sid]):
+                console.print(line, markup=False, soft_wrap=True)
         console.print(runs(out, ids_done))
         console.print(
             f"figures in {plan.ledger.root / 'profile' / 'profiles.json'}; `runner plan` "

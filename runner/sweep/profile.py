@@ -96,17 +96,17 @@ class Shape:
 
 def shape_key(cfg: Any) -> dict[str, Any]:
     """What a profile of ``cfg`` stands for (see the module doc)."""
+
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
     tcfg = cfg.training
-    container = OmegaConf.to_container
     return {
-        "model": container(cfg.model, resolve=True),
-        "training": {
-            k: container(tcfg[k]) if OmegaConf.is_config(tcfg.get(k)) else tcfg.get(k)
-            for k in TRAINING_KEYS
-        },
-        "data": container(cfg.data, resolve=True),
-        "dims": container(cfg.get("dims") or {}, resolve=True),
-        "task": container(cfg.get("task") or {}, resolve=True),
+        "model": plain(cfg.model),
+        "training": {k: plain(tcfg.get(k)) for k in TRAINING_KEYS},
+        "data": plain(cfg.data),
+        "dims": plain(cfg.get("dims")),
+        "task": plain(cfg.get("task")),
         "loss": str(cfg.loss.name),
     }
 

@@ -153,6 +153,8 @@ class ChunkedVolume:
         ]
         if any(n * c < e for n, c, e in zip(touched, self.chunks_zyx, self.shape_zyx, strict=True)):
             return None
+        if math.prod(self.shape_zyx) <= 2 * math.prod(sizes):
+            return None  # the patch is (most of) the volume: reading it all is no waste
         item = np.dtype(self.dtype).itemsize
         suggestion = tuple(min(64, e) for e in self.shape_zyx)
         return (
