@@ -22,6 +22,7 @@ from recipes.components.data.grid import grid_starts, patch_stride
 from recipes.components.data.loaders import build_data
 from recipes.components.data.readable import check_readable
 from recipes.components.data.scroll_demo_data import ensure_scroll_demo, make_volume
+from recipes.components.training.budget import Budget
 
 SHAPE = (24, 40, 48)  # z, y, x
 
@@ -209,3 +210,18 @@ def test_a_folder_of_slices_with_a_slice_of_another_shape_is_named(
     tifffile.imwrite(sorted(folder.iterdir())[3], np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"03.tif: slice of shape \(8, 8\), the folder's first"):
         open_volume(folder).read((0, 0, 0), (8, 8, 8))
+
+
+def test_steps_per_epoch_caps_epochs_and_max_steps_ends_the_run_inside_one() -> None:
+    def budget(**keys: object) -> Budget:
+        tcfg = OmegaConf.create({"max_epochs": 4, "accumulate_steps": 2, **keys})
+        return Budget.of(tcfg, full_batches=21)  # 21 batches: 11 steps of 2
+
+    assert [budget().batches(e) for e in (1, 4)] == [None, None] and budget().epochs == 4
+    capped = budget(steps_per_epoch=5, max_steps=17)  # 10 batches an epoch; 17 = 5+5+5+2
+    assert (capped.steps_per_epoch, capped.total_steps, capped.epochs) == (5, 17, 4)
+    assert [capped.batches(e) for e in (1, 2, 3, 4)] == [10, 10, 10, 4]
+    assert budget(max_steps=1000).total_steps == 44  # max_epochs ends it first
+    for key in ("steps_per_epoch", "max_steps"):
+        with pytest.raises(ValueError, match=f"training.{key} must be an integer >= 1 or null"):
+            budget(**{key: 0})

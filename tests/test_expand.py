@@ -188,6 +188,11 @@ def test_exclude_matching_nothing_warns(write_matrix) -> None:
         ),
         ("axes:\n  model: [unet]\nzip: [[model, sed]]", "'sed' is not an axis", 5),
         ("axes: {model: [unet]}\nexclude: [{model: unet}]", "every cell is excluded", 4),
+        (
+            "axes:\n  model: [unet, unet]\n  seed: [0, 0]\nzip: [[model, seed]]",
+            "positions 1 and 2 of the zipped axes give the same values",
+            6,
+        ),
         ("axes: {}", "no axes and no include", 3),
     ],
 )
@@ -215,4 +220,18 @@ def test_values_read_without_python_reprs() -> None:
     assert again[1] == tokens[1]
     assert run_name_tokens({"optimizer": "sgd", "optimizer.layerwise": None}, GROUPS) == [
         "sgdlayerwisenone"
+    ]
+
+
+def test_zipped_axes_may_repeat_a_value_when_their_combinations_differ(write_matrix) -> None:
+    """The ink study's experiments: several share a model or a batch size, each row its own."""
+    path: Path = write_matrix(
+        "name: m\nrecipe: segmentation\naxes:\n  model: [unet, unet, segresnet]\n"
+        "  seed: [0, 1, 1]\nzip: [[model, seed]]\n"
+    )
+    cells = expand(load_matrix(path), GROUPS).cells
+    assert [(c.values["model"], c.values["seed"]) for c in cells] == [
+        ("unet", 0),
+        ("unet", 1),
+        ("segresnet", 1),
     ]

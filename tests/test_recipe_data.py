@@ -405,10 +405,12 @@ def test_loader_settings_reach_the_dataloaders(tiny: dict[str, Path]) -> None:
     train_cfg.update(
         {"num_workers": 2, "persistent_workers": True, "prefetch_factor": 3, "pin_memory": True}
     )
+    train_cfg.multiprocessing_context = "spawn"
     bundle = build_data(data_cfg, train_cfg, seed=0)
     for loader in (bundle.train_loader, bundle.val_loader):
         assert loader.num_workers == 2 and loader.persistent_workers is True
         assert loader.prefetch_factor == 3 and loader.pin_memory is True
+        assert loader.multiprocessing_context.get_start_method() == "spawn"
     cached = bundle.train_dataset.dataset
     assert isinstance(cached, CacheDataset) and cached.cache_num == 2  # half of 4 train cases
 
@@ -418,6 +420,7 @@ def test_loader_settings_reach_the_dataloaders(tiny: dict[str, Path]) -> None:
     plain = build_data(data_cfg, train_cfg, seed=0)
     assert plain.train_loader.num_workers == 0 and plain.train_loader.persistent_workers is False
     assert plain.train_loader.prefetch_factor is None
+    assert plain.train_loader.multiprocessing_context is None
     assert not isinstance(plain.train_dataset.dataset, CacheDataset)
 
     # The older boolean still works.
@@ -433,6 +436,11 @@ def test_loader_settings_reach_the_dataloaders(tiny: dict[str, Path]) -> None:
         ("training.num_workers", "two", "training.num_workers must be an integer"),
         ("training.persistent_workers", "yes", "training.persistent_workers must be true or"),
         ("training.prefetch_factor", 0, "training.prefetch_factor must be an integer >= 1"),
+        (
+            "training.multiprocessing_context",
+            "thread",
+            "training.multiprocessing_context must be null or one of fork, spawn, forkserver",
+        ),
         ("data.cache_rate", 1.5, r"data.cache_rate must be a number in \[0, 1\], got 1.5"),
         ("data.cache", True, "data.cache_rate .* or the older data.cache .* not both"),
         ("data.val_fraction", 1.0, r"data.val_fraction must be in \[0, 1\)"),

@@ -91,7 +91,17 @@ def test_deep_supervision_weights_the_scales() -> None:
 @pytest.mark.parametrize(
     ("group", "choice"),
     [("optimizer", "adam"), ("optimizer", "novograd")]
-    + [("loss", n) for n in ("dice_focal", "generalized_dice", "tversky", "dice_bce", "terms")],
+    + [
+        ("loss", n)
+        for n in (
+            "dice_focal",
+            "generalized_dice",
+            "tversky",
+            "dice_bce",
+            "dice_bce_cldice",
+            "terms",
+        )
+    ],
 )
 def test_optimizer_and_loss_choices_take_a_step(group: str, choice: str) -> None:
     cfg = _compose(f"{group}={choice}", "model=meshnet", "model.width=4")
@@ -105,6 +115,29 @@ def test_optimizer_and_loss_choices_take_a_step(group: str, choice: str) -> None
     optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_cldice_weighs_a_broken_thin_structure_beyond_its_voxels() -> None:
+    """loss=dice_bce_cldice: a thin stroke predicted with a gap costs more than a prediction
+    missing the same number of voxels along its edge (MONAI's soft clDice sees the skeleton
+    broken), and its weight is a key (0: plain Dice + BCE)."""
+    label = torch.zeros(1, 1, 16, 16, 16)
+    label[..., 5:10, 5:10, 1:15] = 1  # a stroke along z, 5 x 5 voxels across
+    gap, edge = label.clone(), label.clone()
+    gap[..., 7:9] = 0  # the stroke cut in two: 50 voxels
+    edge[..., 5, 5:10, 1:11] = 0  # as many voxels fewer, off one face
+    assert int(label.sum() - gap.sum()) == int(label.sum() - edge.sum()) == 50
+
+    def logits(mask: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-(mask * 2 - 1) * 6, (mask * 2 - 1) * 6], dim=1)
+
+    cfg = _compose("loss=dice_bce_cldice").loss
+    assert cfg.lambda_cldice == 0.5
+    with_cl = build_loss(cfg, 2)
+    plain = build_loss(_compose("loss=dice_bce_cldice", "loss.lambda_cldice=0").loss, 2)
+    gap_cost = with_cl(logits(gap), label) - plain(logits(gap), label)
+    edge_cost = with_cl(logits(edge), label) - plain(logits(edge), label)
+    assert gap_cost > 1.5 * edge_cost > 0
 
 
 def test_loss_terms_start_and_ramp_by_step() -> None:
