@@ -31,6 +31,8 @@ NAMES = (
     "slurm_status",
     "loader",
     "ddp",
+    "lazy_read",
+    "profile_overhead",
 )
 
 
@@ -65,6 +67,8 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "slurm_status": lambda o: __import__("bench.slurm_status", fromlist=["run"]).run(o),
         "loader": lambda o: __import__("bench.loader", fromlist=["run"]).run(o),
         "ddp": lambda o: __import__("bench.ddp", fromlist=["run"]).run(o),
+        "lazy_read": lambda o: __import__("bench.lazy_read", fromlist=["run"]).run(o),
+        "profile_overhead": lambda o: __import__("bench.profile_overhead", fromlist=["run"]).run(o),
     }
 
 
