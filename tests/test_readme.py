@@ -78,3 +78,25 @@ def test_report_examples_parse_and_name_real_options() -> None:
         args = build_parser().parse_args(argv[1:])
         assert args.command == "report"
     assert "metric_rules" in section and "validate_on_original_grid" in section
+
+
+def test_ink_study_names_and_messages_are_the_runners(tmp_path: Path) -> None:
+    """The ink-detection section: the study's run names, the chunking warning and the
+    profile's out-of-memory line, as the code writes them."""
+    import zarr
+
+    from recipes.components.data.chunked import open_volume
+    from runner.cli.profile_view import note
+
+    section = README.split("### Scroll volumes and the ink-detection study", 1)[1]
+    section = section.split("## The diffusion recipe", 1)[0]
+    names = {c.run_name for c in make_plan(ROOT / "matrix" / "vesuvius_ink.yaml").cells}
+    assert "exp001_full_b4_w6" in names and "`exp001_full_b4_w6`" in section
+    [warning, oom] = re.findall(r"```\n(.*?)\n```", section, flags=re.S)[1:3]
+    path = tmp_path / "data/vesuvius/train/scan_volume.zarr"  # metadata only: no chunk written
+    zarr.open_array(str(path), mode="w", shape=(256, 768, 768), chunks=(256, 768, 768), dtype="u2")
+    assert str(open_volume(path).chunk_warning([136, 136, 72])) == str(tmp_path) + "/" + warning
+    sid, _, message = oom.partition(": ")
+    result = {"status": "oom", "phase": "step", "steps": 0, "peak_rss_gb": 1.01,
+              "tried_to_allocate_gb": 97.7, "message": message.split("more: ", 1)[1]}  # fmt: skip
+    assert note(sid, result) == oom
