@@ -131,3 +131,31 @@ def test_profile_refuses_nonsense_before_anything_runs(
     assert main(["profile", str(path), "--cells", "nosuchcell"]) == 2
     assert "no cell 'nosuchcell' in this matrix" in capsys.readouterr().err
     assert not (tmp_path / "sweeps" / "m" / "profile").exists()
+
+
+@pytest.mark.slurm
+def test_profile_runs_where_the_cells_would_run_on_slurm(
+    scroll: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    slurm_cluster: None,
+) -> None:
+    """A SLURM matrix is profiled as a SLURM job on the cells' partition (this worker's)."""
+    from tests.conftest import ROOT, drain_partition, worker_partition
+
+    monkeypatch.chdir(tmp_path)
+    executor = (
+        "{kind: slurm, cpus_per_task: 1, gpus_per_task: 0, time_min: 5, "
+        f"setup: ['export PYTHONPATH={ROOT}']}}"
+    )
+    path = _matrix(tmp_path / "onslurm.yaml", scroll, "  seed: [0, 1]", executor)
+    try:
+        assert main(["profile", str(path), "--steps", "3"]) == 0
+    finally:
+        drain_partition(worker_partition())
+    assert "on executor slurm" in capsys.readouterr().out
+    [shape] = json.loads((make_plan(path).ledger.root / PROFILED).read_text())["shapes"].values()
+    assert shape["status"] == "ok" and shape["executor"] == "slurm" and shape["steps"] == 3
+    assert shape["job_id"] and shape["job_id"].split("_")[0].isdigit()  # SLURM's job id
+    assert len(shape["cells"]) == 2 and shape["run_s"] > 0
