@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recipes.components.data.scroll_demo_data import ensure_scroll_demo
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from runner.report.estimate import PROFILED
 
