@@ -127,10 +127,10 @@ def runs(profiles: dict[str, Any], chosen: list[str]) -> Table:
 
 def run(plan: Any, args: argparse.Namespace, console: Console, warn: Any) -> int:
     from runner.sweep import profile
-    from runner.sweep.selection import _by_ids, parse_list
+    from runner.sweep.selection import by_ids, parse_list
 
     ids = parse_list(args.cells)
-    cells = _by_ids(plan.cells, ids) if ids else plan.cells
+    cells = by_ids(plan.cells, ids) if ids else plan.cells
     chosen = profile.shapes(plan, cells)
     say = console.print if not args.json else (lambda text: None)
     say(
