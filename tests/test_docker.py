@@ -377,6 +377,30 @@ def test_runner_cancel_interrupts_the_container(
     assert _ours(engine) == []
 
 
+def test_profile_runs_in_a_container_of_the_cells_image(
+    engine: Any, project: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`runner profile` on a docker matrix trains the shape's steps where the cells would
+    run: in a container of their image (issue 28); the container is removed after."""
+    from runner.cli import main
+    from runner.report.estimate import PROFILED
+
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    path = project / "p.yaml"
+    axes = "  seed: [0, 1]"
+    path.write_text(matrix_text("docker_profile", tiny_data, axes, _executor(tiny_data), uri))
+    assert main(["profile", str(path), "--steps", "3"]) == 0
+    assert "2 cells, 1 distinct shapes, 3 steps each on executor docker" in capsys.readouterr().out
+    plan = make_plan(path)
+    [shape] = json.loads((plan.ledger.root / PROFILED).read_text())["shapes"].values()
+    assert shape["status"] == "ok" and shape["executor"] == "docker", shape
+    assert shape["host"].endswith("(container)") and shape["steps"] == 3
+    assert shape["step_s"] > 0 and len(shape["cells"]) == 2
+    assert {s.state for s in plan.states().values()} == {"pending"}  # no cell trained
+    # (only this matrix's: another run's tests may share the engine)
+    assert [c for c in _ours(engine) if c.labels.get("runner.matrix") == "docker_profile"] == []
+
+
 def test_each_container_requests_the_gpu_it_was_given(engine: Any, tmp_path: Path) -> None:
     """Two GPUs, one cell each: the DeviceRequest names the scheduler's GPU; a third cell
     waits for a free one. Asserted on created (not started) containers: there is no NVIDIA
