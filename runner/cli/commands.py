@@ -127,7 +127,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.cli.report_view import print_report
+    from runner.cli.report_view import print_held_out, print_report
     from runner.report import publish
     from runner.report import search as search_report
 
@@ -149,6 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "table":
         print_report(console, report, plan.matrix.spec.name, args.baseline)
         search_report.render(console, report.search)
+        print_held_out(console, report.nested)
     # Machine-readable output owns stdout (`report --format csv > groups.csv`): status on stderr.
     say = console if args.format == "table" else err
     if not report.groups:
