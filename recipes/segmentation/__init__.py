@@ -7,8 +7,9 @@ CONFIG_NAME = "config"
 TRAIN = "recipes.segmentation.train:train"
 PREDICT = "recipes.segmentation.predict:predict"
 EVALUATE = "recipes.components.testtime.summary:evaluate"
-#: Can every file of a data config be read? (problems as messages; runner plan calls it)
-CHECK_DATA = "recipes.components.data.readable:check_readable"
+#: Can every file of a data config be read, and does data.test hold out cases training
+#: would not see? (problems as messages; runner plan calls it)
+CHECK_DATA = "recipes.components.data.preflight:check_data"
 #: The dataset's case ids (the runner checks a matrix's ``cv`` fold counts against them).
 CASES = "recipes.components.data.readable:case_ids"
 #: Choices the recipe names but can't offer here, each with why (plain data: the runner

@@ -218,14 +218,20 @@ def _root_variable(data_cfg: Mapping[str, Any]) -> str:
     )
 
 
-def case_ids(data_cfg: Mapping[str, Any]) -> list[str] | None:
-    """The dataset's case ids as the recipe lists them (``data.test`` not yet held out), or
-    None where it can't be listed here (no data root, a synthetic set not generated yet).
-    The runner checks nested cross-validation's fold counts against their number."""
+def listed_cases(data_cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The dataset's cases as the recipe lists them (``data.test`` not yet held out), or None
+    where they can't be listed here (no data root, a synthetic set not generated yet)."""
     if _not_generated(data_cfg):
         return None
     try:
         items, _ = read_cases(data_cfg)
     except (OSError, ValueError, KeyError):
         return None
-    return sorted(str(item["case"]) for item in items)
+    return items
+
+
+def case_ids(data_cfg: Mapping[str, Any]) -> list[str] | None:
+    """The dataset's case ids (see :func:`listed_cases`): the runner checks nested
+    cross-validation's fold counts against their number."""
+    items = listed_cases(data_cfg)
+    return None if items is None else sorted(str(item["case"]) for item in items)
