@@ -98,9 +98,12 @@ def build(plan: Plan, results: list[CellResult]) -> dict[str, Any] | None:
     for label in dict.fromkeys(f["configuration"] for f in folds):
         mine = [f for f in folds if f["configuration"] == label]
         tested = [f for f in mine if f.get("test_dice") is not None]
-        val_mean, val_std = _mean_std([f["inner_val_dice"] for f in mine if f["inner_val_dice"]])
+        val = [f["inner_val_dice"] for f in mine if f["inner_val_dice"] is not None]
+        val_mean, val_std = _mean_std(val)
         test_mean, test_std = _mean_std([f["test_dice"] for f in tested])
-        gap = [f["inner_val_dice"] - f["test_dice"] for f in tested if f["inner_val_dice"]]
+        gap = [
+            f["inner_val_dice"] - f["test_dice"] for f in tested if f["inner_val_dice"] is not None
+        ]
         rows.append(
             {
                 "configuration": label,
@@ -113,7 +116,8 @@ def build(plan: Plan, results: list[CellResult]) -> dict[str, Any] | None:
                 "optimism_mean": statistics.fmean(gap) if gap else None,
             }
         )
-    rows.sort(key=lambda r: -(r["inner_val_dice_mean"] or -math.inf))  # ranked on selection
+    # Ranked on selection (inner validation), never on the held-out scores.
+    rows.sort(key=lambda r: (r["inner_val_dice_mean"] is None, -(r["inner_val_dice_mean"] or 0)))
     untested = [f["run_name"] for f in folds if f.get("test_dice") is None]
     return {
         "outer": cv.outer,
