@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.matrix.asha import Asha, orion_rungs
 from runner.plan import make_plan
 from runner.search.prune import Reporter

@@ -7,8 +7,8 @@ held-out table)."""
 from __future__ import annotations
 
 import json
-import shutil
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from recipes.components.data.splits import choose_split
 from recipes.components.testtime.held_out import exclude_test, held_out_items
 from recipes.contract import PredictInputError
-from runner.cli.main import main
+from runner.cli import main
 from runner.matrix import cv as nested
 from runner.plan import make_plan
 from tests.conftest import ROOT

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import Plan, make_plan
 from runner.recipe import Composer
 from tests.conftest import ROOT
@@ -109,7 +109,7 @@ def _outer_folds(plan: Plan, cells: list[Any], outer: int, inner: int) -> set[in
 
 
 def test_every_baseline_cell_trains_as_the_paper(project: Path) -> None:
-    plan = make_plan(ROOT / "matrix" / "isles24_ablation.yaml")
+    plan = make_plan(ROOT / "matrix" / "isles24_ablation.yaml", workdir=project)
     assert drift(plan, plan.cells, BASELINES) == []
     assert {c.values["model"] for c in plan.cells} == {
         "segresnet", "mednext", "swin_unetr", "unetr", "unet",
@@ -120,7 +120,7 @@ def test_every_baseline_cell_trains_as_the_paper(project: Path) -> None:
 
 
 def test_every_meshnet_search_and_restart_cell_is_the_paper(project: Path) -> None:
-    plan = make_plan(ROOT / "matrix" / "meshnet_asha.yaml")
+    plan = make_plan(ROOT / "matrix" / "meshnet_asha.yaml", workdir=project)
     spec = plan.matrix.spec
     assert spec.search is not None and spec.pruner is not None and spec.restarts is not None
     assert spec.search.space == SPACE
@@ -131,7 +131,7 @@ def test_every_meshnet_search_and_restart_cell_is_the_paper(project: Path) -> No
     assert (asha.min_epochs, asha.max_epochs, asha.brackets) == (15, 50, 1)
     assert asha.rungs() == [15, 22, 33]  # Oríon's 4 rungs: 15, 22, 33 and the end at 50
     assert spec.restarts.seeds == 10  # seed § MeshNet Training with Restarts
-    trials = plan.cells
+    trials = plan.cells  # a fresh ledger: the restarts come once the search has run
     assert len(trials) == 60
     assert drift(plan, trials, MESHNET) == []
     # seed § What the Paper Does: the search on the inner folds of the first outer fold only,
@@ -159,14 +159,15 @@ def test_a_value_that_drifts_from_the_paper_is_named(project: Path) -> None:
 
 
 def test_the_cpu_demo_composes_every_cell_with_the_papers_training(project: Path) -> None:
-    plan = make_plan(ROOT / "matrix" / "demo_stroke_nested.yaml")
+    plan = make_plan(ROOT / "matrix" / "demo_stroke_nested.yaml", workdir=project)
     demo = {  # the paper's (TRAINING) where the demo keeps it; the rest is sized for a CPU
         "optimizer.name": "adamw", "optimizer.eps": 1e-4, "scheduler.div_factor": 100.0,
         "loss.name": "ce_weighted", "loss.label_smoothing": 0.01, "augmentation.name": "none",
         "training.batch_size": 1, "training.samples_per_volume": 1, "training.val_interval": 1,
     }  # fmt: skip
     assert drift(plan, plan.cells, [(k, v, "demo") for k, v in demo.items()]) == []
-    assert len(plan.cells) == 6 and _outer_folds(plan, plan.cells, 2, 2) == {0}
+    trials = plan.cells  # a fresh ledger: the restarts come once the search has run
+    assert len(trials) == 6 and _outer_folds(plan, trials, 2, 2) == {0}
     assert plan.search.asha.rungs() == [2, 3]  # Oríon's 3 rungs over [2, 6]
 
 
