@@ -16,7 +16,12 @@ A recipe is a package ``recipes.<name>`` that exposes, without importing torch:
 - optionally ``CHECK_DATA``: ``(data config, listing_errors: bool) -> list[str]``, the
   problems that would stop training from reading the data (no reader installed for an
   extension; with ``listing_errors``, also cases that can't be found: a missing root or
-  file), which ``runner plan`` and ``runner sweep`` report before anything is submitted.
+  file), which ``runner plan`` and ``runner sweep`` report before anything is submitted;
+- optionally ``CASES``: ``(data config) -> list[str] | None``, the dataset's case ids (None
+  where it can't be listed here), against which ``runner plan`` checks a matrix's nested
+  cross-validation (``cv``) fold counts;
+- optionally ``UNAVAILABLE``: ``{group: {choice: reason}}``, plain data: choices the recipe
+  names but can't offer (U-Mamba without CUDA), refused at plan time with the reason.
 
 The runner only relies on this surface and on :mod:`recipes.contract`; recipes never import
 the runner, so data flows one way: runner -> recipe -> MLflow.

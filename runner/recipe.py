@@ -121,6 +121,23 @@ class Recipe:
         ):
             return compose(config_name=self.config_name, overrides=list(overrides))
 
+    @cached_property
+    def unavailable(self) -> dict[str, dict[str, str]]:
+        """Group -> choice -> why the recipe can't offer it (its ``UNAVAILABLE``)."""
+        module = importlib.import_module(f"recipes.{self.name}")
+        return dict(getattr(module, "UNAVAILABLE", {}) or {})
+
+    def unknown_choice(self, group: str, value: Any) -> str:
+        """Why ``value`` is no choice of ``group``: the recipe's reason, else the choices."""
+        why = self.unavailable.get(group, {}).get(value) if isinstance(value, str) else None
+        if why:
+            return f"{group} choice {value!r} is refused: {why}"
+        choices = self.groups.get(group, [])
+        return (
+            f"unknown {group} choice {value!r}; valid choices: "
+            f"{format_choices(choices)}{did_you_mean(value, choices)}"
+        )
+
     def train_fn(self) -> Any:
         module, _, attr = self.train_entry.partition(":")
         return getattr(importlib.import_module(module), attr)

@@ -128,7 +128,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.cli.report_view import print_report
+    from runner.cli.report_view import print_held_out, print_report
     from runner.cli.trust_view import print_missing, write_extras
     from runner.report import publish
     from runner.report import search as search_report
@@ -167,6 +167,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "table":
         print_report(console, report, plan.matrix.spec.name, args.baseline)
         search_report.render(console, report.search)
+        print_held_out(console, report.nested)
     # Machine-readable output owns stdout (`report --format csv > groups.csv`): status on stderr.
     say = console if args.format == "table" else err
     say.print(

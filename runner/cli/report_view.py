@@ -139,3 +139,58 @@ def _print_per_class(console: Console, report: Report) -> None:
             cells += [_p(r.get("p_holm")), "yes" if r.get("holds") else "no"]
         table.add_row(*cells)
     console.print(table)
+
+
+def print_held_out(console: Console, data: dict[str, Any] | None) -> None:
+    """A cv matrix's held-out scores (runner.report.nested): per configuration, mean ± std
+    over outer folds, the selection score beside them; then each outer fold's choice."""
+    if not data:
+        return
+    rows, folds = data["configurations"], data["folds"]
+    if not folds:
+        console.print(
+            f"nested CV, {data['outer']} outer x {data['inner']} inner folds: none of the "
+            f"{data['among']} is done yet, so no outer fold has a selected cell",
+            markup=False,
+        )
+        return
+    table = Table(
+        title=f"nested CV, {data['outer']} outer x {data['inner']} inner folds: held-out test "
+        f"Dice of each outer fold's best of its {data['among']} (selected by "
+        f"{data['selected_by']}), mean ± std over outer folds; the inner validation Dice "
+        "it was selected on beside it",
+        title_justify="left",
+    )
+    cols = ["configuration", "outer folds", "inner val Dice (selection)", "held-out test Dice"]
+    for col in [*cols, "optimism (val - test)"]:
+        table.add_column(col)
+    for r in rows:
+        tested = f"{r['outer_folds_tested']} of {r['outer_folds']}"
+        test = fmt(_nan(r["test_dice_mean"]), _nan(r["test_dice_std"]))
+        optimism = r["optimism_mean"]
+        table.add_row(
+            r["configuration"],
+            tested,
+            fmt(_nan(r["inner_val_dice_mean"]), _nan(r["inner_val_dice_std"])),
+            test,
+            "-" if optimism is None else f"{optimism:+.4f}",
+        )
+    console.print(table)
+    per_fold = Table(title="each outer fold's selected cell", title_justify="left")
+    for col in ("configuration", "outer fold", "selected cell", "inner val Dice", "test Dice"):
+        per_fold.add_column(col)
+    for f in folds:
+        per_fold.add_row(
+            f["configuration"],
+            str(f["outer_fold"]),
+            f["run_name"],
+            fmt(_nan(f["inner_val_dice"]), math.nan),
+            fmt(_nan(f.get("test_dice")), math.nan),
+        )
+    console.print(per_fold)
+    if data["untested"]:
+        console.print(
+            f"{len(data['untested'])} selected cell(s) not scored on their held-out fold yet: "
+            "run `runner evaluate MATRIX --best`",
+            markup=False,
+        )

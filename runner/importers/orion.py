@@ -285,7 +285,7 @@ def orion_budgets(low: float, high: float, base: float, num_rungs: int) -> list[
     if num_rungs < 2:
         return [int(high)]
     ratio = (high / low) ** (1 / (num_rungs - 1))
-    out = [int(low * ratio**k + 1e-9) for k in range(num_rungs)]  # numpy.astype(int), as Oríon
+    out = [int(low * ratio**k + 0.5 + 1e-9) for k in range(num_rungs)]  # as Oríon rounds
     for i in range(1, len(out)):
         out[i] = max(out[i], out[i - 1] + 1)
     return out

@@ -2,8 +2,12 @@
 ``SuccessiveHalvingPruner`` does it, with brackets.
 
 A cell of bracket ``b`` is compared at the rungs ``min_epochs * eta**(b + k)`` below
-``max_epochs``. Reaching a rung, it records its value there and goes on only when that
-value is in the top ``1/eta`` of all values recorded at that rung so far (itself included;
+``max_epochs``, or at rungs placed as Oríon places them (``num_rungs`` log-spaced between
+``min_epochs`` and ``max_epochs``: 15, 22, 33, 50 for [15, 50] and 4 rungs; see
+:func:`orion_rungs`), or at explicit ones (``rungs``); the top rung, ``max_epochs``, is where a
+cell ends, not a comparison. Bracket ``b`` then skips the first ``b`` rungs, as Oríon's.
+Reaching a rung, a cell records its value there and goes on only when that value is in the top
+``1/eta`` of all values recorded at that rung so far (itself included;
 while fewer than ``eta`` are there, only the best goes on), else it stops: **pruned**. A
 tie goes to the trial started first (the lower Optuna trial number: the order cells were
 claimed in, so two cells tied at the same moment never both stop): "top 1/eta" is a count,
@@ -25,18 +29,41 @@ import math
 from dataclasses import dataclass
 
 
+def orion_rungs(min_epochs: int, max_epochs: int, num_rungs: int) -> list[int]:
+    """Oríon's ASHA budgets (``compute_budgets``): ``num_rungs`` epochs log-spaced from
+    ``min_epochs`` to ``max_epochs``, rounded half up, each at least one past the one before;
+    the last is ``max_epochs``. Raises ValueError when they don't fit (Oríon's BUDGET_ERROR)."""
+    if num_rungs < 2:
+        raise ValueError(f"num_rungs must be at least 2, got {num_rungs}")
+    ratio = (max_epochs / min_epochs) ** (1 / (num_rungs - 1))
+    out = [int(min_epochs * ratio**k + 0.5 + 1e-9) for k in range(num_rungs)]
+    for i in range(1, num_rungs):
+        out[i] = max(out[i], out[i - 1] + 1)
+    if out[-1] > max_epochs:
+        raise ValueError(
+            f"{num_rungs} rungs don't fit between {min_epochs} and {max_epochs} epochs "
+            f"(they would reach {out[-1]}); at most {max_epochs - min_epochs + 1}"
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Asha:
     min_epochs: int
     max_epochs: int
     eta: int = 3
     brackets: int = 1
+    #: Rungs given as epochs (explicit, or Oríon's ``num_rungs`` spacing); None: the
+    #: geometric ``min_epochs * eta**k``. Entries at max_epochs are the end, not a rung.
+    placed: tuple[int, ...] | None = None
 
     def bracket_of(self, cell_id: str) -> int:
         return int(cell_id[:8], 16) % self.brackets
 
     def rungs(self, bracket: int = 0) -> list[int]:
         """The epochs at which a cell of ``bracket`` is compared (all below max_epochs)."""
+        if self.placed is not None:
+            return [e for e in self.placed if e < self.max_epochs][bracket:]
         out, epoch = [], self.min_epochs * self.eta**bracket
         while epoch < self.max_epochs:
             out.append(epoch)

@@ -36,9 +36,14 @@ class BaseItem:
     group: bool  # a config-group choice (or a Hydra path such as hydra/launcher): no key check
 
 
-def parse_base(m: LoadedMatrix, groups: dict[str, list[str]], add: Add) -> list[BaseItem]:
+def parse_base(
+    m: LoadedMatrix,
+    groups: dict[str, list[str]],
+    add: Add,
+    unknown: Callable[[str, Any], str] | None = None,
+) -> list[BaseItem]:
     """The base overrides, parsed as Hydra parses them; syntax errors and unknown group
-    choices reported through ``add``."""
+    choices reported through ``add`` (``unknown``: the message for an unknown choice)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -66,7 +71,9 @@ def parse_base(m: LoadedMatrix, groups: dict[str, list[str]], add: Add) -> list[
         ):
             add(
                 ("base", i),
-                f"unknown {key} choice {value!r}; valid choices: "
+                unknown(key, value)
+                if unknown
+                else f"unknown {key} choice {value!r}; valid choices: "
                 f"{format_choices(groups[key])}{did_you_mean(value, groups[key])}",
             )
         items.append(BaseItem(i, key, kind, value, is_group))

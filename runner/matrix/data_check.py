@@ -60,3 +60,24 @@ def data_problems(
             if problem not in problems:
                 problems.append(problem)
     return problems
+
+
+def case_counts(
+    recipe: Recipe, base: list[str], cells: list[Cell], known: dict[tuple[str, ...], Any]
+) -> list[tuple[str, int]]:
+    """(where, how many cases) of each distinct dataset of these cells that can be listed
+    here, asked of the recipe's ``CASES`` entry (none: [])."""
+    listing = recipe.entry("CASES")
+    if listing is None:
+        return []
+    out: list[tuple[str, int]] = []
+    for overrides in data_sets(base, cells):
+        cfg = _composed(recipe, overrides, known)
+        try:
+            ids = listing(cfg.data)
+        except OSError:
+            ids = None
+        where = f"data.root={cfg.data.get('root')}"
+        if ids is not None and (where, len(ids)) not in out:
+            out.append((where, len(ids)))
+    return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.matrix import cv as nested
 from runner.matrix.cells import (
     Cell,
     assign_run_names,
@@ -21,8 +22,9 @@ from runner.matrix.cells import (
     override,
     value_key,
 )
+from runner.matrix.cv_checks import check_cv
 from runner.matrix.schema import MAX_CELLS, LoadedMatrix
-from runner.matrix.search_checks import check_search
+from runner.matrix.search_checks import check_search, restart_axes
 
 
 @dataclass
@@ -40,7 +42,7 @@ _key = value_key
 def _check_axes(m: LoadedMatrix) -> list[Problem]:
     problems = []
     spec = m.spec
-    if not spec.axes and not spec.include and spec.search is None:
+    if not spec.axes and not spec.include and spec.search is None and spec.cv is None:
         problems.append(m.problem(("axes",), "the matrix has no axes and no include: no cells"))
     # A zipped axis may repeat a value (model: [unet, unet, swin_unetr]); its group's
     # combinations must be distinct instead (checked below).
@@ -104,11 +106,12 @@ def _check_axes(m: LoadedMatrix) -> list[Problem]:
                             "same values: it would repeat cells",
                         )
                     )
-    return problems + check_search(m)
+    return problems + check_search(m) + check_cv(m)
 
 
 def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
-    """Each free axis, and each zip group, becomes one list of partial assignments."""
+    """Each free axis, and each zip group, becomes one list of partial assignments; ``cv``
+    adds the outer folds last (a search's trials: outer fold 0 only, see runner.matrix.cv)."""
     spec = m.spec
     group_of = {name: tuple(g) for g in spec.zip for name in g}
     units: list[list[dict[str, Any]]] = []
@@ -124,6 +127,9 @@ def _units(m: LoadedMatrix) -> list[list[dict[str, Any]]]:
                 for combo in zip(*(spec.axes[g] for g in group), strict=True)
             ]
         )
+    if spec.cv is not None:
+        folds = nested.outer_values(spec.cv)
+        units.append([{nested.KEY: v} for v in (folds[:1] if spec.search else folds)])
     return units
 
 
@@ -136,7 +142,7 @@ def _trials_per_point(m: LoadedMatrix) -> int:
     r = m.spec.restarts
     if r is not None:
         per = r.seeds
-        for values in r.axes.values():
+        for values in restart_axes(m).values():
             per *= max(1, len(values))
         trials += r.top * per
     return trials
@@ -149,10 +155,11 @@ def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
 def count_product(m: LoadedMatrix, cap: int = 10**18) -> int:
     """Cells in the product; past ``cap`` the partial product (a huge number of axes must
     not build an integer too long to print)."""
-    if not m.spec.axes:
+    units = _units(m)
+    if not units:
         return 1 if m.spec.search is not None else 0
     total = 1
-    for unit in _units(m):
+    for unit in units:
         total *= len(unit)
         if total > cap:
             return total
@@ -160,12 +167,13 @@ def count_product(m: LoadedMatrix, cap: int = 10**18) -> int:
 
 
 def _iter_product(m: LoadedMatrix) -> Iterator[dict[str, Any]]:
-    if not m.spec.axes:
+    units = _units(m)
+    if not units:
         if m.spec.search is not None:
             yield {}  # a search without axes: one point, the base config
         return
-    order = list(m.spec.axes)
-    for parts in itertools.product(*_units(m)):
+    order = [*m.spec.axes, *([nested.KEY] if m.spec.cv is not None else [])]
+    for parts in itertools.product(*units):
         merged: dict[str, Any] = {}
         for p in parts:
             merged.update(p)

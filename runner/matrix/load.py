@@ -10,6 +10,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import MatrixError, Problem, did_you_mean, format_choices
+from runner.matrix import cv as nested
 from runner.matrix.cells import value_key
 from runner.matrix.names import LABEL_PATTERN
 from runner.matrix.schema import EXECUTOR_KINDS, EXECUTOR_MODELS, LoadedMatrix, Matrix
@@ -191,4 +192,7 @@ def load_matrix(file: Path | str) -> LoadedMatrix:
         problems += [_problem_from_pydantic(e, lines, data) for e in errors]
     if problems:
         raise MatrixError(file, problems) from None
+    if spec.cv is not None:  # the outer folds read outer0, outer1, ... in run names
+        folds = nested.outer_values(spec.cv)
+        labels[nested.KEY] = {value_key(v): nested.label(k) for k, v in enumerate(folds)}
     return LoadedMatrix(spec=spec, file=file, lines=lines, labels=labels)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from runner.errors import Problem, did_you_mean
 from runner.executors.options import OPTIONS
+from runner.matrix import cv as nested
 from runner.matrix.names import parse_template
 from runner.matrix.space import check as check_distribution
 from runner.matrix.yaml_lines import Path_, dotted
@@ -103,6 +104,10 @@ class PrunerOptions(_Strict):
     brackets: PositiveInt = 1
     metric: str | None = Field(None, pattern=METRIC_PATTERN)
     mode: Literal["max", "min"] | None = None
+    #: Oríon's placement: this many rungs log-spaced from min_epochs to max_epochs (the last
+    #: is max_epochs); or the rungs' epochs themselves. Neither: min_epochs * eta^k.
+    num_rungs: int | None = Field(None, ge=2, le=64)
+    rungs: list[PositiveInt] | None = Field(None, min_length=1, max_length=64)
 
 
 class RestartOptions(_Strict):
@@ -128,6 +133,7 @@ class Matrix(_Strict):
     search: SearchOptions | None = None
     pruner: PrunerOptions | None = None
     restarts: RestartOptions | None = None
+    cv: nested.CvOptions | None = None  # nested cross-validation (runner.matrix.cv)
     run_name: str | None = Field(
         None, description="a template such as '{model}_{optimizer}{optimizer.lr}_s{seed}'"
     )
@@ -150,6 +156,16 @@ class Matrix(_Strict):
         return self.model_copy(
             update={"base": [*self.base, f"{FIDELITY_KEY}={self.pruner.max_epochs}"]}
         )
+
+    @model_validator(mode="after")
+    def _cv_sets_the_inner_folds(self) -> Matrix:
+        """Every cell of a ``cv`` matrix splits its outer fold's training subjects into the
+        inner folds (a base that sets these keys too is reported by runner.matrix.cv_checks)."""
+        if self.cv is None:
+            return self
+        own = {b.lstrip("+").partition("=")[0] for b in self.base}
+        extra = [o for o in nested.base_overrides(self.cv) if o.partition("=")[0] not in own]
+        return self.model_copy(update={"base": [*self.base, *extra]}) if extra else self
 
     @field_validator("sweep_dir")
     @classmethod

@@ -9,8 +9,9 @@ import json
 from typing import Any
 
 from runner.errors import Problem
-from runner.matrix.asha import Asha
-from runner.matrix.schema import FIDELITY_KEY, LoadedMatrix
+from runner.matrix import cv as nested
+from runner.matrix.asha import Asha, orion_rungs
+from runner.matrix.schema import FIDELITY_KEY, LoadedMatrix, PrunerOptions
 from runner.matrix.space import Space, parse
 
 
@@ -70,6 +71,60 @@ def check_search(m: LoadedMatrix) -> list[Problem]:
     return problems
 
 
+def asha_of(p: PrunerOptions) -> Asha:
+    """The pruner's ASHA, its rungs placed as the matrix says (checked by check_search)."""
+    placed = None
+    if p.rungs is not None:
+        placed = tuple(p.rungs)
+    elif p.num_rungs is not None:
+        placed = tuple(orion_rungs(p.min_epochs, p.max_epochs, p.num_rungs))
+    return Asha(p.min_epochs, p.max_epochs, p.reduction_factor, p.brackets, placed)
+
+
+def _check_placed_rungs(m: LoadedMatrix, p: PrunerOptions) -> list[Problem]:
+    """``rungs`` / ``num_rungs``: inside [min_epochs, max_epochs], increasing, and enough of
+    them below max_epochs for every bracket."""
+    span = f"[min_epochs {p.min_epochs}, max_epochs {p.max_epochs}]"
+    if p.rungs is not None and p.num_rungs is not None:
+        return [m.problem(("pruner", "rungs"), "give pruner.rungs or pruner.num_rungs, not both")]
+    if p.num_rungs is not None:
+        try:
+            placed = orion_rungs(p.min_epochs, p.max_epochs, p.num_rungs)
+        except ValueError as exc:
+            return [m.problem(("pruner", "num_rungs"), str(exc))]
+        where: tuple[str, ...] = ("pruner", "num_rungs")
+    elif p.rungs is not None:
+        problems = [
+            m.problem(
+                ("pruner", "rungs", i),
+                f"rung {r} is outside {span}: a rung is an epoch between them",
+            )
+            for i, r in enumerate(p.rungs)
+            if not p.min_epochs <= r <= p.max_epochs
+        ]
+        problems += [
+            m.problem(("pruner", "rungs", i + 1), f"rungs must increase: {b} follows {a}")
+            for i, (a, b) in enumerate(itertools.pairwise(p.rungs))
+            if b <= a
+        ]
+        if problems:
+            return problems
+        placed, where = list(p.rungs), ("pruner", "rungs")
+    else:
+        return []
+    compared = [r for r in placed if r < p.max_epochs]
+    if len(compared) < p.brackets:
+        return [
+            m.problem(
+                ("pruner", "brackets") if compared else where,
+                f"the rungs below max_epochs {p.max_epochs} are {compared or 'none'}: "
+                f"{p.brackets} bracket(s) need at least {p.brackets} of them "
+                "(bracket b skips the first b rungs)",
+            )
+        ]
+    return []
+
+
 def _check_pruner(m: LoadedMatrix) -> list[Problem]:
     spec, p = m.spec, m.spec.pruner
     if p is None:
@@ -82,6 +137,8 @@ def _check_pruner(m: LoadedMatrix) -> list[Problem]:
                 f"min_epochs {p.min_epochs} must be below max_epochs {p.max_epochs}",
             )
         )
+    elif p.rungs is not None or p.num_rungs is not None:
+        problems += _check_placed_rungs(m, p)
     elif p.min_epochs * p.reduction_factor ** (p.brackets - 1) >= p.max_epochs:
         most = len(Asha(p.min_epochs, p.max_epochs, p.reduction_factor).rungs())
         problems.append(
@@ -164,15 +221,25 @@ def _check_restarts(m: LoadedMatrix) -> list[Problem]:
     return problems
 
 
+def restart_axes(m: LoadedMatrix) -> dict[str, list[Any]]:
+    """What restarts vary besides the seed: every outer fold of ``cv`` (the search ran on
+    the first), then ``restarts.axes``."""
+    r, cv = m.spec.restarts, m.spec.cv
+    if r is None:
+        return {}
+    return {**({nested.KEY: nested.outer_values(cv)} if cv else {}), **r.axes}
+
+
 def restart_points(m: LoadedMatrix) -> list[dict[str, Any]]:
     """The restart values of one configuration: each restart axis combination times seeds
     1..N (the search's own runs use the base seed, 0 by default: a restart is a new run)."""
     r = m.spec.restarts
     if r is None:
         return []
-    keys = list(r.axes)
+    axes = restart_axes(m)
+    keys = list(axes)
     out = []
-    for combo in itertools.product(*(r.axes[k] for k in keys)):
+    for combo in itertools.product(*(axes[k] for k in keys)):
         for seed in range(1, r.seeds + 1):
             out.append({**dict(zip(keys, combo, strict=True)), "seed": seed})
     return out

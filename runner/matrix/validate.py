@@ -83,7 +83,7 @@ class _Checker:
     def __init__(self, m: LoadedMatrix, recipe: Recipe, composer: Composer, out: _Collector):
         self.m, self.recipe, self.composer, self.out = m, recipe, composer, out
         self.groups = recipe.groups
-        self.items = base_check.parse_base(m, self.groups, out.add)
+        self.items = base_check.parse_base(m, self.groups, out.add, recipe.unknown_choice)
         self._drop_reported()
         self.base_groups = [m.spec.base[it.index] for it in self.items if it.group]
         # base index -> (key, the choices it is missing for, siblings)
@@ -146,11 +146,7 @@ class _Checker:
             for key, value in cell.values.items():
                 if key in groups:
                     if not isinstance(value, str) or value not in groups[key]:
-                        out.add(
-                            _value_path(m, cell, key),
-                            f"unknown {key} choice {value!r}; valid choices: "
-                            f"{format_choices(groups[key])}{did_you_mean(value, groups[key])}",
-                        )
+                        out.add(_value_path(m, cell, key), self.recipe.unknown_choice(key, value))
                 elif "." not in key and key not in top_level:
                     bad_keys.add(key)
                     out.add(

@@ -23,6 +23,7 @@ from runner.errors import RunnerError
 from runner.ledger import Status
 from runner.plan import Plan
 from runner.report import gpu_hours as gh
+from runner.report import nested
 from runner.report import search as search_report
 from runner.report import trust
 from runner.report.baseline import label_order, per_class_rows, read_csv
@@ -44,6 +45,7 @@ class Report:
     per_class: list[dict[str, Any]] = field(default_factory=list)  # vs the baseline
     baseline: str | None = None  # a group label, or the CSV's path
     search: dict[str, Any] | None = None  # a search or pruned grid (runner.report.search)
+    nested: dict[str, Any] | None = None  # held-out scores of a cv matrix (report.nested)
     #: The matrix's GPU-hours (gpu_hours.totals, plus "warning") and each cell's.
     gpu_hours: dict[str, Any] = field(default_factory=dict)
     cell_hours: dict[str, gh.CellHours] = field(default_factory=dict)
@@ -83,10 +85,12 @@ def build(
     base = next((g for g in groups if g.label == baseline), None)
     per_class = per_class_rows(groups, classes, raw, base, from_csv)
     rows = [{k: _clean(v) for k, v in r.items()} for r in raw]
-    report = Report(rows, marginal_effects(groups), classes, len(results), len(plan.cells))
+    effects = marginal_effects(groups, plan.matrix.labels)
+    report = Report(rows, effects, classes, len(results), len(plan.cells))
     report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
     report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
     report.search = search_report.build(plan)
+    report.nested = nested.build(plan, results)
     _add_hours(plan, report, groups, accounting or ({}, None))
     report.code_versions = code_versions(plan, [r.cell.id for r in results])
     report.missing = groups_without_results(plan, results)
@@ -152,6 +156,7 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         "ranked_by": "best val Dice (selection); test figures are reported, never ranked on",
         "baseline": report.baseline,
         "per_class_vs_baseline": report.per_class,
+        **({"nested_cv": report.nested} if report.nested else {}),
         "gpu_hours": {
             **report.gpu_hours,
             "cells": [h.row() for h in report.cell_hours.values() if h.attempts],
@@ -171,6 +176,9 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
     files.append(out_dir / "groups.csv")
     if report.per_class:
         files.append(_csv(report.per_class, out_dir / "per_class_vs_baseline.csv"))
+    if report.nested and report.nested["folds"]:
+        files.append(_csv(report.nested["configurations"], out_dir / "held_out.csv"))
+        files.append(_csv(report.nested["folds"], out_dir / "held_out_folds.csv"))
     spent = [h.row() for h in report.cell_hours.values() if h.attempts]
     if spent:
         files.append(_csv(spent, out_dir / "gpu_hours.csv"))
@@ -240,6 +248,9 @@ def log_summary(plan: Plan, report: Report) -> str:
         if best and best.get("dice_mean") is not None:
             client.log_metric(run_id, "best_group_dice_mean", best["dice_mean"])
             client.set_tag(run_id, "runner.best_group", best["group"])
+        held = (report.nested or {}).get("configurations") or [{}]
+        if held[0].get("test_dice_mean") is not None:  # the configuration selection ranks first
+            client.log_metric(run_id, "held_out_test_dice_mean", held[0]["test_dice_mean"])
         client.log_metric(run_id, "cells_done", report.cells_done)
         if report.gpu_hours:
             client.log_metric(run_id, "gpu_hours", report.gpu_hours["gpu_hours"])

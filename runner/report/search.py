@@ -32,7 +32,10 @@ from rich.table import Table
 
 from runner import tracking
 from runner.ledger import Status
+from runner.matrix import cv as nested
 from runner.matrix.asha import rung_of_reason
+from runner.matrix.cells import label_of
+from runner.matrix.search_checks import restart_axes
 from runner.plan import Plan
 from runner.search.trials import SearchPlan, Study, value_of
 
@@ -181,13 +184,17 @@ def _restarts(plan: Plan, search: SearchPlan) -> list[dict[str, Any]]:
     r = plan.matrix.spec.restarts
     if r is None or not search.restarts:
         return []
+    axes = restart_axes(plan.matrix)  # with cv, the outer folds first
+    labels = plan.matrix.labels
     states = plan.states()
     by_config: dict[str, dict[tuple[str, ...], list[float]]] = {}
     for cell in search.restarts:
         value = value_of(states[cell.id], search.metric)
         if states[cell.id].state != "done" or value is None:
             continue
-        combo = tuple(str(cell.values[k]) for k in r.axes)
+        combo = tuple(
+            label_of(k, cell.values[k], labels, derive=False) or str(cell.values[k]) for k in axes
+        )
         by_config.setdefault(cell.tags["restart.of"], {}).setdefault(combo, []).append(value)
     pick = max if search.mode == "max" else min
     out = []
@@ -199,7 +206,7 @@ def _restarts(plan: Plan, search: SearchPlan) -> list[dict[str, Any]]:
             {
                 "configuration": names.get(trial_id, trial_id),
                 "cell": trial_id,
-                "restart_axes": list(r.axes),
+                "restart_axes": ["outer fold" if k == nested.KEY else k for k in axes],
                 "best_restart": {"/".join(k) or "all": v for k, v in best.items()},
                 "restarts_done": sum(len(vs) for vs in combos.values()),
                 "n": len(xs),

@@ -25,7 +25,7 @@ from typing import Any
 
 from runner import tracking
 from runner.errors import RunnerError, did_you_mean
-from runner.matrix.cells import Cell, Labels, run_name_tokens
+from runner.matrix.cells import Cell, Labels, label_of, run_name_tokens
 from runner.plan import Plan
 from runner.report import significance
 from runner.report.intervals import seed_interval
@@ -152,7 +152,8 @@ def make_groups(plan: Plan, results: list[CellResult]) -> list[Group]:
     return sorted(groups.values(), key=lambda g: -g.stats()[0])
 
 
-def marginal_effects(groups: list[Group]) -> list[dict[str, Any]]:
+def marginal_effects(groups: list[Group], labels: Labels | None = None) -> list[dict[str, Any]]:
+    """Per axis value (by its label where the matrix gives one: ``outer0`` for a cv fold)."""
     means = [g.stats()[0] for g in groups]
     overall = statistics.fmean(means) if means else math.nan
     axes = list(dict.fromkeys(k for g in groups for k in g.values))
@@ -161,7 +162,9 @@ def marginal_effects(groups: list[Group]) -> list[dict[str, Any]]:
         by_value: dict[str, list[float]] = {}
         for g, m in zip(groups, means, strict=True):
             if axis in g.values:
-                by_value.setdefault(str(g.values[axis]), []).append(m)
+                value = g.values[axis]
+                shown = label_of(axis, value, labels, derive=False) or str(value)
+                by_value.setdefault(shown, []).append(m)
         if len(by_value) < 2:
             continue  # an axis with one value has no effect to show
         for value, ms in by_value.items():

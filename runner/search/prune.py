@@ -27,6 +27,7 @@ class SearchSpec:
     trial_number: int | None = None
     asha: tuple[int, int, int] | None = None  # (min_epochs, max_epochs, eta): pruned
     bracket: int = 0
+    rungs: tuple[int, ...] | None = None  # rungs placed by epochs (num_rungs, rungs)
 
 
 class Reporter:
@@ -77,7 +78,7 @@ class Reporter:
         b = self.spec.bracket
         done = self.store.get_trial_system_attrs(trial_id)
         study_id = self.store.get_study_id_from_name(self.spec.study)
-        for rung, at in enumerate(Asha(low, high, eta).rungs(b)):
+        for rung, at in enumerate(Asha(low, high, eta, placed=self.spec.rungs).rungs(b)):
             key = rung_key(b, rung)
             if at > epoch or key in done:
                 continue

@@ -25,7 +25,7 @@ from runner.ledger import TERMINAL, CellRecord, CellState, read_json
 from runner.matrix.asha import Asha
 from runner.matrix.cells import Cell, cell_id, override, run_name_tokens
 from runner.matrix.schema import LoadedMatrix
-from runner.matrix.search_checks import objective, restart_points
+from runner.matrix.search_checks import asha_of, objective, restart_points
 from runner.matrix.space import Space, encode, rounded
 from runner.search import study as journal
 from runner.search.prune import SearchSpec
@@ -164,6 +164,7 @@ class SearchPlan:
             trial_number=int(record["number"]),
             asha=None if asha is None else (asha.min_epochs, asha.max_epochs, asha.eta),
             bracket=0 if asha is None else asha.bracket_of(cell.id),
+            rungs=None if asha is None else asha.placed,
         )
 
     # --- restarts ---------------------------------------------------------------------------
@@ -182,13 +183,18 @@ class SearchPlan:
 
     def restart_cells(self, study: Study, chosen: list[Cell]) -> list[Cell]:
         out = []
+        labels = self.m.labels
         for rank, trial in enumerate(chosen):
             for extra in restart_points(self.m):
-                overrides = (*trial.overrides, *(override(k, v) for k, v in extra.items()))
+                # A value the restart sets (cv: the outer fold) replaces the trial's own, in
+                # its overrides and its name.
+                kept = [o for o in trial.overrides if o.partition("=")[0] not in extra]
+                overrides = (*kept, *(override(k, v) for k, v in extra.items()))
                 cid = cell_id(self.m.spec.recipe, [*self.m.spec.base, *overrides])
-                name = "_".join(
-                    [trial.run_name, *run_name_tokens(extra, self.groups, self.m.labels)]
-                )
+                replaced = {k: trial.values[k] for k in extra if k in trial.values}
+                dropped = set(run_name_tokens(replaced, self.groups, labels))
+                head = [t for t in trial.run_name.split("_") if t not in dropped]
+                name = "_".join([*head, *run_name_tokens(extra, self.groups, labels)])
                 tags = {
                     "search.study": study.key,
                     "restart.of": trial.id,
@@ -242,7 +248,7 @@ def build(
         return grid, None
     metric, mode = objective(m)
     p = spec.pruner
-    asha = None if p is None else Asha(p.min_epochs, p.max_epochs, p.reduction_factor, p.brackets)
+    asha = None if p is None else asha_of(p)
     space = None if spec.search is None else Space(spec.search.space)
     plan = SearchPlan(
         m, ledger_root / "search", ledger_root / "cells", groups, metric, mode, space, asha

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runner.errors import RunnerError
+from runner.errors import MatrixError, RunnerError
 from runner.executors.options import options_model
 from runner.ledger import Ledger, read_json, registry
-from runner.matrix.data_check import data_problems
+from runner.matrix.cv_checks import fold_problems
+from runner.matrix.data_check import case_counts, data_problems
 from runner.plan import Plan
 
 
@@ -42,6 +43,7 @@ def check_data(plan: Plan, submitting: bool) -> list[str]:
     (no data root here) is a warning there, an error for `sweep` and `resume`."""
     spec = plan.matrix.spec
     known = plan.expansion.data_configs
+    check_folds(plan)
     problems = data_problems(plan.recipe, list(spec.base), plan.cells, known, listing=False)
     if not problems:
         unlisted = data_problems(plan.recipe, list(spec.base), plan.cells, known, listing=True)
@@ -53,6 +55,18 @@ def check_data(plan: Plan, submitting: bool) -> list[str]:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise RunnerError(f"{plan.matrix.file}: the data can't be read:\n{shown}{more}")
     return []
+
+
+def check_folds(plan: Plan) -> None:
+    """A ``cv`` matrix's fold counts against the subjects of each dataset it can list here
+    (an error for `plan` too: no cell of such a matrix could split its data)."""
+    m = plan.matrix
+    if m.spec.cv is None:
+        return
+    counts = case_counts(plan.recipe, list(m.spec.base), plan.cells, plan.expansion.data_configs)
+    problems = [p for where, n in counts for p in fold_problems(m, n, where)]
+    if problems:
+        raise MatrixError(m.file, problems)
 
 
 #: Filesystems where sqlite's locking can't be trusted (and MLflow then fails with

@@ -4,7 +4,8 @@ A cell is named by its id, an id prefix (4+ characters) or its run name; ``--bes
 takes the cell with the best validation Dice (the ledger's ``best_val_dice``: selection is on
 validation, never on test), overall or within a report group (every axis but ``seed``).
 ``--ensemble seeds|folds`` adds the done cells that differ from it only in ``seed`` or only
-in ``data.fold``.
+in ``data.fold``. In a matrix with nested cross-validation (``cv``), the best of each group
+is each configuration's selected cell per outer fold (:mod:`runner.report.nested`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from runner.ledger import CellState
 from runner.matrix.cells import Cell
 from runner.plan import Plan
 from runner.recipe import Recipe
+from runner.report.nested import selected
 from runner.report.stats import group_label
 
 ENSEMBLE_AXES = {"seeds": "seed", "folds": "data.fold"}
@@ -89,6 +91,8 @@ def best_cell(plan: Plan, states: dict[str, CellState], group: str | None) -> Ce
 
 
 def best_per_group(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
+    if plan.matrix.spec.cv is not None:  # per configuration and outer fold, on inner val
+        return [cell for _, _, cell in selected(plan, states)]
     best: dict[str, Cell] = {}
     for cell in _done(plan, states):
         label, score = group_of(plan, cell), states[cell.id].best_val_dice

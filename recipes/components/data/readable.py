@@ -241,3 +241,22 @@ def _root_variable(data_cfg: Mapping[str, Any]) -> str:
         f" (data.root is ${var}, which is not set here, so its default was used: set {var} "
         "to the dataset's folder, or data.root in the matrix)"
     )
+
+
+def listed_cases(data_cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The dataset's cases as the recipe lists them (``data.test`` not yet held out), or None
+    where they can't be listed here (no data root, a synthetic set not generated yet)."""
+    if _not_generated(data_cfg):
+        return None
+    try:
+        items, _ = read_cases(data_cfg)
+    except (OSError, ValueError, KeyError):
+        return None
+    return items
+
+
+def case_ids(data_cfg: Mapping[str, Any]) -> list[str] | None:
+    """The dataset's case ids (see :func:`listed_cases`): the runner checks nested
+    cross-validation's fold counts against their number."""
+    items = listed_cases(data_cfg)
+    return None if items is None else sorted(str(item["case"]) for item in items)

@@ -7,6 +7,10 @@ The key takes one of:
 - a fraction in (0, 1): that share of the dataset's cases (at least one), drawn from the
   cases sorted by id with ``data.split_seed``, independently of the folds and of the
   validation share, so every fold and seed of a matrix holds out the same cases;
+- ``{fold: k, folds: K}``: fold k of K folds of the cases sorted by id, shuffled with
+  ``data.split_seed`` (MONAI's ``partition_dataset``, as ``data.num_folds`` splits): the
+  outer fold of nested cross-validation, whose other cases ``data.num_folds`` then splits
+  into the inner folds (the runner's ``cv`` block sets both);
 - ``imagesTs`` (or ``{images: imagesTs, labels: labelsTs}``): nnU-Net's held-out folders
   under ``data.root``, cases named by the label files; images one file per channel
   (``CASE_0000.nii.gz``) or one 4D file (MSD).
@@ -39,16 +43,42 @@ def _spec(data_cfg: Mapping[str, Any]) -> Any:
     return OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else spec
 
 
+def is_fold_spec(spec: Any) -> bool:
+    """``{fold: k, folds: K}``: an outer fold of the cases."""
+    return isinstance(spec, dict) and set(spec) == {"fold", "folds"}
+
+
 def is_folder_spec(spec: Any) -> bool:
-    return isinstance(spec, (str, dict))
+    return isinstance(spec, str) or (isinstance(spec, dict) and not is_fold_spec(spec))
+
+
+def _fold_ids(ids: list[str], spec: dict[str, Any], seed: int) -> list[str]:
+    """The ids of outer fold ``spec['fold']`` of ``spec['folds']`` (``ids`` sorted)."""
+    from monai.data.utils import partition_dataset
+
+    folds, fold = spec["folds"], spec["fold"]
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (folds, fold)) or folds < 2:
+        raise PredictInputError(f"data.test={spec}: fold and folds must be integers, folds >= 2")
+    if not 0 <= fold < folds:
+        raise PredictInputError(f"data.test={spec}: fold must be one of 0..{folds - 1}")
+    if len(ids) < folds:
+        raise PredictInputError(
+            f"data.test={spec}: {folds} folds need at least {folds} cases, the dataset has "
+            f"{len(ids)}"
+        )
+    parts = partition_dataset(ids, num_partitions=folds, shuffle=True, seed=seed)
+    return sorted(parts[fold])
 
 
 def _ids_from(items: Items, spec: Any, seed: int) -> list[str]:
     """The test case ids among ``items`` for a list or fraction ``spec``."""
     ids = sorted(item["case"] for item in items)
+    if is_fold_spec(spec):
+        return _fold_ids(ids, spec, seed)
     if isinstance(spec, bool) or not isinstance(spec, (int, float, list, tuple)):
         raise PredictInputError(
-            f"data.test={spec!r}: give case ids (a list), a fraction in (0, 1), or imagesTs"
+            f"data.test={spec!r}: give case ids (a list), a fraction in (0, 1), an outer fold "
+            "({fold: k, folds: K}) or imagesTs"
         )
     if isinstance(spec, (list, tuple)):
         wanted = [str(s) for s in spec]

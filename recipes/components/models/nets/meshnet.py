@@ -1,9 +1,12 @@
 """MeshNet (Fedorov et al. 2017): a U-Net-free segmenter of dilated 3x3x3 convolutions.
 
 No down-sampling at all: the receptive field grows through the dilation schedule alone
-(1,2,4,8,16,8,4,2,1 covers ~ 2*sum(d)+1 = 93 voxels), so the output keeps full resolution and
-any patch size works. ``width`` channels throughout (``meshnet26`` = width 26): tiny models
-(~100k parameters) that still segment whole brains, which is what the BrainChop line uses.
+(1,2,4,8,16,8,4,2,1 covers 2*sum(d)+1 = 93 voxels), so the output keeps full resolution and
+any patch size works. The default schedule is the stroke paper's authors' own (the Plis lab's
+neuroneural/catalyst_example ``modelAE.json`` @ 629cb45, for 256^3 brains): with width 26, one
+input channel and two classes, the paper's MeshNet-26 of 147,474 parameters. ``width``
+channels throughout (``meshnet26`` = width 26): tiny models (~100k parameters) that still
+segment whole brains, which is what the BrainChop line uses.
 ``spatial_dims=2`` builds the same net of 3x3 convolutions for slices.
 """
 
