@@ -23,9 +23,8 @@ from runner.errors import RunnerError
 from runner.ledger import Status
 from runner.plan import Plan
 from runner.report import gpu_hours as gh
-from runner.report import nested
+from runner.report import nested, trust
 from runner.report import search as search_report
-from runner.report import trust
 from runner.report.baseline import label_order, per_class_rows, read_csv
 from runner.report.missing import groups_without_results
 from runner.report.outputs import DIGEST_TAG, digest, earlier_run
