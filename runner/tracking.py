@@ -64,6 +64,14 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def open_store(uri: str) -> None:
+    """Open the store as a process's first call does (MLflow's client, the store's engine
+    and schema check, cached for the process), so that its later calls find it open: a warm
+    standby's head start (runner.job.standby)."""
+    with store_init_lock(uri):
+        client(uri).search_experiments(max_results=1)
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The experiment id for ``name``, created if needed (artifacts beside a local store)."""
     try:

@@ -7,6 +7,7 @@ backend decides *how* they run.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import submitit
 
 from runner.job.cell import CellJob
+from runner.ledger import Go
 
 
 @dataclass
@@ -69,6 +71,21 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, jobs: Sequence[CellJob]) -> list[submitit.Job[Any]]:
         """Start (or enqueue) these jobs; one submitit job per cell, in order."""
+
+    def submit_standby(self, job: CellJob) -> submitit.Job[Any] | None:
+        """Start ``job`` ahead of a free slot, warming up and waiting for its go
+        (:mod:`runner.job.standby`); None where this backend keeps no standby (a process of
+        it could not take a slot's GPUs after it started). Default: none."""
+        return None
+
+    def wake(self, job: submitit.Job[Any]) -> Go:
+        """Reserve a free slot's resources for a standby: what its go carries."""
+        raise NotImplementedError(f"executor '{self.kind}' keeps no standby")
+
+    def wait(self, jobs: Sequence[submitit.Job[Any]], timeout_s: float) -> None:
+        """Return when one of ``jobs`` may have ended, or after ``timeout_s``. Default: the
+        timeout (the queue then looks again)."""
+        time.sleep(timeout_s)
 
     def finished(self, job: submitit.Job[Any]) -> bool:
         return job.done()

@@ -32,8 +32,8 @@ import submitit
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
 from runner.executors.resources import gpus_from_env
-from runner.job import signals
-from runner.job.process import CellLost, Heartbeat, failure_reason
+from runner.job import signals, standby
+from runner.job.process import CellLost, Heartbeat, failure_reason, spare_final_collection
 from runner.job.signals import Meaning
 from runner.ledger import Attempt, Cancel, CellRecord, Status, ledger_hours, write_json_atomic
 from runner.search.prune import Reporter, SearchSpec
@@ -68,6 +68,8 @@ class CellJob:
     commit: str | None = None
     #: A searched or pruned matrix: the metric to track, the cell's trial, ASHA's settings.
     search: SearchSpec | None = None
+    #: Submitted ahead of its slot: warm up, then wait for the go (runner.job.standby).
+    standby: bool = False
 
     #: What each signal means to this executor's cells (:mod:`runner.job.signals`).
     signal_meanings: ClassVar[Mapping[int, Meaning]] = signals.LOCAL
@@ -83,9 +85,14 @@ class CellJob:
     _inner: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self) -> dict[str, Any]:
-        with signals.handling(self.signal_table(), self._on_signal) as inner:
-            self._inner = inner
-            return self._run()
+        try:
+            with signals.handling(self.signal_table(), self._on_signal) as inner:
+                self._inner = inner
+                if self.standby:
+                    standby.wait(self, self._attempt())
+                return self._run()
+        finally:
+            spare_final_collection()
 
     def signal_table(self) -> Mapping[int, Meaning]:
         return self.signal_meanings

@@ -4,6 +4,8 @@ alive, and the reason an exception gives in the ledger (``lost:``, ``oom:``,
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 from typing import Any
@@ -11,6 +13,18 @@ from typing import Any
 from runner.ledger import Attempt, records
 
 HEARTBEAT_S = 10.0
+
+
+def spare_final_collection() -> None:
+    """In a job's own process (submitit's task), which ends once the job returns: move every
+    object to the collector's permanent generation, so that the interpreter's exit skips a
+    last collection over all that torch, MONAI and MLflow allocated (measured: 6 s of a
+    loaded machine's wall clock, 1.4 s of CPU, during which the slot looked busy). atexit
+    handlers still run and objects still go as their references do; only cycles are left to
+    the process's end. Never in a process that goes on (the debug executor's)."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == "submitit.core._submit":
+        gc.freeze()
 
 
 class CellLost(BaseException):

@@ -7,6 +7,7 @@ file          record                            written by
 ============  ================================  ==============================================
 claim.json    :class:`Claim`                    the sweep that won the attempt (mkdir)
 job.json      :class:`Job`                      the submitter, once the executor took the job
+go.json       :class:`Go`                       the local queue: a warm standby's slot is free
 status.json   :class:`Status`                   the job: running, then its outcome
 heartbeat     :class:`Heartbeat`                the job, every few seconds while it runs
 monitor.json  :class:`Monitor`                  the watcher (a sweep) or reconciliation: how
@@ -63,6 +64,16 @@ class Job(Record):
 
     job_id: str | None = None
     executor: str | None = None
+
+
+@dataclass(kw_only=True)
+class Go(Record):
+    """A warm standby may start (runner.job.standby): the freed slot's GPUs and threads."""
+
+    FILE = "go"
+
+    gpus: list[int] = field(default_factory=list)
+    threads: int | None = None
 
 
 @dataclass(kw_only=True)

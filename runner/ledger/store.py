@@ -245,7 +245,7 @@ class CellRecord:
             out.best_val_dice = status.best_val_dice
             out.objective = status.objective
         elif job:
-            out.state = "submitted"
+            out.state = "pending" if _never_started(claim, job) else "submitted"
         elif claim and _dead_here(claim.host, claim.pid):
             # Claimed by a sweep that died before submitting: it never ran, so it is pending.
             out.state = "pending"
@@ -299,6 +299,21 @@ class CellRecord:
                 }
             )
         return rows
+
+
+def _never_started(claim: Claim | None, job: Job) -> bool:
+    """A local job that wrote no status, whose process and whose queue are gone: it never
+    started its cell (a warm standby whose queue ended first, runner.job.standby), so the
+    cell is pending again, as a claimed cell whose sweep died before submitting it is. (A
+    queue that sees a job end without a word records it lost: the monitor then decides.)"""
+    pid = job.job_id or ""
+    return (
+        job.executor == "local"
+        and claim is not None
+        and pid.isdigit()
+        and _dead_here(claim.host, claim.pid)
+        and _dead_here(claim.host, int(pid))
+    )
 
 
 def _dead_here(host: str | None, pid: int | None) -> bool:

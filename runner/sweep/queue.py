@@ -18,6 +18,7 @@ from runner.job.cell import CellJob
 from runner.ledger import TERMINAL, Cancel, CellState, Job, Monitor, Status
 from runner.matrix.cells import Cell
 from runner.plan import Plan
+from runner.sweep.standby import Standby
 
 POLL_S = 1.0
 
@@ -102,14 +103,22 @@ def run_queue(
     queue is empty; a cancelled cell stops it (``runner cancel`` ends a search too)."""
     queue = list(jobs)
     active: list[tuple[CellJob, Any]] = []
+    # The next cell in line, started and waiting for a slot (runner.sweep.standby).
+    warm = Standby(plan, backend) if follow and refill is None else None
     try:
-        _run(plan, backend, queue, active, outcome, follow, observe, refill)
+        _run(plan, backend, queue, active, outcome, follow, observe, refill, warm)
     except KeyboardInterrupt:
-        # Ctrl-C: what was submitted runs on; what waited in the queue is given back.
+        # Ctrl-C: what was submitted runs on; what waited for a slot is given back (the
+        # standby's process ended first).
+        standby = warm.drop() if warm is not None else None
         dropped = [
             j.cell_id for j in queue if plan.ledger.cell(j.cell_id).release(_attempt(plan, j))
         ]
+        dropped = [standby, *dropped] if standby else dropped
         raise SweepInterrupted([j.cell_id for j, _ in active], dropped) from None
+    finally:
+        if warm is not None:
+            warm.drop()
     if observe:
         observe(plan.ledger.states([c.id for c in plan.cells]))
 
@@ -123,6 +132,7 @@ def _run(
     follow: bool,
     observe: Observer | None,
     refill: Refill | None,
+    warm: Standby | None,
 ) -> None:
     """run_queue's loop; ``queue`` and ``active`` are updated in place (an interrupt reads
     them)."""
@@ -135,18 +145,23 @@ def _run(
         queue[:] = kept
         if refill is not None and follow and backend.slots is not None and room > len(queue):
             queue += refill(room - len(queue))
+        if room > 0 and warm is not None and (woken := warm.wake()):
+            active.append(woken)  # the standby takes the first free slot
+            room -= 1
         if room > 0 and queue:
             batch = queue[:room]
             for job, sj in zip(batch, backend.submit(batch), strict=True):
                 _record_submission(plan, job, sj, outcome)
                 active.append((job, sj))
             del queue[: len(batch)]
+        if warm is not None:
+            warm.keep_one(queue, lambda job, sj: _record_submission(plan, job, sj, outcome))
         if not follow:
             if not queue:
                 break
             continue
         still = []
-        for job, sj in active:
+        for job, sj in [*active, *(warm.ended() if warm is not None else [])]:
             if backend.finished(sj):
                 _check_outcome(plan, backend, job, sj)
                 backend.release(sj)
@@ -157,16 +172,18 @@ def _run(
         active[:] = still
         if observe:
             observe(plan.ledger.states([c.id for c in plan.cells]))
-        if not queue and not active and refill is None:
+        waiting = warm is not None and warm.waiting is not None
+        if not queue and not active and not waiting and refill is None:
             break
-        if not queue and not active:
+        if not queue and not active and not waiting:
             # Everything ended: one more look for work (the last trial's result may let a
             # search choose its restarts); none means the sweep is over.
             queue += refill(backend.slots or 1) if refill is not None else []
             if not queue:
                 break
             continue
-        time.sleep(POLL_S)
+        if not waiting or active:
+            backend.wait([sj for _, sj in active], POLL_S)
 
 
 class SweepInterrupted(KeyboardInterrupt):

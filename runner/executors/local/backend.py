@@ -13,8 +13,10 @@ gloo (a warning says so): that is how DDP is tested without a GPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
+import select
 import signal
 import time
 import types
@@ -29,6 +31,7 @@ from runner.executors.base import Backend
 from runner.executors.local.options import LocalExecutorOptions
 from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
 from runner.job.cell import CellJob
+from runner.ledger import Go
 
 #: How long ``kill`` waits for SIGKILLed processes to be gone.
 KILL_REAP_S = 10.0
@@ -75,6 +78,44 @@ class LocalBackend(Backend):
                 self.held[sj.job_id] = gpus
             out.append(sj)
         return out
+
+    def submit_standby(self, job: CellJob) -> submitit.Job[Any] | None:
+        """Start ``job`` ahead of its slot (:mod:`runner.job.standby`): no GPU yet, the
+        cells' threads. None for DDP cells (each rank would wait), or with ``standby: false``."""
+        if not self.options.standby or self.options.gpus_per_cell > 1:
+            return None
+        t = self.threads
+        self.executor.update_parameters(
+            timeout_min=self.options.timeout_min,
+            gpus_per_node=0,
+            visible_gpus=(),
+            tasks_per_node=1,
+            setup=[f"export OMP_NUM_THREADS={t} MKL_NUM_THREADS={t}"],
+        )
+        with _controller_in_its_own_session():  # a sweep's Ctrl-C is not the cell's
+            return self.executor.submit(dataclasses.replace(job, standby=True))
+
+    def wake(self, job: submitit.Job[Any]) -> Go:
+        """A free slot's GPU for a standby (as :meth:`submit` would have given it one)."""
+        gpus = [self.gpus.take()] if self.gpus.room() else []
+        if gpus:
+            self.held[job.job_id] = gpus
+        return Go(gpus=gpus, threads=self.threads)
+
+    def wait(self, jobs: Sequence[submitit.Job[Any]], timeout_s: float) -> None:
+        """Until a job's controller exits (a pidfd turns readable) or ``timeout_s``: the queue
+        hands a freed slot on at once instead of at its next look."""
+        fds = []
+        try:
+            for job in jobs:
+                try:
+                    fds.append(os.pidfd_open(int(job.job_id)))
+                except (OSError, ValueError):
+                    return  # gone already (or no pid): the queue looks now
+            select.select(fds, [], [], timeout_s)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def cancel(self, job_ids: list[str]) -> list[str]:
         """Interrupt each job's task processes (SIGINT): the cell then records itself as

@@ -29,6 +29,11 @@ class LocalExecutorOptions(BaseModel):
         description="processes (DDP ranks) per cell, one GPU each; on a machine without "
         "GPUs, that many CPU processes with gloo",
     )
+    standby: bool = Field(
+        True,
+        description="keep one cell more than slots started, its imports done, waiting for "
+        "the next free slot (its start-up then overlaps the running cells); one-GPU cells",
+    )
 
     @model_validator(mode="after")
     def _enough_gpus(self) -> LocalExecutorOptions:
