@@ -1,5 +1,8 @@
-"""``python -m bench [--quick] [--only NAME] [--threads N]``: run the benchmarks, write
-``bench/results/results.{json,md}`` and print the table."""
+"""``python -m bench [--quick | --smoke] [--only NAME] [--threads N]``: run the benchmarks,
+write ``bench/results/results.{json,md}`` and print the table. ``--smoke`` runs every code
+path of each benchmark at tiny sizes, in seconds, so that none breaks unnoticed (the suite
+does: tests/test_bench.py); its figures mean nothing, and it writes to a temporary folder
+unless ``--out`` says where."""
 
 from __future__ import annotations
 
@@ -7,13 +10,22 @@ import argparse
 import logging
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import RESULTS, Options, Outcome, device_info, git_state, load_average
+from bench.common import (
+    RESULTS,
+    Options,
+    Outcome,
+    cpu_seconds,
+    device_info,
+    git_state,
+    load_average,
+)
 
 NAMES = (
     "plan",
@@ -90,13 +102,24 @@ def _threads(requested: int | None) -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller run (about 90 s on CPU)")
+    parser.add_argument("--quick", action="store_true", help="smaller run (minutes on CPU)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every code path at tiny sizes, seconds each; figures not meaningful",
+    )
     parser.add_argument("--only", choices=NAMES, action="append", help="run only this one")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (0: default)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out is None:  # a smoke run's figures must not replace real ones
+        args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     load_start = load_average()
@@ -106,24 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    opts = Options(quick=args.quick)
+    opts = Options(quick=args.quick or args.smoke, smoke=args.smoke)
     runners = _runners(threads)
     outcomes: dict[str, Outcome] = {}
     errors: dict[str, str] = {}
+    cpu: dict[str, float] = {}
     for name in args.only or NAMES:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         try:
             outcomes[name] = runners[name](opts)
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
-        print(f"[bench] {name} took {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        cpu[name] = cpu_seconds() - c
+        took = f"{time.perf_counter() - t:.0f} s, CPU {cpu[name]:.0f} s"
+        print(f"[bench] {name} took {took}", file=sys.stderr)
 
     from bench import report
 
     meta = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - t0,
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_info(),
         "load_start": load_start,
         "load_end": load_average(),
+        # This process and the processes it waited for (not containers, not SLURM jobs).
+        "cpu_s": cpu,
     }
     print(report.write(args.out, meta, outcomes, errors))
     return 1 if errors else 0

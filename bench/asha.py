@@ -42,7 +42,7 @@ PATCHES = 8  # per volume and epoch
 WARMUP = 0.1  # OneCycle's pct_start
 
 
-def _base(data: Path, max_epochs: int) -> list[str]:
+def _base(data: Path, max_epochs: int, patches: int = PATCHES) -> list[str]:
     return [
         "data=demo",
         f"data.root={data}",
@@ -55,19 +55,28 @@ def _base(data: Path, max_epochs: int) -> list[str]:
         f"training.max_epochs={max_epochs}",
         "training.val_interval=1",
         "training.batch_size=1",
-        f"training.samples_per_volume={PATCHES}",
+        f"training.samples_per_volume={patches}",
         "training.patch_size=[16,16,16]",
         "training.num_threads=1",
     ]
 
 
-def _sweep(root: Path, name: str, body: str, data: Path, max_epochs: int) -> Any:
+def _sweep(
+    root: Path,
+    name: str,
+    body: str,
+    data: Path,
+    max_epochs: int,
+    patches: int = PATCHES,
+    fixed: dict[str, Any] | None = None,
+) -> Any:
     from runner.plan import make_plan
     from runner.sweep.submit import submit
 
     path = root / f"{name}.yaml"
     path.write_text(
-        f"name: {name}\nrecipe: segmentation\nbase: {_base(data, max_epochs)!r}\n{body}"
+        f"name: {name}\nrecipe: segmentation\n"
+        f"base: {[*_base(data, max_epochs, patches), *held(fixed)]!r}\n{body}"
         f"executor: {{kind: debug}}\ntracking: {{uri: 'sqlite:///{root}/mlruns.db'}}\n"
         f"sweep_dir: {root}/sweeps\n"
     )
@@ -75,16 +84,22 @@ def _sweep(root: Path, name: str, body: str, data: Path, max_epochs: int) -> Any
     return make_plan(path, workdir=root)
 
 
-def _summary(plan: Any) -> dict[str, Any]:
+KEYS = ("optimizer.lr", "model.width", "loss.background_weight")
+
+
+def held(fixed: dict[str, Any] | None) -> list[str]:
+    return [f"{k}={v}" for k, v in (fixed or {}).items()]
+
+
+def _summary(plan: Any, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Epochs spent, best val Dice per configuration (``fixed``: keys held in base), states."""
     states = plan.states()
     epochs, best = 0, {}
     for cell in plan.cells:
         status = plan.ledger.cell(cell.id).attempt(1).read("status") or {}
         epochs += int(status.get("epochs") or 0)
         if states[cell.id].state == "done" and states[cell.id].best_val_dice is not None:
-            key = tuple(
-                cell.values[k] for k in ("optimizer.lr", "model.width", "loss.background_weight")
-            )
+            key = tuple({**(fixed or {}), **cell.values}[k] for k in KEYS)
             best[key] = states[cell.id].best_val_dice
     counts: dict[str, int] = {}
     for s in states.values():
@@ -96,22 +111,28 @@ def run(opts: Options) -> Outcome:
     from recipes.components.data.demo_data import ensure_demo_dataset
 
     seeds = [0] if opts.quick else [0, 1, 2]
-    max_epochs = 6 if opts.quick else MAX_EPOCHS
+    max_epochs = 3 if opts.smoke else 6 if opts.quick else MAX_EPOCHS
+    # Smoke: 2 configurations (width and weight held in base: a choice needs two values) of
+    # 2 patches a volume on 5 small cases, the same code paths.
+    lrs, widths, bgs = (LRS[:2], WIDTHS[:1], BG[:1]) if opts.smoke else (LRS, WIDTHS, BG)
+    values = dict(zip(KEYS, (lrs, widths, bgs), strict=True))
+    fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
+    searched = {k: v for k, v in values.items() if len(v) > 1}
+    patches = 2 if opts.smoke else PATCHES
     with tempfile.TemporaryDirectory(prefix="bench-asha-") as tmp:
         root = Path(tmp)
-        data = ensure_demo_dataset(root / "demo", cases=8, size=32, seed=0)
+        cases, side = (5, 16) if opts.smoke else (8, 32)
+        data = ensure_demo_dataset(root / "demo", cases=cases, size=side, seed=0)
         old = os.getcwd()
         os.chdir(root)
         try:
             t = time.perf_counter()
-            axes = f"axes:\n  optimizer.lr: {LRS}\n  model.width: {WIDTHS}\n"
-            axes += f"  loss.background_weight: {BG}\n"
-            grid = _summary(_sweep(root, "grid", axes, data, max_epochs))
+            axes = "axes:\n" + "".join(f"  {k}: {v}\n" for k, v in searched.items())
+            grid_plan = _sweep(root, "grid", axes, data, max_epochs, patches, fixed)
+            grid = _summary(grid_plan, fixed)
             grid_s = time.perf_counter() - t
-            space = (
-                f"    optimizer.lr: choice({', '.join(map(str, LRS))})\n"
-                f"    model.width: choice({', '.join(map(str, WIDTHS))})\n"
-                f"    loss.background_weight: choice({', '.join(map(str, BG))})\n"
+            space = "".join(
+                f"    {k}: choice({', '.join(map(str, v))})\n" for k, v in searched.items()
             )
             runs: dict[int, list[dict[str, Any]]] = {}
             for eta in ETAS:
@@ -121,14 +142,19 @@ def run(opts: Options) -> Outcome:
                     body = f"search:\n  method: grid\n  seed: {seed}\n  space:\n{space}"
                     body += f"pruner: {{kind: asha, min_epochs: 1, max_epochs: {max_epochs}, "
                     body += f"reduction_factor: {eta}}}\n"
-                    out = _summary(_sweep(root, f"asha-e{eta}-s{seed}", body, data, max_epochs))
+                    name = f"asha-e{eta}-s{seed}"
+                    plan = _sweep(root, name, body, data, max_epochs, patches, fixed)
+                    out = _summary(plan, fixed)
                     out["seconds"] = time.perf_counter() - t
                     runs[eta].append(out)
         finally:
             os.chdir(old)
     grid_best = max(grid["done"].values())
     details: dict[str, Any] = {"grid": {**grid, "seconds": grid_s, "best": grid_best}}
-    rows = [_row(eta, seeds, runs[eta], grid, grid_best, max_epochs, details) for eta in ETAS]
+    configs = len(lrs) * len(widths) * len(bgs)
+    rows = [
+        _row(eta, seeds, runs[eta], grid, grid_best, max_epochs, details, configs) for eta in ETAS
+    ]
     return Outcome(rows, details={k: _plain(v) for k, v in details.items()})
 
 
@@ -140,6 +166,7 @@ def _row(
     grid_best: float,
     max_epochs: int,
     details: dict[str, Any],
+    configs: int,
 ) -> Row:
     ratios, shares, out = [], [], []
     for seed, r in zip(seeds, runs, strict=True):
@@ -158,7 +185,8 @@ def _row(
         for d in out
     )
     return Row(
-        f"ASHA vs grid: 27 MeshNet configs, {max_epochs} epochs, η={eta}, {len(seeds)} orders",
+        f"ASHA vs grid: {configs} MeshNet configs, {max_epochs} epochs, η={eta}, "
+        f"{len(seeds)} orders",
         f"best val Dice {statistics.fmean(ratios):.3f}× the grid's (min {min(ratios):.3f}) "
         f"at {100 * statistics.fmean(shares):.0f} % of its epochs",
         f"grid best {grid_best:.4f}, {grid['epochs']} epochs",

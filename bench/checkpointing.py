@@ -29,10 +29,8 @@ epoch-end checkpoint and as a step checkpoint that also carries the epoch's posi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from bench.common import REPO, Options, Outcome, Row
+from bench.common import REPO, Options, Outcome, Row, run_children, times
 
 MODELS = (
     "segresnet",
@@ -120,24 +118,19 @@ print(json.dumps({"peak_mib": peak, "base_mib": base_rss / 1024, "step_s": step_
 """
 
 
-def _measure(model: str, gc: bool, amp: str, size: int, steps: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, model, "1" if gc else "0", amp, str(size), str(steps)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={
-            "PYTHONPATH": str(REPO),
-            "PATH": "/usr/bin:/bin",
-            "OMP_NUM_THREADS": "1",
-            # glibc's default, but fixed: no dynamic raise, so RSS tracks live tensors
-            "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
-        },
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{model} gc={gc}: {out.stderr[-800:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+#: The children's environment: one thread; glibc's default mmap threshold, but fixed (no
+#: dynamic raise), so that RSS tracks live tensors.
+MEASURE_ENV = {
+    "PYTHONPATH": str(REPO),
+    "PATH": "/usr/bin:/bin",
+    "OMP_NUM_THREADS": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+}
+CKPT_ENV = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+
+def _args(model: str, gc: bool, amp: str, size: int, steps: int) -> list[str]:
+    return [model, "1" if gc else "0", amp, str(size), str(steps)]
 
 
 CKPT_CHILD = r"""
@@ -175,18 +168,7 @@ print(json.dumps({**median, "mib": size / 2**20}))
 """
 
 
-def _checkpoint_cost(writes: int) -> Row:
-    out = subprocess.run(
-        [sys.executable, "-c", CKPT_CHILD, str(writes)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"checkpoint cost: {out.stderr[-800:]}")
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+def _checkpoint_row(got: dict[str, float], writes: int) -> Row:
     ratio = got["step"] / got["epoch_end"]
     return Row(
         "Mid-epoch vs epoch-end checkpoint write (segresnet, AdamW)",
@@ -205,31 +187,41 @@ def run(opts: Options) -> Outcome:
     import torch
 
     gpu = torch.cuda.is_available()
-    size = 96 if gpu else (48 if opts.quick else 64)
-    steps = 5 if gpu else (1 if opts.quick else 2)
-    models = MODELS[:3] if opts.quick else MODELS
+    size = 16 if opts.smoke else 96 if gpu else (48 if opts.quick else 64)
+    steps = 1 if opts.smoke else 5 if gpu else (1 if opts.quick else 2)
+    models = MODELS[:1] if opts.smoke else MODELS[:3] if opts.quick else MODELS
     unit = "CUDA max allocated" if gpu else "CPU peak RSS added by the training steps"
+    writes = 2 if opts.smoke else 10 if opts.quick else 30
+    # Each (model, checkpointing) pair in a fresh process, then BF16 for segresnet (its FP32
+    # twin is the first "off" run), then the checkpoint writes; a smoke run, in one process.
+    children = [(CHILD, _args(m, gc, "fp32", size, steps)) for m in models for gc in (False, True)]
+    children.append((CHILD, _args("segresnet", False, "bf16", size, steps)))
+    ckpt = (CKPT_CHILD, [str(writes)])
+    if opts.smoke:
+        outs = run_children([*children, ckpt], MEASURE_ENV, together=True)
+    else:
+        outs = run_children(children, MEASURE_ENV) + run_children([ckpt], CKPT_ENV)
+    got = [json.loads(line) for line in outs]
     rows, details = [], {}
-    for model in models:
-        off = _measure(model, False, "fp32", size, steps)
-        on = _measure(model, True, "fp32", size, steps)
+    for i, model in enumerate(models):
+        off, on = got[2 * i], got[2 * i + 1]
         details[model] = {"off": off, "on": on}
         alloc = ""
         if not gpu and on["alloc_mib"] and off["alloc_mib"]:
             alloc = (
                 f"; peak allocated {on['alloc_mib']:.0f} vs {off['alloc_mib']:.0f} MiB "
-                f"({on['alloc_mib'] / off['alloc_mib']:.2f}×)"
+                f"({times(on['alloc_mib'], off['alloc_mib'])})"
             )
         rows.append(
             Row(
                 f"Grad checkpointing {model} ({size}³): memory",
                 f"{on['peak_mib']:.0f} MiB",
                 f"{off['peak_mib']:.0f} MiB",
-                f"{on['peak_mib'] / off['peak_mib']:.2f}×",
+                times(on["peak_mib"], off["peak_mib"]),
                 "< 1×",
                 on["peak_mib"] < off["peak_mib"],
                 f"{unit}; step time {on['step_s']:.2f} s vs "
-                f"{off['step_s']:.2f} s ({on['step_s'] / off['step_s']:.2f}×){alloc}",
+                f"{off['step_s']:.2f} s ({times(on['step_s'], off['step_s'])}){alloc}",
                 {"off": off, "on": on},
             )
         )
@@ -238,26 +230,25 @@ def run(opts: Options) -> Outcome:
                 f"Grad checkpointing {model} ({size}³): saved activations",
                 f"{on['saved_mib']:.1f} MiB",
                 f"{off['saved_mib']:.1f} MiB",
-                f"{on['saved_mib'] / off['saved_mib']:.2f}×",
+                times(on["saved_mib"], off["saved_mib"]),
                 "< 0.9×",
                 on["saved_mib"] < 0.9 * off["saved_mib"],
                 "bytes autograd keeps for backward (saved_tensors_hooks; deterministic)",
                 {"off": off["saved_mib"], "on": on["saved_mib"]},
             )
         )
-    fp32 = _measure("segresnet", False, "fp32", size, steps)
-    bf16 = _measure("segresnet", False, "bf16", size, steps)
+    fp32, bf16 = details["segresnet"]["off"], got[-2]
     rows.append(
         Row(
             f"BF16 vs FP32 step, segresnet {size}³",
             f"{bf16['step_s']:.3f} s",
             f"{fp32['step_s']:.3f} s",
-            f"{bf16['step_s'] / fp32['step_s']:.2f}×",
+            times(bf16["step_s"], fp32["step_s"]),
             "< 1× on GPU",
             None if not gpu else bf16["step_s"] < fp32["step_s"],
             "GPU" if gpu else "CPU: bf16 autocast is emulated on most CPUs; informational",
             {"fp32": fp32, "bf16": bf16},
         )
     )
-    rows.append(_checkpoint_cost(10 if opts.quick else 30))
+    rows.append(_checkpoint_row(got[-1], writes))
     return Outcome(rows, details)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 # Generated once and reused (deterministic for a seed); bench/results/ is git-ignored.
 DEMO_ROOT = RESULTS / "cache" / "demo"
+#: The start-latency child's label for a warm standby's wait (bench/startup*.py).
+WAITING = "waiting for the go"
+#: A smoke run's dataset: 6 cases of 24^3 (5 train, 1 validation), generated in a second.
+SMOKE_ROOT = RESULTS / "cache" / "demo-smoke"
 
 
 @dataclass
@@ -45,6 +51,9 @@ class Outcome:
 @dataclass(frozen=True)
 class Options:
     quick: bool
+    #: ``--smoke``: tiny sizes, seconds each, every code path of each benchmark run; the
+    #: figures mean nothing (the suite runs this, tests/test_bench.py). Implies ``quick``.
+    smoke: bool = False
 
 
 def cpu_model() -> str:
@@ -93,6 +102,65 @@ def load_average() -> list[float] | None:
         return None
 
 
+#: Runs several child scripts in one process: ``[[script, args...], ...]`` as JSON in argv[1].
+_TOGETHER = r"""
+import json, sys
+for script, *args in json.loads(sys.argv[1]):
+    sys.argv = ["-c", *args]
+    exec(compile(script, "<child>", "exec"), {"__name__": "__main__"})
+    print("BENCH_CHILD_END", flush=True)
+"""
+
+
+def run_children(
+    children: Sequence[tuple[str, Sequence[str]]],
+    env: dict[str, str],
+    together: bool = False,
+    timeout: float = 900,
+) -> list[str]:
+    """The last stdout line of each ``python -c SCRIPT ARGS`` child, each in a fresh process
+    (what its figures need: peak memory of its own), or with ``together`` all in one
+    process, one after another: a smoke run's way to pay the imports once (each then sees
+    what the ones before left; a smoke run reads no figure)."""
+    if not together:
+        outs = []
+        for script, args in children:
+            out = subprocess.run(
+                [sys.executable, "-c", script, *args],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"child {list(args)} failed: {out.stderr[-1500:]}")
+            outs.append(out.stdout.strip().splitlines()[-1])
+        return outs
+    batch = json.dumps([[script, *args] for script, args in children])
+    out = subprocess.run(
+        [sys.executable, "-c", _TOGETHER, batch],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"children failed: {out.stderr[-1500:]}")
+    parts = out.stdout.split("BENCH_CHILD_END")[: len(children)]
+    return [part.strip().splitlines()[-1] for part in parts]
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the children it has waited for."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
@@ -133,21 +201,27 @@ def interleave(
     return ta, tb
 
 
-@lru_cache(maxsize=1)
-def demo_root() -> Path:
-    """The recipe's default demo dataset (16 cases of 48^3), generated on first use."""
+@lru_cache(maxsize=2)
+def demo_root(smoke: bool = False) -> Path:
+    """The recipe's default demo dataset (16 cases of 48^3), generated on first use; with
+    ``smoke``, a small one (:data:`SMOKE_ROOT`)."""
     from recipes.components.data.demo_data import ensure_demo_dataset
 
+    if smoke:
+        return ensure_demo_dataset(SMOKE_ROOT, cases=6, size=24)
     return ensure_demo_dataset(DEMO_ROOT)
 
 
-def recipe_overrides(quick: bool = False) -> list[str]:
+def recipe_overrides(quick: bool = False, smoke: bool = False) -> list[str]:
     """Recipe defaults, on the demo data; bf16 autocast where a GPU is there (the intended
     GPU setting), fp32 on CPU (the default). ``quick``: 16^3 patches, 8x less compute per
-    step, so that a smoke run stays short; its ratios then describe that smaller cell."""
+    step, so that a quick run stays short; its ratios then describe that smaller cell.
+    ``smoke``: that on the small dataset too (implies ``quick``)."""
     import torch
 
-    overrides = ["data=demo", f"data.root={demo_root()}", "training.device=auto"]
+    quick = quick or smoke
+    root = demo_root(smoke)
+    overrides = ["data=demo", f"data.root={root}", "training.device=auto"]
     if torch.cuda.is_available():
         overrides.append("training.amp=bf16")
     else:
@@ -156,6 +230,12 @@ def recipe_overrides(quick: bool = False) -> list[str]:
     if quick:
         overrides.append("training.patch_size=[16,16,16]")
     return overrides
+
+
+def times(a: float, b: float) -> str:
+    """``a / b`` as ``1.23×``; ``—`` when ``b`` is 0 (a smoke run's tiny sizes can leave a
+    memory figure at 0)."""
+    return f"{a / b:.2f}×" if b else "—"
 
 
 def fmt_s(seconds: float) -> str:

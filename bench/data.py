@@ -16,7 +16,7 @@ from bench.workbench import loader_batches, workbench
 
 
 def run(opts: Options) -> Outcome:
-    wb = workbench(opts.quick)
+    wb = workbench(opts.quick, opts.smoke)
     loader = wb.data.train_loader
     epoch = [0]
 
@@ -28,7 +28,7 @@ def run(opts: Options) -> Outcome:
 
     steps = 3 if opts.quick else len(wb.batches)
     recipe, _, _ = setup(wb, None, loader_batches(wb, steps))
-    t_load, t_model = interleave(load_epoch, recipe, 2 if opts.quick else 4)
+    t_load, t_model = interleave(load_epoch, recipe, 1 if opts.smoke else 2 if opts.quick else 4)
     per_epoch = len(loader.dataset) * int(wb.cfg.training.samples_per_volume)
     loader_rate = per_epoch / median(t_load)
     model_rate = steps * wb.patches_per_step / median(t_model)

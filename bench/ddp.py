@@ -26,9 +26,10 @@ from bench.common import Options, Outcome, Row, median
 ACCUMULATE = 4
 MICRO_BATCHES = 8  # per rank and repeat: 2 optimizer steps
 PATCH = 32
+FILTERS = 32  # SegResNet's published width
 
 
-def _rank(rank: int, port: int, repeats: int, out: str) -> None:
+def _rank(rank: int, port: int, repeats: int, out: str, patch: int, filters: int) -> None:
     import torch
     from monai.losses import DiceCELoss
     from monai.networks.nets import SegResNet
@@ -47,7 +48,7 @@ def _rank(rank: int, port: int, repeats: int, out: str) -> None:
     dist = init_distributed(torch.device("cuda" if cuda else "cpu"), 5)
     device = dist.device
     torch.manual_seed(0)
-    model = SegResNet(3, 32, 2, 2).to(device)
+    model = SegResNet(3, filters, 2, 2).to(device)
     ddp = dist.wrap(model)
     calls = [0]
 
@@ -59,8 +60,8 @@ def _rank(rank: int, port: int, repeats: int, out: str) -> None:
     gen = torch.Generator().manual_seed(rank)
     batches = [
         {
-            "image": torch.randn(1, 2, PATCH, PATCH, PATCH, generator=gen),
-            "label": (torch.rand(1, 1, PATCH, PATCH, PATCH, generator=gen) > 0.9).float(),
+            "image": torch.randn(1, 2, patch, patch, patch, generator=gen),
+            "label": (torch.rand(1, 1, patch, patch, patch, generator=gen) > 0.9).float(),
         }
         for _ in range(MICRO_BATCHES)
     ]
@@ -106,12 +107,12 @@ def _free_port() -> int:
 def run(o: Options) -> Outcome:
     import torch.multiprocessing as mp
 
-    repeats = 2 if o.quick else 5
+    repeats = 1 if o.smoke else 2 if o.quick else 5
+    patch, filters = (16, 8) if o.smoke else (PATCH, FILTERS)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "ddp.json")
-        mp.start_processes(
-            _rank, (_free_port(), repeats, out), nprocs=2, join=True, start_method="spawn"
-        )
+        args = (_free_port(), repeats, out, patch, filters)
+        mp.start_processes(_rank, args, nprocs=2, join=True, start_method="spawn")
         result: dict[str, Any] = json.loads(Path(out).read_text())
     t = {mode: median(v) for mode, v in result["times"].items()}
     backend = "NCCL, 2 GPUs" if result["cuda"] else "gloo, 2 CPU processes"
@@ -122,7 +123,7 @@ def run(o: Options) -> Outcome:
         f"{t['no_sync'] / t['every']:.2f}×",
         "< 1× (info)",
         None,
-        f"SegResNet 32 filters, patch {PATCH}^3, batch 1 per rank, {backend}; "
+        f"SegResNet {filters} filters, patch {patch}^3, batch 1 per rank, {backend}; "
         f"{MICRO_BATCHES // ACCUMULATE} optimizer steps a repeat, median of {repeats}",
         {"seconds_per_step": t, **result},
     )

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from typing import Any
 
 import torch
@@ -33,7 +31,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from bench.common import REPO, Options, Outcome, Row, demo_root, fmt_s, interleave, median
+from bench.common import (
+    REPO,
+    Options,
+    Outcome,
+    Row,
+    demo_root,
+    fmt_s,
+    interleave,
+    median,
+    run_children,
+    times,
+)
 
 CHILD = r"""
 import json, resource, sys, time
@@ -102,35 +111,28 @@ print(json.dumps({"sample_s": sorted(times)[len(times) // 2], "peak_mib": peak,
 
 
 def _sampling(
-    amp: str, size: int, batch: int, steps: int, repeats: int, kernels: str = "recipe"
-) -> dict[str, float]:
-    args = [amp, str(size), str(batch), str(steps), str(repeats), kernels]
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={
-            "PYTHONPATH": str(REPO),
-            "PATH": "/usr/bin:/bin",
-            "OMP_NUM_THREADS": str(torch.get_num_threads()),
-            "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
-        },
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"sampling {amp}: {out.stderr[-1500:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    configs: list[tuple[str, str]], size: int, batch: int, steps: int, repeats: int, smoke: bool
+) -> list[dict[str, float]]:
+    """Each ``(amp, kernels)`` configuration in a fresh process (a smoke run: in one)."""
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+    }
+    shape = [str(size), str(batch), str(steps), str(repeats)]
+    children = [(CHILD, [amp, *shape, kernels]) for amp, kernels in configs]
+    return [json.loads(line) for line in run_children(children, env, together=smoke)]
 
 
-def _cfg(model: str, size: int) -> DictConfig:
+def _cfg(model: str, size: int, smoke: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     from recipes.diffusion import CONFIG_DIR, CONFIG_NAME
 
     amp = "bf16" if torch.cuda.is_available() else "fp32"
     overrides = [
-        f"data.root={demo_root()}",
+        f"data.root={demo_root(smoke)}",
         f"model={model}",
         f"training.patch_size=[{size},{size}]",
         "training.batch_size=4",
@@ -222,19 +224,22 @@ def run(opts: Options) -> Outcome:
     # Sampling: the group's 256^2 windows, 64 at once, 50 DDIM steps on a GPU. A CPU gets a
     # smaller problem, still large enough that activations, not weights, set the peak; one
     # timed run, since CPU BF16 without oneDNN (as the recipe runs it) is ~20x slower.
-    if gpu:
+    if opts.smoke:
+        size, batch, steps, repeats = 32, 1, 2, 1
+    elif gpu:
         size, batch, steps, repeats = 256, 64, 50, 3
     else:
         size, batch, steps, repeats = (96, 4, 2, 1) if opts.quick else (128, 8, 2, 1)
-    fp32 = _sampling("fp32", size, batch, steps, repeats)
-    bf16 = _sampling("bf16", size, batch, steps, repeats)
+    # On a CPU also FP32 on ATen's kernels (oneDNN off), as BF16 runs (see below).
+    configs = [("fp32", "recipe"), ("bf16", "recipe")] + ([] if gpu else [("fp32", "aten")])
+    fp32, bf16, *aten = _sampling(configs, size, batch, steps, repeats, opts.smoke)
     shape = f"medsegdiff_16c, {batch} windows of {size}², DDIM {steps} steps"
     rows = [
         Row(
             "Diffusion sampling BF16 vs FP32: time",
             fmt_s(bf16["sample_s"]),
             fmt_s(fp32["sample_s"]),
-            f"{bf16['sample_s'] / fp32['sample_s']:.2f}×",
+            times(bf16["sample_s"], fp32["sample_s"]),
             "< 1× on GPU",
             bf16["sample_s"] < fp32["sample_s"] if gpu else None,
             shape
@@ -248,14 +253,14 @@ def run(opts: Options) -> Outcome:
         # The recipe turns oneDNN off for CPU BF16 (its backward kernels), and ATen's
         # convolutions keep larger scratch buffers: FP32 on the same kernels isolates the
         # dtype's effect, the recipe's own pairing follows as its own row.
-        same, key = _sampling("fp32", size, batch, steps, repeats, "aten"), "alloc_mib"
+        same, key = aten[0], "alloc_mib"
         unit = "CPU peak of bytes held by tensors, oneDNN off on both sides"
     rows.append(
         Row(
             "Diffusion sampling BF16 vs FP32: peak memory",
             f"{bf16[key]:.0f} MiB",
             f"{same[key]:.0f} MiB",
-            f"{bf16[key] / same[key]:.2f}×",
+            times(bf16[key], same[key]),
             "< 1×",
             bf16[key] < same[key],
             f"{unit}; {shape}",
@@ -268,7 +273,7 @@ def run(opts: Options) -> Outcome:
                 "Diffusion sampling BF16 vs FP32: peak memory as the recipe runs on CPU",
                 f"{bf16[key]:.0f} MiB",
                 f"{fp32[key]:.0f} MiB",
-                f"{bf16[key] / fp32[key]:.2f}×",
+                times(bf16[key], fp32[key]),
                 "—",
                 None,
                 f"FP32 with oneDNN, BF16 without; peak RSS added {bf16['peak_mib']:.0f} vs "
@@ -278,15 +283,17 @@ def run(opts: Options) -> Outcome:
         )
 
     model, side = ("medsegdiff_16c", 48) if (gpu or not opts.quick) else ("medsegdiff_tiny", 32)
-    n, block_repeats = (3, 4) if opts.quick else (4, 8)
-    cfg = _cfg(model, side)
+    n, block_repeats = (2, 1) if opts.smoke else (3, 4) if opts.quick else (4, 8)
+    if opts.smoke:
+        model, side = "medsegdiff_tiny", 16
+    cfg = _cfg(model, side, opts.smoke)
     recipe, bare, net_name, slices = _step_closures(cfg, n)
     t_recipe, t_bare = interleave(recipe, bare, block_repeats)
     ratio = median([r / b for r, b in zip(t_recipe, t_bare, strict=True)])
     bare_step = median(t_bare) / n
     # The same with a 1x1 conv: the per-step cost of the trainer, measurable to microseconds
     # on a busy machine where the real blocks vary by several %, projected onto the real step.
-    n_point, point_repeats = (10, 6) if opts.quick else (20, 12)
+    n_point, point_repeats = (4, 1) if opts.smoke else (10, 6) if opts.quick else (20, 12)
     recipe_p, bare_p, _, _ = _step_closures(cfg, n_point, point=True)
     p_recipe, p_bare = interleave(recipe_p, bare_p, point_repeats)
     overhead = (median(p_recipe) - median(p_bare)) / n_point

@@ -70,11 +70,11 @@ def run(opts: Options) -> Outcome:
         return _measure(opts)
 
 
-def _matrix(root: Path, data: Path, n: int) -> str:
+def _matrix(root: Path, data: Path, n: int, slots: int = SLOTS) -> str:
     include, base = mixed_cells(n, data)
     mounts = ", ".join(f"{{source: '{m}'}}" for m in venv_mounts(data.parent))
     executor = (
-        f"{{kind: docker, image: '{BASE_IMAGE}', gpus: [], cpu_slots: {SLOTS}, "
+        f"{{kind: docker, image: '{BASE_IMAGE}', gpus: [], cpu_slots: {slots}, "
         f"threads_per_cell: 1, python: '{sys.executable}', env: [PYTHONPATH], "
         f"mounts: [{mounts}]}}"
     )
@@ -90,7 +90,8 @@ def _measure(opts: Options) -> Outcome:
     from runner.plan import make_plan
     from runner.sweep.submit import submit
 
-    n = 6 if opts.quick else 12
+    # Smoke: 2 cells on 1 slot (one handoff), the same code paths.
+    n, slots = (2, 1) if opts.smoke else (6 if opts.quick else 12, SLOTS)
     old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")
     # The container imports this checkout through PYTHONPATH (the `env` allow-list).
     os.environ["PYTHONPATH"] = old_path or str(ROOT)
@@ -98,7 +99,7 @@ def _measure(opts: Options) -> Outcome:
         root = Path(tmp)
         data = ensure_demo_dataset(root / "demo", cases=6, size=24, seed=0)
         path = root / "m.yaml"
-        path.write_text(_matrix(root, data, n))
+        path.write_text(_matrix(root, data, n, slots))
         os.chdir(root)
         try:
             plan = make_plan(path, workdir=root)
@@ -127,14 +128,14 @@ def _measure(opts: Options) -> Outcome:
             tails.append(free - status["ended"])
             frees.append(free)
             submits.append(job["time"])
-    ideal = sum(durations) / SLOTS
-    greedy = greedy_makespan(durations, SLOTS)
-    gaps = handoffs(frees, submits, SLOTS)
+    ideal = sum(durations) / slots
+    greedy = greedy_makespan(durations, slots)
+    gaps = handoffs(frees, submits, slots)
     med = statistics.median
     row = Row(
-        f"Makespan: {n} mixed cells on {SLOTS} slots in containers (docker queue)",
+        f"Makespan: {n} mixed cells on {slots} slots in containers (docker queue)",
         f"{makespan:.1f} s",
-        f"{ideal:.1f} s ideal (Σ run times / {SLOTS})",
+        f"{ideal:.1f} s ideal (Σ run times / {slots})",
         f"{makespan / ideal:.2f}×",
         "—",
         None,

@@ -75,7 +75,7 @@ def run(opts: Options) -> Outcome:
 
 
 def _measure(opts: Options) -> Outcome:
-    n = 3 if opts.quick else 8
+    n = 1 if opts.smoke else 3 if opts.quick else 8
     with tempfile.TemporaryDirectory() as tmp:
         local = _local_seconds(Path(tmp) / "local", n)
         dock = _docker_seconds(Path(tmp) / "docker", n)

@@ -30,6 +30,8 @@ from bench.common import RESULTS, Options, Outcome, Row, median
 INK_PATCH = (136, 136, 72)  # x, y, z of their 72 x 136 x 136
 VOLUME_SIDE = 144
 CASES = 10  # 8 train / 2 validation (val_fraction 0.2): batch 4 gives 2 steps an epoch
+#: A smoke run's patch, volumes and cases (4 train, 1 validation).
+SMOKE_PATCH, SMOKE_SIDE, SMOKE_CASES = (16, 16, 8), 24, 5
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,12 @@ class Setting:
         return f"batch {self.batch}, workers {self.workers}{extra}"
 
 
-def settings(quick: bool, cpus: int) -> list[Setting]:
+def settings(quick: bool, cpus: int, smoke: bool = False) -> list[Setting]:
     """The ink group's grid: batch 1 and 4; workers 0 (the baseline), 1, 2 (and 6 where the
-    machine has the cores); the full run adds prefetch 4 and persistent workers."""
+    machine has the cores); the full run adds prefetch 4 and persistent workers. Smoke:
+    batch 1 with 0 and 1 (persistent) worker."""
+    if smoke:
+        return [Setting(1, 0), Setting(1, 1, persistent=True)]
     workers = [0, 1, 2] + ([6] if cpus >= 8 else [])
     out = [Setting(b, w, persistent=w > 0) for b in (1, 4) for w in workers]
     if not quick:
@@ -59,7 +64,7 @@ def settings(quick: bool, cpus: int) -> list[Setting]:
     return out
 
 
-def _overrides(s: Setting, cuda: bool, root: str) -> list[str]:
+def _overrides(s: Setting, cuda: bool, root: str, patch: tuple[int, ...] = INK_PATCH) -> list[str]:
     common = [
         "data=demo",
         f"data.root={root}",
@@ -67,7 +72,7 @@ def _overrides(s: Setting, cuda: bool, root: str) -> list[str]:
         # Read from disk per patch, as their volumes are (zarr chunks, not a RAM cache): the
         # loader's work is decompressing, cropping and augmenting.
         "data.cache_rate=0",
-        f"training.patch_size=[{','.join(map(str, INK_PATCH))}]",
+        f"training.patch_size=[{','.join(map(str, patch))}]",
         f"training.batch_size={s.batch}",
         "training.samples_per_volume=1",  # batch = patches per step, as theirs
         f"training.num_workers={s.workers}",
@@ -77,12 +82,14 @@ def _overrides(s: Setting, cuda: bool, root: str) -> list[str]:
     ]
     if s.prefetch is not None:
         common.append(f"training.prefetch_factor={s.prefetch}")
-    if cuda:
+    if cuda and patch == INK_PATCH:
         return [*common, "training.amp=bf16"]  # the published default model
     return [*common, "model=meshnet", "model.width=4", "model.dilations=[1]"]
 
 
-def measure(s: Setting, cuda: bool, root: str, epochs: int) -> dict[str, Any]:
+def measure(
+    s: Setting, cuda: bool, root: str, epochs: int, patch: tuple[int, ...] = INK_PATCH
+) -> dict[str, Any]:
     """Train ``epochs`` epochs after one warm-up epoch; the trainer's throughput figures."""
     import torch
 
@@ -96,7 +103,7 @@ def measure(s: Setting, cuda: bool, root: str, epochs: int) -> dict[str, Any]:
     from recipes.segmentation.train import Trainee, train_one_epoch
     from runner.recipe import Recipe
 
-    cfg = Recipe.load("segmentation").compose(_overrides(s, cuda, root))
+    cfg = Recipe.load("segmentation").compose(_overrides(s, cuda, root, patch))
     seed_everything(cfg.seed, deterministic=False)
     device = resolve_device(cfg.training.device)
     data = build_data(cfg.data, cfg.training, cfg.seed)
@@ -118,7 +125,7 @@ def measure(s: Setting, cuda: bool, root: str, epochs: int) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         if epoch > 1:
-            rows.append({**throughput(clock, seconds, patches, INK_PATCH, device), "s": seconds})
+            rows.append({**throughput(clock, seconds, patches, patch, device), "s": seconds})
     del data  # ends persistent workers before the next setting starts its own
     return {
         "step_s": median([r["s"] for r in rows]) / steps,
@@ -136,9 +143,19 @@ def run(o: Options) -> Outcome:
 
     cuda = torch.cuda.is_available()
     cpus = os.cpu_count() or 1
-    root = str(ensure_demo_dataset(RESULTS / "cache" / "ink", CASES, VOLUME_SIDE, seed=0))
+    if o.smoke:
+        patch, where = (
+            SMOKE_PATCH,
+            ensure_demo_dataset(RESULTS / "cache" / "ink-smoke", SMOKE_CASES, SMOKE_SIDE, seed=0),
+        )
+    else:
+        patch, where = (
+            INK_PATCH,
+            ensure_demo_dataset(RESULTS / "cache" / "ink", CASES, VOLUME_SIDE, seed=0),
+        )
+    root = str(where)
     epochs = 1 if o.quick else 3
-    results = {s: measure(s, cuda, root, epochs) for s in settings(o.quick, cpus)}
+    results = {s: measure(s, cuda, root, epochs, patch) for s in settings(o.quick, cpus, o.smoke)}
     rows = []
     for s, r in results.items():
         base = results[Setting(s.batch, 0)]
@@ -151,18 +168,22 @@ def run(o: Options) -> Outcome:
                 f"{speedup:.2f}×",
                 "— (info)",
                 None,
-                f"{r['samples_per_s']:.2f} patches/s of {list(INK_PATCH)} (x, y, z); "
+                f"{r['samples_per_s']:.2f} patches/s of {list(patch)} (x, y, z); "
                 f"baseline: workers 0, batch {s.batch}",
                 {"setting": s.__dict__, **{k: v for k, v in r.items() if k != "epochs"}},
             )
         )
-    model = "the default model, published size, BF16" if cuda else "MeshNet width 4 (CPU)"
+    model = (
+        "the default model, published size, BF16"
+        if cuda and patch == INK_PATCH
+        else "MeshNet width 4"
+    )
     markdown = (
-        f"Loader settings for a {INK_PATCH[2]}x{INK_PATCH[1]}x{INK_PATCH[0]} patch (z, y, x), "
+        f"Loader settings for a {patch[2]}x{patch[1]}x{patch[0]} patch (z, y, x), "
         f"{model}, {cpus} CPUs. `waits`: the trainer's data_wait_fraction (the share of the "
         "epoch the step waited for a batch; near 1 the accelerator idles). Ratio: step-time "
         "speed-up over num_workers=0 at the same batch size."
     )
-    details = {"cuda": cuda, "cpus": cpus, "patch_xyz": INK_PATCH, "model": model}
+    details = {"cuda": cuda, "cpus": cpus, "patch_xyz": patch, "model": model}
     details["settings"] = {s.label: r for s, r in results.items()}
     return Outcome(rows, details, markdown)

@@ -120,18 +120,19 @@ def hydra_compose_per_cell(path: Path, limit: int) -> float:
 
 
 def run(opts: Options) -> Outcome:
-    # Hydra's cost is linear in jobs (and steady), so a subset measures it: 24 or 60 jobs.
-    hydra_lrs = 2 if opts.quick else 5
+    # Hydra's cost is linear in jobs (and steady), so a subset measures it: 24 or 60 jobs
+    # (smoke: 12).
+    hydra_lrs = 1 if opts.smoke else 2 if opts.quick else 5
     reps = 0 if opts.quick else 2  # quick: the first call only
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
         work = Path(tmp)
         path = work / "matrix.yaml"
-        path.write_text(matrix_yaml(PLAN_SEEDS))
+        path.write_text(matrix_yaml(2 if opts.smoke else PLAN_SEEDS))
         # The first call also pays for imports (pydantic, Hydra) and Hydra's start-up.
         cold, cells = time_plan(path)
         warm = [time_plan(path)[0] for _ in range(reps)] or [cold]
         hydra = hydra_multirun(hydra_lrs, 1, work)
-        compose_s = hydra_compose_per_cell(path, 10 if opts.quick else 30)
+        compose_s = hydra_compose_per_cell(path, 3 if opts.smoke else 10 if opts.quick else 30)
         cli = cold_cli(path, work, 1 if opts.quick else 3)
     wall = median(warm)
     per_cell = wall / cells

@@ -29,7 +29,7 @@ def run(opts: Options) -> Outcome:
     from runner.executors.slurm.cluster import query_states
     from runner.executors.slurm.options import SlurmExecutorOptions
 
-    n = 200 if opts.quick else 1000
+    n = 4 if opts.smoke else 200 if opts.quick else 1000
     options = SlurmExecutorOptions(
         kind="slurm", time_min=10, gpus_per_task=0, cpus_per_task=1, sbatch_extra={"hold": True}
     )
@@ -51,7 +51,7 @@ def run(opts: Options) -> Outcome:
         states, warning = query_states(ids)
         t_query = time.perf_counter() - t
         # submitit's own way to learn each job's state: one forced lookup per job.
-        polled = array_jobs[: n // 10]
+        polled = array_jobs[: max(1, n // 10)]
         t = time.perf_counter()
         for job in polled:
             job.watcher.get_state(job.job_id, mode="force")

@@ -105,8 +105,8 @@ def run(opts: Options) -> Outcome:
     from runner.cli import main
     from runner.plan import make_plan
 
-    n = 200 if opts.quick else 1000
-    repeats = 3
+    n = 4 if opts.smoke else 200 if opts.quick else 1000
+    repeats = 1 if opts.smoke else 3
     with tempfile.TemporaryDirectory(prefix="bench-slurm-status-") as tmp:
         work = Path(tmp)
         path = _matrix(work, n)

@@ -68,7 +68,7 @@ def run(opts: Options) -> Outcome:
     # Epoch 1 warms up; then on/off pairs; the last epoch also validates and is left out.
     epochs = 2 * pairs + 2
     overrides = [
-        *recipe_overrides(opts.quick),
+        *recipe_overrides(opts.quick, opts.smoke),
         f"training.max_epochs={epochs}",
         "training.val_interval=1000",
     ]

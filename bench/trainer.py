@@ -113,15 +113,15 @@ def tiny_batches(wb: Workbench, n: int, side: int = 8) -> list[dict[str, Any]]:
 
 
 def run(opts: Options) -> Outcome:
-    wb = workbench(opts.quick)
-    steps, repeats = (3, 3) if opts.quick else (3, 6)
+    wb = workbench(opts.quick, opts.smoke)
+    steps, repeats = (2, 2) if opts.smoke else (3, 3) if opts.quick else (3, 6)
     real = compare(wb, None, loader_batches(wb, steps), repeats)
     in_ch, classes = wb.cfg.data.in_channels, wb.cfg.data.num_classes
     tiny = compare(
         wb,
         lambda: nn.Conv3d(in_ch, classes, kernel_size=1),
-        tiny_batches(wb, 20 if opts.quick else 50),
-        6 if opts.quick else 12,
+        tiny_batches(wb, 4 if opts.smoke else 20 if opts.quick else 50),
+        2 if opts.smoke else 6 if opts.quick else 12,
     )
     overhead = tiny["recipe_step_s"] - tiny["bare_step_s"]
     projected = 1 + overhead / real["bare_step_s"]

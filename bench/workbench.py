@@ -26,12 +26,12 @@ class Workbench:
 
 
 @lru_cache(maxsize=2)
-def workbench(quick: bool) -> Workbench:
+def workbench(quick: bool, smoke: bool = False) -> Workbench:
     from recipes.components.data.loaders import build_data
     from recipes.components.training.setup import resolve_device, seed_everything
     from runner.recipe import Recipe
 
-    cfg = Recipe.load("segmentation").compose(recipe_overrides(quick))
+    cfg = Recipe.load("segmentation").compose(recipe_overrides(quick, smoke))
     seed_everything(cfg.seed, deterministic=False)
     data = build_data(cfg.data, cfg.training, cfg.seed)
     batches = list(data.train_loader)

@@ -100,3 +100,25 @@ def test_ink_study_names_and_messages_are_the_runners(tmp_path: Path) -> None:
     result = {"status": "oom", "phase": "step", "steps": 0, "peak_rss_gb": 1.01,
               "tried_to_allocate_gb": 97.7, "message": message.split("more: ", 1)[1]}  # fmt: skip
     assert note(sid, result) == oom
+
+
+def test_local_executor_example_validates() -> None:
+    import yaml
+
+    from runner.executors.local.options import LocalExecutorOptions
+
+    [example] = [b for b in _blocks("yaml") if b.startswith("executor: {kind: local")]
+    options = LocalExecutorOptions.model_validate(yaml.safe_load(example)["executor"])
+    assert options.standby and options.slots == 3
+
+
+def test_bench_commands_parse() -> None:
+    """Every ``python -m bench ...`` line of the README is a valid command line."""
+    import shlex
+
+    from bench.__main__ import build_parser
+
+    lines = re.findall(r"^(?:\$ )?python -m bench(.*?)(?:\s+#.*)?$", README, flags=re.M)
+    assert len(lines) >= 2
+    for args in lines:
+        build_parser().parse_args(shlex.split(args))
