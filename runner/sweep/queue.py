@@ -100,7 +100,10 @@ def run_queue(
 ) -> None:
     """Submit ``jobs`` as slots free up; with ``follow``, watch them to their end.
     ``refill`` (a following queue with slots) adds jobs whenever slots are free and the
-    queue is empty; a cancelled cell stops it (``runner cancel`` ends a search too)."""
+    queue is empty; a cancelled cell stops it (``runner cancel`` ends a search too). A
+    following queue without ``refill`` keeps the next cell warm beside the running ones
+    (:mod:`runner.sweep.standby`): a freed slot goes to it first, and one still waiting when
+    the queue stops is ended and given back (its cell pending again)."""
     queue = list(jobs)
     active: list[tuple[CellJob, Any]] = []
     # The next cell in line, started and waiting for a slot (runner.sweep.standby).
