@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runner.cli.main import main
+from runner.cli import main
 from runner.ledger import Claim, Job, Ledger
 from runner.plan import make_plan
 from tests.conftest import ROOT
