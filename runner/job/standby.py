@@ -36,6 +36,8 @@ from runner.ledger import Attempt, Cancel, Claim, Go, pid_alive
 
 #: How often the waiting process looks for its go (a file's absence: a failed open).
 POLL_S = 0.05
+#: How long a cancelled standby waits for the cancel's SIGINT, which follows its request.
+CANCEL_SIGNAL_S = 5.0
 #: How often it checks that the queue that will write it is still there.
 SUBMITTER_CHECK_S = 1.0
 #: What the warm-up imports besides the recipe's own modules (the optimizer's first step
@@ -79,6 +81,10 @@ def _wait(job: Waiting, attempt: Attempt, watch: QueueWatch) -> None:
             take_on(go, touched)
             return
         if attempt.load(Cancel) is not None:
+            # `runner cancel` writes its request, then interrupts the process: take the
+            # interrupt here (wait() turns it into the cancel), not in the run's first lines,
+            # before the part of it that records an outcome.
+            time.sleep(CANCEL_SIGNAL_S)
             return
         time.sleep(POLL_S)
 
