@@ -5,7 +5,7 @@ ledger: from the start of its run, after its process started, to its outcome), s
 isolates scheduling: idle slots, start gaps, polling. The store exists before the clock runs.
 
 Twice in the same run: without a warm standby (each cell's process starts when its slot
-frees), then with one (``executor.standby``, the default: the next cell's process starts
+frees), then with one (``executor.standby: true``: the next cell's process starts
 and does its imports while the slots are busy, and runs at its go, runner.job.standby).
 A standby's run starts at its go, so its imports are outside its duration: on a machine
 whose cores are all busy they still compete with the running cells.

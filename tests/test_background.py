@@ -37,7 +37,7 @@ def _matrix(project: Path, data: Path, name: str, epochs: int) -> Path:
             name,
             data,
             "  model: [unet]\n  seed: [0, 1, 2]",
-            "{kind: local, slots: 1}",
+            "{kind: local, slots: 1, standby: true}",  # its standby is part of the queue
             uri,
             [f"training.max_epochs={epochs}"],
         )

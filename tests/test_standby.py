@@ -65,7 +65,7 @@ def test_a_standby_trains_after_its_go_and_cancelled_while_warm_never_trains(
     cells = ", ".join(f"{{seed: {i}, training.max_epochs: {n}}}" for i, n in enumerate([20, 1, 1]))
     path.write_text(
         f"name: warm\nrecipe: segmentation\nbase: {base!r}\ninclude: [{cells}]\n"
-        f"executor: {{kind: local, slots: 1}}\ntracking: {{uri: '{uri}'}}\n"
+        f"executor: {{kind: local, slots: 1, standby: true}}\ntracking: {{uri: '{uri}'}}\n"
     )
     plan = make_plan(path)
     first, second, third = (plan.ledger.cell(c.id) for c in plan.cells)
