@@ -32,8 +32,8 @@ import submitit
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
 from runner.executors.resources import gpus_from_env
-from runner.job import signals
-from runner.job.process import CellLost, Heartbeat, failure_reason
+from runner.job import memory, signals
+from runner.job.process import CellLost, Heartbeat, failure_reason, tag_remedy
 from runner.job.signals import Meaning
 from runner.ledger import Attempt, Cancel, CellRecord, Status, ledger_hours, write_json_atomic
 from runner.search.prune import Reporter, SearchSpec
@@ -166,6 +166,7 @@ class CellJob:
             # a DDP cell's ranks have one share each.
             gpus=_times(gpus_from_env(os.environ), world),
             code=code_version(),
+            memory=memory.snapshot(),
         )
         if attempt.load(Cancel):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -181,6 +182,7 @@ class CellJob:
             try:
                 # Retried: an array's cells start together on one store.
                 base.run_id = tracking.retrying(lambda: self._ensure_run(record, base.code))
+                tag_remedy(self.tracking_uri, base.run_id, attempt)
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
                 if self.search is not None:
@@ -198,7 +200,7 @@ class CellJob:
                 if result.status == "interrupted":
                     self.on_interrupted(result)
             except BaseException as exc:
-                reason = failure_reason(exc)
+                reason = failure_reason(exc, base.memory)
                 requested = attempt.load(Cancel) is not None
                 if requested:
                     # `runner cancel` asked for this: whatever the interrupt surfaced as

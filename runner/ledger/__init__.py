@@ -11,6 +11,7 @@ from runner.ledger.records import (
     Job,
     Monitor,
     Record,
+    Remedy,
     Slurm,
     Status,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Ledger",
     "Monitor",
     "Record",
+    "Remedy",
     "Slurm",
     "Status",
     "attempt_wall",
