@@ -58,8 +58,9 @@ def decide(plan: Plan, cell: Cell, record: CellRecord, state: CellState | None =
     kind = oom_kind(state.reason) if state.state == "failed" else None
     policy = plan.matrix.spec.on_oom
     if policy is None or kind is None:
-        keep = Remedy(steps=list(current.steps), overrides=list(current.overrides))
-        return Decision(keep if current else None)
+        if current is None:
+            return Decision()
+        return Decision(Remedy(steps=list(current.steps), overrides=list(current.overrides)))
     history = [a.load(Remedy) for a in record.attempts()]
     tries = sum(1 for r in history if r is not None and r.added)
     steps_so_far = list(current.steps) if current else []
