@@ -130,6 +130,7 @@ def _in_cgroup(group: Path, mode: str) -> str:
     return lines[-1].removeprefix("REASON ")
 
 
+@pytest.mark.slow
 def test_loader_worker_killed_by_the_oom_killer_reads_host(memory_cgroup: Path) -> None:
     """A real OOM kill: the worker's 2 GiB exceed the cgroup's 768 MiB; torch says only that
     the worker died, the cgroup's OOM-kill counter says why. A worker killed by hand is not
@@ -222,6 +223,7 @@ def test_policy_picks_the_next_step_that_applies(tmp_path: Path, tiny_data: Path
     assert decision.overrides == ["training.num_workers=1"]
 
 
+@pytest.mark.slow
 def test_resume_applies_remedies_until_none_is_left(
     tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,7 +271,7 @@ def test_resume_applies_remedies_until_none_is_left(
     assert record.state().attempts == 3  # nothing ran again
 
 
-# --- item 3: the same training ---------------------------------------------------------------
+# --- item 3: the same training -------------------------------------------------------------
 
 
 class CrashAt(StopRequest):
@@ -312,6 +314,7 @@ def _history(uri: str, run_id: str, key: str) -> list[float]:
     ]
 
 
+@pytest.mark.slow
 def test_halved_batch_resumed_from_a_checkpoint_trains_the_same(tmp_path: Path) -> None:
     """6 training volumes: batches of 2 (3 optimizer steps an epoch) straight through, against
     a run killed in epoch 2 (its second step undone) and resumed from the step checkpoint with
@@ -340,7 +343,6 @@ def test_halved_batch_resumed_from_a_checkpoint_trains_the_same(tmp_path: Path) 
 
     for key in ("train_loss", "val_dice"):
         a, b = _history(uri, straight, key), _history(uri, remedied, key)
-        print(key, a, b)
         assert len(a) == len(b) == 2, (key, a, b)
         assert b == pytest.approx(a, rel=1e-4), key
     # Without the rebatching, resuming at "batch 1" of size 1 would retrain an item: the
@@ -349,3 +351,40 @@ def test_halved_batch_resumed_from_a_checkpoint_trains_the_same(tmp_path: Path) 
 
     with pytest.raises(ValueError, match="batches of 2 cannot continue"):
         rebatched(EpochState(2, batches=3, batch_size=1), 2)
+
+
+@pytest.mark.slow
+def test_local_cell_killed_by_the_oom_killer_reads_host(
+    memory_cgroup: Path, tmp_path: Path, tiny_data: Path
+) -> None:
+    """A real OOM kill of a local cell's own process: the sweep runs in a memory cgroup of
+    768 MiB and the cell builds a network whose 7 GiB of weights the kernel grants (overcommit)
+    but can't back once they are written. The process just vanishes; the executor's end
+    reason reads the cgroup's OOM-kill counter kept since the cell's start."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    path = tmp_path / "killed.yaml"
+    axes = "  model: [segresnet]\n  model.init_filters: [8192]"
+    path.write_text(matrix_text("killed", tiny_data, axes, "{kind: local, slots: 1}", uri))
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(1536 * 2**20))
+
+    def enter() -> None:
+        (memory_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "sweep", str(path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=enter,
+        check=False,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    plan = make_plan(path)
+    state = plan.states()[plan.cells[0].id]
+    assert state.state == "failed", state
+    assert state.reason is not None and state.reason.startswith("oom: host: the cell's process")
+    assert "OOM kill(s) in memory cgroup /runner-oom-" in state.reason
+    assert "limit 1.50 GiB" in state.reason
