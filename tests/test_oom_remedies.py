@@ -9,6 +9,7 @@ CUDA OOM can't be produced without a GPU: its message is injected, beside the re
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
@@ -32,6 +34,7 @@ from runner.cli import main
 from runner.job import memory
 from runner.job.process import failure_reason
 from runner.ledger import Remedy, Status
+from runner.matrix.on_oom import STEPS, OnOom
 from runner.plan import make_plan
 from runner.sweep import remedies
 from tests.conftest import ROOT
@@ -358,7 +361,7 @@ def test_local_cell_killed_by_the_oom_killer_reads_host(
     memory_cgroup: Path, tmp_path: Path, tiny_data: Path
 ) -> None:
     """A real OOM kill of a local cell's own process: the sweep runs in a memory cgroup of
-    768 MiB and the cell builds a network whose 7 GiB of weights the kernel grants (overcommit)
+    1.5 GiB and the cell builds a network whose 7 GiB of weights the kernel grants (overcommit)
     but can't back once they are written. The process just vanishes; the executor's end
     reason reads the cgroup's OOM-kill counter kept since the cell's start."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -388,3 +391,17 @@ def test_local_cell_killed_by_the_oom_killer_reads_host(
     assert state.reason is not None and state.reason.startswith("oom: host: the cell's process")
     assert "OOM kill(s) in memory cgroup /runner-oom-" in state.reason
     assert "limit 1.50 GiB" in state.reason
+
+
+def test_readme_on_oom_example_is_a_valid_policy() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Out of memory", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    policy = OnOom(**yaml.safe_load(block)["on_oom"])
+    assert (policy.auto, policy.max_tries) == (True, 2)
+    table = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert table == set(STEPS)  # every step documented, none that doesn't exist
+    assert all(
+        f"| `{n}` | {s.memory} | {'resumed' if s.resumes else 'fresh'} |" in section
+        for n, s in STEPS.items()
+    )
