@@ -405,3 +405,20 @@ def test_readme_on_oom_example_is_a_valid_policy() -> None:
         f"| `{n}` | {s.memory} | {'resumed' if s.resumes else 'fresh'} |" in section
         for n, s in STEPS.items()
     )
+
+
+def test_slurm_out_of_memory_reads_host_with_the_mem_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: the test cluster doesn't enforce --mem with cgroups, so sacct's
+    OUT_OF_MEMORY can't be produced here; the state sacct would give is handed in."""
+    from runner.executors.slurm import backend as slurm
+
+    ends = {"41": ("OUT_OF_MEMORY", "0:125"), "42": ("TIMEOUT", "0:0")}
+    monkeypatch.setattr(slurm, "job_ends", lambda ids: ({i: ends[i] for i in ids}, None))
+    options = slurm.SlurmExecutorOptions(kind="slurm", mem_gb=4)
+    got, problem = slurm.SlurmBackend(options, tmp_path).ended(["41", "42"])
+    assert problem is None
+    assert got["41"].reason.startswith("oom: host: slurm: OUT_OF_MEMORY (exit 0:125); --mem 4G")
+    assert memory.oom_kind(got["41"].reason) == "host"
+    assert got["42"].reason.startswith("timeout: slurm: TIMEOUT")  # other ends unchanged
