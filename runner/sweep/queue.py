@@ -199,7 +199,8 @@ def _status(plan: Plan, job: CellJob) -> Status:
 def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
     attempt.save(Job(job_id=str(sj.job_id), executor=job.executor, time=time.time()))
-    outcome.submitted.append(job.cell_id)
+    if job.cell_id not in outcome.submitted:  # on_oom.auto submits a cell again
+        outcome.submitted.append(job.cell_id)
     outcome.job_ids[job.cell_id] = str(sj.job_id)
 
 
