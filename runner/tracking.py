@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from recipes.contract import redact, store_init_lock
 from runner.errors import RunnerError
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 TAG_CELL = "runner.cell_id"
 TAG_MATRIX = "runner.matrix"
 TAG_STATE = "runner.state"
+#: The out-of-memory remedies a run trained with (runner.sweep.remedies).
+TAG_REMEDY = "runner.remedy"
 AXIS_PREFIX = "axis."
 
 
@@ -157,6 +159,19 @@ def supersede(uri: str, run_id: str, attempt: int) -> None:
     c = client(uri)
     c.set_tag(run_id, TAG_SUPERSEDED, "true")
     c.set_tag(run_id, "runner.superseded_at_attempt", str(attempt))
+
+
+def tag_remedy(
+    uri: str, run_id: str, attempt: int, steps: list[str], changed: dict[str, Any]
+) -> None:
+    """Mark a run trained (from ``attempt`` on) with out-of-memory remedies: the tag
+    ``runner.remedy`` (``grad_checkpointing+halve_batch``) and each value a remedy changed as
+    the param ``remedy.<attempt>.<key>`` (params are write-once: the key names the attempt)."""
+    c = client(uri)
+    c.set_tag(run_id, TAG_REMEDY, "+".join(steps))
+    params = {f"remedy.{attempt}.{key}": str(pair[-1]) for key, pair in changed.items()}
+    have = c.get_run(run_id).data.params
+    _log_params(c, run_id, {k: v for k, v in params.items() if k not in have})
 
 
 def axis_params(tags: dict[str, str]) -> dict[str, str]:

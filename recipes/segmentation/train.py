@@ -14,8 +14,10 @@ from instance labels and validates instances from a seeded watershed (adapted Ra
 variation of information); a dataset mask restricts loss and metrics. ``mode=test``
 evaluates ``test_checkpoint`` on the validation cases instead of training.
 
-Gradient accumulation divides each batch's loss by N and steps the optimizer every N batches
-(and at the end of the epoch), so the update matches a batch N times larger. Clipping acts on
+Gradient accumulation steps the optimizer every N batches (and at the end of the epoch), each
+batch's loss divided by its group's length, so the update matches a batch N times larger
+(``training/loop.py``); halving ``batch_size`` and doubling ``accumulate_steps`` keeps the
+steps, the schedule and the epoch, and resumes a checkpoint of the other size. Clipping acts on
 the unscaled gradients, i.e. in the units the threshold was chosen in.
 
 Under a runner (``ctx`` given) it logs into the runner's MLflow run and leaves ending it to the
@@ -66,6 +68,7 @@ from recipes.components.training.loop import (
     StepCheckpoints,
     Trainee,
     checkpoint_every_steps,
+    rebatched,
     requested_stop_reason,
     train_one_epoch,
 )
@@ -239,7 +242,7 @@ def _train_loop(
         if dist.any(bool(stop_request)):
             return result("interrupted", epoch - 1, requested_stop_reason(stop_request), metrics)
         start = time.perf_counter()
-        state = EpochState.from_dict(in_epoch) if in_epoch else None
+        state = rebatched(EpochState.from_dict(in_epoch), tcfg.batch_size) if in_epoch else None
         in_epoch = None
         # Shuffle + augmentation follow (seed, epoch, case) only; a resumed epoch skips the
         # batches it trained on.

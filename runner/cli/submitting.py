@@ -114,7 +114,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     only, ids = parse_list(args.only), parse_list(args.cells)
     if args.cells is not None and not ids:
         raise RunnerError("--cells: give at least one cell id")
-    return _submit(args, lambda cells, states: for_resume(cells, states, only, ids), "resume")
+    from runner.cli.remedy_view import resume_chooser
+
+    plan = _plan(args)
+    _reconcile(plan)
+    choose = resume_chooser(plan, lambda cells, states: for_resume(cells, states, only, ids))
+    return _submit(args, choose, "resume", plan)
 
 
 def interrupted(plan: Any, stop: SweepInterrupted) -> int:

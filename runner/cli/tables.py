@@ -124,6 +124,7 @@ def _columns(
             ("state", [s.state for s in st]),
             ("attempts", [str(s.attempts) if s.attempts else "" for s in st]),
             ("best val Dice", [dice(s.best_val_dice) for s in st]),
+            ("oom remedy", ["+".join(s.remedy) for s in st]),
             ("progress / reason", [note(s) for s in st]),
         ]
     return [(h, v) for h, v in cols if h in ("cell", "run name") or any(v)]

@@ -15,7 +15,6 @@ peer hits the group's timeout, ``training.ddp_timeout_min``), so rank 0 records 
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -32,8 +31,8 @@ import submitit
 from recipes.contract import SPOOL_FINAL, StopRequest, TrainResult
 from runner import tracking
 from runner.executors.resources import gpus_from_env
-from runner.job import signals, standby
-from runner.job.process import CellLost, Heartbeat, failure_reason, spare_final_collection
+from runner.job import memory, process, signals, standby
+from runner.job.process import CellLost, Heartbeat, failure_reason
 from runner.job.signals import Meaning
 from runner.ledger import Attempt, Cancel, CellRecord, Status, ledger_hours, write_json_atomic
 from runner.search.prune import Reporter, SearchSpec
@@ -92,7 +91,7 @@ class CellJob:
                     standby.wait(self, self._attempt())
                 return self._run()
         finally:
-            spare_final_collection()
+            process.spare_final_collection()
 
     def signal_table(self) -> Mapping[int, Meaning]:
         return self.signal_meanings
@@ -153,7 +152,7 @@ class CellJob:
         from runner.recipe import Recipe, code_version
 
         os.chdir(self.workdir)
-        _training_lines_to_stdout()
+        process.training_lines_to_stdout()
         # Fail fast when a tracking server is down (MLflow retries for minutes by default):
         # metrics are then spooled and `runner sync` uploads them later.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -173,6 +172,7 @@ class CellJob:
             # a DDP cell's ranks have one share each.
             gpus=_times(gpus_from_env(os.environ), world),
             code=code_version(),
+            memory=memory.snapshot(),
         )
         if attempt.load(Cancel):
             # Cancelled between submission and start (a queued SLURM task, a container that
@@ -188,6 +188,7 @@ class CellJob:
             try:
                 # Retried: an array's cells start together on one store.
                 base.run_id = tracking.retrying(lambda: self._ensure_run(record, base.code))
+                process.tag_remedy(self.tracking_uri, base.run_id, attempt)
                 recipe = Recipe.load(self.recipe)
                 cfg = recipe.compose(self.overrides)
                 if self.search is not None:
@@ -205,7 +206,7 @@ class CellJob:
                 if result.status == "interrupted":
                     self.on_interrupted(result)
             except BaseException as exc:
-                reason = failure_reason(exc)
+                reason = failure_reason(exc, base.memory)
                 requested = attempt.load(Cancel) is not None
                 if requested:
                     # `runner cancel` asked for this: whatever the interrupt surfaced as
@@ -385,16 +386,3 @@ def _safe_finish(uri: str, run_id: str, state: str, reason: str) -> None:
         tracking.finish_run(uri, run_id, state, reason)
     except Exception:
         traceback.print_exc()
-
-
-def _training_lines_to_stdout() -> None:
-    """The recipe's progress lines (a line per epoch or logging window, ``logging`` at INFO
-    under ``recipes``) into the job's stdout, its ``.out`` log (``runner logs``); the
-    libraries' own INFO chatter stays out."""
-    logger = logging.getLogger("recipes")
-    if not any(getattr(h, "runner_job", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        handler.runner_job = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)

@@ -5,11 +5,15 @@ alive, and the reason an exception gives in the ledger (``lost:``, ``oom:``,
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
+from runner import tracking
+from runner.job import memory
 from runner.ledger import Attempt, records
 
 HEARTBEAT_S = 10.0
@@ -34,22 +38,30 @@ class CellLost(BaseException):
     MLflow logger's spool fallback is one) swallows it and lets the cell train on."""
 
 
-def failure_reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException, memory_at_start: dict[str, Any] | None = None) -> str:
+    """The ledger reason of ``exc``; out of memory says which memory and the evidence
+    (:mod:`runner.job.memory`), given the cell's memory facts at its start."""
     if isinstance(exc, CellLost):
         return str(exc)
     name = type(exc).__name__
-    text = str(exc)
-    # torch raises OutOfMemoryError on CUDA and a RuntimeError from its CPU allocator.
-    if (
-        isinstance(exc, MemoryError)
-        or "OutOfMemoryError" in name
-        or "can't allocate memory" in text
-        or "out of memory" in text.lower()
-    ):
-        return f"oom: {text.splitlines()[0][:300] if text else name}"
+    oom = memory.oom_reason(exc, memory_at_start)
+    if oom is not None:
+        return oom
     if isinstance(exc, KeyboardInterrupt):
         return "cancelled"
     return f"exception: {name}: {exc}"[:500]
+
+
+def tag_remedy(uri: str, run_id: str, attempt: Attempt) -> None:
+    """An attempt with out-of-memory remedies (``remedy.json``, written at its claim) tags
+    its run with them and logs what they changed; best effort: the ledger holds them."""
+    remedy = attempt.load(records.Remedy)
+    if remedy is None or not remedy.steps:
+        return
+    try:
+        tracking.tag_remedy(uri, run_id, attempt.number, remedy.steps, remedy.changed)
+    except Exception:
+        traceback.print_exc()
 
 
 class Heartbeat:
@@ -79,3 +91,16 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def training_lines_to_stdout() -> None:
+    """The recipe's progress lines (a line per epoch or logging window, ``logging`` at INFO
+    under ``recipes``) into the job's stdout, its ``.out`` log (``runner logs``); the
+    libraries' own INFO chatter stays out."""
+    logger = logging.getLogger("recipes")
+    if not any(getattr(h, "runner_job", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.runner_job = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

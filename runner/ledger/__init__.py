@@ -12,6 +12,7 @@ from runner.ledger.records import (
     Job,
     Monitor,
     Record,
+    Remedy,
     Slurm,
     Status,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Ledger",
     "Monitor",
     "Record",
+    "Remedy",
     "Slurm",
     "Status",
     "attempt_wall",

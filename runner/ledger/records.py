@@ -15,6 +15,8 @@ monitor.json  :class:`Monitor`                  the watcher (a sweep) or reconci
 cancel.json   :class:`Cancel`                   ``runner cancel``: the request, then stopped
 slurm.json    :class:`Slurm`                    a SLURM job: its starts and requeues
 docker.json   :class:`Docker`                   the docker backend: container, image, GPUs
+remedy.json   :class:`Remedy`                   the sweep that claimed an attempt which runs
+                                                with out-of-memory remedies
 ============  ================================  ==============================================
 
 A key a record does not know (written by a newer runner) is kept in ``extra`` and written
@@ -104,6 +106,9 @@ class Status(Record):
     requeues: int | None = None
     #: The code it trains with (runner.recipe.code_version: digest, commit, dirty).
     code: dict[str, Any] | None = None
+    #: Its memory cgroup, limit and the kernel's OOM-kill counters at start
+    #: (runner.job.memory.snapshot): what tells an OOM kill from another death later.
+    memory: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -163,3 +168,27 @@ class Docker(Record):
     ranks: int | None = None
     network: str | None = None
     user: str | None = None
+
+
+@dataclass(kw_only=True)
+class Remedy(Record):
+    """The out-of-memory remedies an attempt runs with (``on_oom`` in the matrix): all of
+    them so far, cumulative, so that every later attempt of the cell keeps them."""
+
+    FILE = "remedy"
+
+    #: Every remedy step in force, in the order they were added.
+    steps: list[str] = field(default_factory=list)
+    #: The Hydra overrides they add to the cell's own, cumulative.
+    overrides: list[str] = field(default_factory=list)
+    #: The step this attempt added (None: it only keeps the earlier ones).
+    added: str | None = None
+    #: What the added step changed: config key -> [before, after].
+    changed: dict[str, list[Any]] = field(default_factory=dict)
+    #: The reason of the attempt it answers (``oom: gpu: ...``).
+    after: str | None = None
+    #: Whether the checkpoint of the earlier attempts is resumed (False: set aside, the
+    #: attempt trains from scratch in a new MLflow run).
+    resumes: bool = True
+    #: Steps passed over as not applicable to this cell, with why.
+    skipped: dict[str, str] = field(default_factory=dict)

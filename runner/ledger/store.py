@@ -32,7 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.ledger.records import Cancel, Claim, Heartbeat, Job, Monitor, R, Record, Status
+from runner.ledger.records import (
+    Cancel,
+    Claim,
+    Heartbeat,
+    Job,
+    Monitor,
+    R,
+    Record,
+    Remedy,
+    Status,
+)
 
 #: ``pruned``: stopped at a rung by the pruner (runner.matrix.asha); a verdict, like done,
 #: that only ``resume --only pruned`` reverses.
@@ -143,6 +153,8 @@ class CellState:
     objective: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     updated: float | None = None
+    #: The out-of-memory remedies its latest attempt runs with (runner.sweep.remedies).
+    remedy: list[str] = field(default_factory=list)
 
 
 class CellRecord:
@@ -238,6 +250,7 @@ class CellRecord:
             job_id=job.job_id if job else None,
             progress=beat.progress,
             updated=next((r.time for r in (status, latest, job, claim) if r), None),
+            remedy=list((last.load(Remedy) or Remedy()).steps),
         )
         if status:
             out.state = status.state
@@ -296,6 +309,7 @@ class CellRecord:
                     "state": status.state or None,
                     "reason": status.reason or (monitor.reason if monitor else None),
                     "resumed_from_epoch": status.resumed_from_epoch,
+                    "remedy": list((a.load(Remedy) or Remedy()).steps),
                 }
             )
         return rows

@@ -152,7 +152,16 @@ def _labelled_axes(
 #: Top-level blocks the recipe's checks don't need: with a problem in one of them, the rest
 #: of the matrix can still be checked against the recipe, so that one run of `plan` shows
 #: every problem (:func:`salvage`).
-SET_ASIDE = ("executor", "tracking", "sweep_dir", "run_name", "search", "pruner", "restarts")
+SET_ASIDE = (
+    "executor",
+    "tracking",
+    "sweep_dir",
+    "run_name",
+    "search",
+    "pruner",
+    "restarts",
+    "on_oom",
+)
 
 
 def salvage(file: Path | str, problems: list[Problem]) -> LoadedMatrix | None:

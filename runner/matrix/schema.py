@@ -26,6 +26,7 @@ from runner.errors import Problem, did_you_mean
 from runner.executors.options import OPTIONS
 from runner.matrix import cv as nested
 from runner.matrix.names import parse_template
+from runner.matrix.on_oom import OnOom
 from runner.matrix.space import check as check_distribution
 from runner.matrix.yaml_lines import Path_, dotted
 
@@ -134,6 +135,9 @@ class Matrix(_Strict):
     pruner: PrunerOptions | None = None
     restarts: RestartOptions | None = None
     cv: nested.CvOptions | None = None  # nested cross-validation (runner.matrix.cv)
+    #: Out-of-memory remedies (runner.matrix.on_oom): what a cell that ran out of memory is
+    #: tried again with, by `runner resume --only oom` or at once (auto).
+    on_oom: OnOom | None = None
     run_name: str | None = Field(
         None, description="a template such as '{model}_{optimizer}{optimizer.lr}_s{seed}'"
     )

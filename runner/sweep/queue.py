@@ -18,6 +18,7 @@ from runner.job.cell import CellJob
 from runner.ledger import TERMINAL, Cancel, CellState, Job, Monitor, Status
 from runner.matrix.cells import Cell
 from runner.plan import Plan
+from runner.sweep import remedies
 from runner.sweep.standby import Standby
 
 POLL_S = 1.0
@@ -58,15 +59,19 @@ def claim_jobs(
     spec = plan.matrix.spec
     # The code that trains is the recipe's: record the commit of the tree that holds it.
     commit = tracking.git_commit(plan.recipe.config_dir)
-    claimed: list[tuple[Cell, int]] = []
+    claimed: list[tuple[Cell, int, list[str]]] = []
     for cell in cells:
         record = plan.ledger.cell(cell.id)
         record.write_cell(cell, spec.recipe, spec.base)
+        # Out-of-memory remedies in force, or one to add now (runner.sweep.remedies).
+        remedy = remedies.decide(plan, cell, record) if attempts_seen[cell.id] else None
         attempt = record.claim(spec.executor.kind, attempts_seen[cell.id])
         if attempt is None:  # another sweep of this matrix got there first
             outcome.lost_race.append(cell.id)
         else:
-            claimed.append((cell, attempt.number))
+            if remedy is not None:
+                remedies.apply(plan, cell, remedy, attempt)
+            claimed.append((cell, attempt.number, remedy.overrides if remedy else []))
     return [
         job_class(
             matrix=spec.name,
@@ -74,7 +79,7 @@ def claim_jobs(
             cell_id=c.id,
             run_name=c.run_name,
             values=c.values,
-            overrides=[*spec.base, *c.overrides],
+            overrides=[*spec.base, *c.overrides, *extra],
             cells_dir=str(plan.ledger.cells_dir),
             attempt=n,
             tracking_uri=plan.tracking_uri,
@@ -85,7 +90,7 @@ def claim_jobs(
             # A trial's Optuna trial is created here, on its first claim.
             search=plan.search.spec_for(c) if plan.search else None,
         )
-        for c, n in claimed
+        for c, n, extra in claimed
     ]
 
 
@@ -168,6 +173,7 @@ def _run(
             if backend.finished(sj):
                 _check_outcome(plan, backend, job, sj)
                 backend.release(sj)
+                queue += _remedied(plan, job, outcome)  # on_oom.auto: again, remedied
                 if _status(plan, job).state == "cancelled":
                     refill = None
             else:
@@ -213,8 +219,19 @@ def _status(plan: Plan, job: CellJob) -> Status:
 def _record_submission(plan: Plan, job: CellJob, sj: Any, outcome: SweepOutcome) -> None:
     attempt = plan.ledger.cell(job.cell_id).attempt(job.attempt)
     attempt.save(Job(job_id=str(sj.job_id), executor=job.executor, time=time.time()))
-    outcome.submitted.append(job.cell_id)
+    if job.cell_id not in outcome.submitted:  # on_oom.auto submits a cell again
+        outcome.submitted.append(job.cell_id)
     outcome.job_ids[job.cell_id] = str(sj.job_id)
+
+
+def _remedied(plan: Plan, job: CellJob, outcome: SweepOutcome) -> list[CellJob]:
+    """With ``on_oom.auto``: a cell that just ran out of memory, claimed again with its next
+    remedy (none when it has none left)."""
+    cell = remedies.auto_retry(plan, job.cell_id)
+    if cell is None:
+        return []
+    seen = {cell.id: len(plan.ledger.cell(cell.id).attempts())}
+    return claim_jobs(plan, [cell], seen, job.experiment_id, outcome, type(job))
 
 
 def _check_outcome(plan: Plan, backend: Backend, job: CellJob, sj: Any) -> None:

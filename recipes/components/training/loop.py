@@ -15,6 +15,15 @@ loading the skipped ones; the train loader draws its worker seeds from its own g
 not torch's global RNG, so the RNG states saved at the step are the ones the next step sees;
 model, optimizer, scheduler and scaler states are in the checkpoint. Only optimizer-step
 boundaries are checkpointed: a half-accumulated gradient is not saved.
+
+Accumulation: the epoch's batches form groups of ``accumulate_steps`` (the last one may be
+shorter); each batch's loss is divided by its group's length, so that every optimizer step
+follows the mean loss of its group whatever the group's length, and ``train_loss`` is the
+mean over optimizer steps of those group losses. A run whose micro-batch was halved and
+whose accumulation was doubled (``runner``'s ``halve_batch`` remedy for an out-of-memory
+cell) thus takes the same steps and logs the same ``train_loss`` as before, up to float
+rounding and batch-dependent layers (BatchNorm); a step checkpoint written at the other
+batch size continues at the same item of the epoch (:func:`rebatched`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ __all__ = [
     "StepCheckpoints",
     "Trainee",
     "checkpoint_every_steps",
+    "rebatched",
     "requested_stop_reason",
     "train_one_epoch",
 ]
@@ -70,11 +80,12 @@ class EpochState:
 
     epoch: int
     batches: int = 0  # batches consumed, always an optimizer-step boundary
-    total_loss: float = 0.0  # sum of the batch losses so far: the epoch mean stays exact
+    total_loss: float = 0.0  # sum of the optimizer steps' losses so far: the mean stays exact
     patches: int = 0
     lr: float = 0.0
     seconds: float = 0.0  # training time so far, earlier attempts included
     wait_s: float = 0.0  # of which waiting for the loader
+    batch_size: int = 0  # items per batch ``batches`` counts in (0: not recorded)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +94,20 @@ class EpochState:
     def from_dict(cls, data: dict[str, Any]) -> EpochState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def rebatched(state: EpochState, batch_size: int) -> EpochState:
+    """``state`` counted in batches of ``batch_size`` items: a step checkpoint written with
+    another batch size (an out-of-memory remedy halved it) continues at the same item of the
+    epoch, so that the sampler skips exactly the items already trained on."""
+    old = state.batch_size or batch_size
+    items = state.batches * old
+    if items % batch_size:
+        raise ValueError(
+            f"the step checkpoint stopped after {items} items of epoch {state.epoch} "
+            f"(batches of {old}); batches of {batch_size} cannot continue from there"
+        )
+    return dataclasses.replace(state, batches=items // batch_size, batch_size=batch_size)
 
 
 class Interrupted(Exception):
@@ -185,7 +210,9 @@ def train_one_epoch(
     clip = t.tcfg.get("grad_clip_norm")
     if state is None:
         state = EpochState(epoch, lr=t.optimizer.param_groups[0]["lr"])
+    state.batch_size = int(t.tcfg.get("batch_size") or 0)
     total = state.batches + len(loader)
+    group_loss = 0.0  # the current optimizer step's loss: the mean over its batches
     t.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=state.batches + 1):
         image = on_device(batch["image"], t.device)
@@ -195,6 +222,8 @@ def train_one_epoch(
         if hasattr(t.loss_fn, "inner") and hasattr(t.loss_fn.inner, "set_step"):
             t.loss_fn.inner.set_step(progress.global_step)  # per-term loss warm-up
         stepping = step % accumulate == 0 or step == total
+        # This batch's group: `accumulate` batches, or fewer at the end of the epoch.
+        in_group = min(accumulate, total - (step - 1) // accumulate * accumulate)
         # DDP: gradients are all-reduced on the micro-batch that steps the optimizer only;
         # the others accumulate locally (the sum is the same, the traffic 1/accumulate).
         with _no_sync(t.model, not stepping):
@@ -209,11 +238,12 @@ def train_one_epoch(
             if bad:
                 # Before the optimizer step: last.pt keeps the last good weights.
                 raise Diverged(f"loss became {loss.item()} at epoch {epoch} step {step}")
-            t.scaler.scale(loss / accumulate).backward()
-        state.total_loss += loss.item()
+            t.scaler.scale(loss / in_group).backward()
+        group_loss += loss.item() / in_group
         state.patches += image.shape[0]
         if not stepping:
             continue
+        state.total_loss, group_loss = state.total_loss + group_loss, 0.0
         if clip:
             t.scaler.unscale_(t.optimizer)
             torch.nn.utils.clip_grad_norm_(t.model.parameters(), float(clip))
@@ -227,4 +257,5 @@ def train_one_epoch(
         state.batches = step
         if after_step is not None and step != total:
             after_step(state)
-    return state.total_loss / max(1, total), state.patches, state.lr
+    steps = -(-total // accumulate)  # optimizer steps in the epoch
+    return state.total_loss / max(1, steps), state.patches, state.lr

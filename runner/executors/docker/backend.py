@@ -296,7 +296,9 @@ class DockerBackend(Backend):
         tail = ""
         with contextlib.suppress(Exception):
             tail = (job.stderr() or "")[-800:]
-        return f"lost: container {job.job_id} {why} (exit {code}, {state})" + (
+        # The kernel killed it at its memory limit: host memory, which on_oom can remedy.
+        kind = "oom: host" if state == "OUT_OF_MEMORY" else "lost"
+        return f"{kind}: container {job.job_id} {why} (exit {code}, {state})" + (
             f"; stderr tail: {tail}" if tail else ""
         )
 

@@ -30,8 +30,9 @@ from submitit.local import local as submitit_local
 from runner.executors.base import Backend
 from runner.executors.local.options import LocalExecutorOptions
 from runner.executors.resources import GpuPool, check_gpus_per_cell, threads_per_cell, visible_gpus
+from runner.job import memory
 from runner.job.cell import CellJob
-from runner.ledger import Go
+from runner.ledger import Attempt, CellRecord, Go, Status
 
 #: How long ``kill`` waits for SIGKILLed processes to be gone.
 KILL_REAP_S = 10.0
@@ -48,6 +49,7 @@ class LocalBackend(Backend):
         # A DDP cell's processes share the cell's cores.
         self.threads = max(1, threads_per_cell(options.threads_per_cell, options.slots) // n)
         self.held: dict[str, list[int]] = {}  # job id -> the GPUs of a multi-GPU cell
+        self.attempts: dict[str, Attempt] = {}  # job id -> its ledger attempt (end_reason)
 
     @property
     def slots(self) -> int:
@@ -76,6 +78,9 @@ class LocalBackend(Backend):
                 sj = self.executor.submit(job)
             if gpus:
                 self.held[sj.job_id] = gpus
+            self.attempts[sj.job_id] = CellRecord(Path(job.cells_dir), job.cell_id).attempt(
+                job.attempt
+            )
             out.append(sj)
         return out
 
@@ -117,6 +122,18 @@ class LocalBackend(Backend):
             for fd in fds:
                 os.close(fd)
 
+    def end_reason(self, job: submitit.Job[Any]) -> str:
+        """A cell's process that is gone without an outcome: killed by the kernel's OOM
+        killer (its memory cgroup's counter rose since it started, or the kernel's log names
+        it) reads ``oom: host``; anything else is lost."""
+        attempt = self.attempts.get(job.job_id)
+        status = attempt.load(Status) if attempt else None
+        if status is not None and status.pid and status.memory is not None:
+            evidence = memory.kill_evidence(status.memory, [status.pid], machine_wide=False)
+            if evidence:
+                return f"oom: host: the cell's process (pid {status.pid}) was killed; {evidence}"
+        return super().end_reason(job)
+
     def cancel(self, job_ids: list[str]) -> list[str]:
         """Interrupt each job's task processes (SIGINT): the cell then records itself as
         cancelled and closes its MLflow run as KILLED before it exits, and submitit's
@@ -157,6 +174,7 @@ class LocalBackend(Backend):
             time.sleep(0.05)
 
     def release(self, job: submitit.Job[Any]) -> None:
+        self.attempts.pop(job.job_id, None)
         for gpu in self.held.pop(job.job_id, []):
             self.gpus.give_back(gpu)
 

@@ -174,6 +174,9 @@ class SlurmBackend(Backend):
             reason = f"slurm: {state} (exit {code})"
             if kind == "lost":
                 reason += " without writing an outcome"
+            if kind == "oom":  # the cgroup of --mem: host memory (runner.job.memory)
+                mem = self.options.mem_gb
+                reason = f"host: {reason}; --mem {f'{mem:g}G' if mem else 'cluster default'}"
             if kind != "slurm":  # the kind first: what `resume --only` selects
                 reason = f"{kind}: {reason}"
             where = f"log {log}" if log.exists() else f"no log at {log}"
