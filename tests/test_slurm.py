@@ -582,8 +582,10 @@ def test_preempted_cell_requeues_and_resumes_mid_epoch(
     first epoch is logged, a job in the high-priority partition asks for that token: SLURM
     preempts the cell (SIGTERM, then REQUEUE after the partition's 15 s GraceTime), which
     writes a step checkpoint, restarts once the token is free, resumes mid-epoch and ends
-    done in the same MLflow run."""
-    epochs = 2
+    done in the same MLflow run. Three epochs: the preemption must land while the cell still
+    trains, however much faster than calibrated a less loaded machine runs it (with two, a
+    cell sped up since its calibration had ended before SLURM preempted it)."""
+    epochs = 3
     cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "preempt", epochs, 25)
     b = backend(time_min=30, partition="preemptible", gres="token:1")
     (job,) = b.submit([cell])
@@ -591,7 +593,7 @@ def test_preempted_cell_requeues_and_resumes_mid_epoch(
     while int((attempt.read("heartbeat") or {}).get("epoch", 0)) < 1:
         assert time.time() < deadline and not job.done(), attempt.read("status")
         time.sleep(1)
-    time.sleep(5)  # well into epoch 2 (~25 s)
+    time.sleep(2)  # into epoch 2 (~25 s), two epochs before the end
     # The token for 5 s (its output nowhere: sbatch would write it to the cwd).
     sbatch = [
         "sbatch",
