@@ -74,7 +74,9 @@ def test_the_recipe_builds_hydra_lvs_network_and_the_smaller_sizes() -> None:
         assert _count(build_model(small)) == 10_583_045
 
 
-@pytest.mark.parametrize(("zyx", "xyz"), [((24, 96, 96), (96, 96, 24)), ((32, 128, 128), (128, 128, 32))])
+@pytest.mark.parametrize(
+    ("zyx", "xyz"), [((24, 96, 96), (96, 96, 24)), ((32, 128, 128), (128, 128, 32))]
+)
 def test_shapes_at_the_studys_patches_and_the_deep_supervision_heads(
     zyx: tuple[int, int, int], xyz: tuple[int, int, int]
 ) -> None:
@@ -123,7 +125,9 @@ def test_every_norm_and_dropout_train(norm: str) -> None:
 
 
 def test_bad_options_say_what_is_valid() -> None:
-    with pytest.raises(ValueError, match="norm='layer'; choose one of batch, group, instance, none"):
+    with pytest.raises(
+        ValueError, match="norm='layer'; choose one of batch, group, instance, none"
+    ):
         RSUNet(1, 3, [4, 8], norm="layer")
     with pytest.raises(ValueError, match="act='gelu'; choose one of relu, leakyrelu, prelu, elu"):
         RSUNet(1, 3, [4, 8], act="gelu")

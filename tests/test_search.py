@@ -74,7 +74,9 @@ def test_bad_distributions_point_at_their_lines(project: Path, capsys) -> None:
         """,
         capsys,
     )
-    assert "matrix.yaml:8: search.space.optimizer.lr: loguniform(a, b) samples between log(a) " in err
+    assert (
+        "matrix.yaml:8: search.space.optimizer.lr: loguniform(a, b) samples between log(a) " in err
+    )
     assert "write uniform(0, 0.04) to sample from 0 on, or give a positive low bound" in err
     assert "matrix.yaml:9: search.space.optimizer.weight_decay: the low bound 0.1 must be " in err
     assert "matrix.yaml:11: search.space.loss.name: unknown distribution 'normal'" in err

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
+from monai.networks.blocks.mednext_block import MedNeXtBlock
 from monai.networks.nets import (
     UNETR,
     AttentionUnet,
@@ -31,7 +32,6 @@ from monai.networks.nets import (
     SwinUNETR,
     UNet,
 )
-from monai.networks.blocks.mednext_block import MedNeXtBlock
 from monai.networks.nets.mednext import MedNeXt, create_mednext
 from omegaconf import DictConfig, OmegaConf
 from torch import nn

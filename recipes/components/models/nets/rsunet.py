@@ -97,7 +97,9 @@ class _Layers:
 
     @staticmethod
     def conv(cin: int, cout: int, kernel: Sequence[int]) -> nn.Conv3d:
-        return nn.Conv3d(cin, cout, tuple(kernel), padding=tuple(k // 2 for k in kernel), bias=False)
+        return nn.Conv3d(
+            cin, cout, tuple(kernel), padding=tuple(k // 2 for k in kernel), bias=False
+        )
 
 
 class ResBlock(nn.Module):
@@ -216,7 +218,9 @@ class RSUNet(nn.Module):
         depth = len(widths) - 1
         factors = [_triple(f) for f in (down_factors or [IN_PLANE] * depth)]
         if len(factors) != depth:
-            raise ValueError(f"rsunet: {depth} down_factors needed (one per pooling), got {factors}")
+            raise ValueError(
+                f"rsunet: {depth} down_factors needed (one per pooling), got {factors}"
+            )
         kernels = [_triple(kernel_size)] * len(widths)
         kernels[: max(0, int(depth_2d))] = [_triple(kernel_2d)] * min(len(widths), int(depth_2d))
         layers = _Layers(norm, act, float(negative_slope), float(dropout))
