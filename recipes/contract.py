@@ -119,6 +119,9 @@ class TrainResult:
         ``RunContext.should_prune`` stopped it (its checkpoint can continue it later),
         "interrupted" when ``RunContext.stop`` was set: its step checkpoint is written and
         the next attempt continues from it (``reason`` says why it stopped).
+    best_epoch: the epoch ``best.pt`` holds, chosen by ``select_metric`` (``select_mode``:
+        max or min; the recipe's ``training.select``, val_dice / max by default), whose best
+        value is ``best_metric``; ``best_val_dice`` is the val Dice of that epoch.
     """
 
     status: TrainStatus
@@ -128,6 +131,9 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+    select_metric: str = "val_dice"
+    select_mode: str = "max"
 
 
 class TrainFn(Protocol):
