@@ -65,6 +65,15 @@ def _done(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
     return [c for c in plan.cells if states[c.id].state == "done"]
 
 
+def named_cells(plan: Plan, text: str, states: dict[str, CellState]) -> list[Cell]:
+    """``--cells A,B,...``: done cells by id, id prefix or run name, each once."""
+    ids = [x.strip() for x in text.split(",") if x.strip()]
+    if not ids:
+        raise RunnerError("--cells: give cell ids, id prefixes or run names, comma-separated")
+    found = [require_done(plan, find_cell(plan, i, "--cells"), states) for i in ids]
+    return list({c.id: c for c in found}.values())
+
+
 def require_done(plan: Plan, cell: Cell, states: dict[str, CellState]) -> Cell:
     state = states[cell.id]
     if state.state != "done":
