@@ -1,9 +1,12 @@
 """The EM demo end to end, through the command line only: ``runner plan`` and ``runner
 sweep`` on matrix/demo_em.yaml in a scratch project (synthetic HDF5 volumes generated on
-first use), then the adapted Rand error it logged to MLflow."""
+first use), the adapted Rand error it logged to MLflow, then the README's test-time commands
+as written there: ``runner predict`` and ``runner evaluate`` on the held-out HDF5 volume."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,14 +34,15 @@ def test_demo_em_sweeps_and_logs_a_low_adapted_rand_error(tmp_path: Path) -> Non
     matrix = yaml.safe_load((REPO / "matrix" / "demo_em.yaml").read_text())
     # One of the demo's two cells (the suite's time is shared); the recipe is the demo's.
     matrix["axes"] = {"loss.weights": [[1.0, 1.0, 3.0]]}
-    (tmp_path / "demo_em.yaml").write_text(yaml.safe_dump(matrix, sort_keys=False))
+    (tmp_path / "matrix").mkdir()  # where the README's commands find it
+    (tmp_path / "matrix" / "demo_em.yaml").write_text(yaml.safe_dump(matrix, sort_keys=False))
     shutil.copy(REPO / "matrix" / "demo_em.yaml", tmp_path / "full.yaml")
 
     plan = _cli(tmp_path, "plan", "full.yaml", timeout=120)
     assert plan.returncode == 0, plan.stderr
     assert "weights1x0.5x2" in plan.stdout and "weights1x1x3" in plan.stdout
 
-    sweep = _cli(tmp_path, "sweep", "demo_em.yaml", timeout=600)
+    sweep = _cli(tmp_path, "sweep", "matrix/demo_em.yaml", timeout=600)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     assert (tmp_path / "data" / "demo_em" / "vol_val1_im.h5").exists()  # generated on use
 
@@ -51,7 +55,31 @@ def test_demo_em_sweeps_and_logs_a_low_adapted_rand_error(tmp_path: Path) -> Non
         run.data.metrics
     )
     assert run.data.params["data.format"] == "h5" and run.data.params["task.name"] == "em_instance"
+    # best.pt is the epoch of the lowest adapted Rand error (training.select)
+    assert run.data.params["training.select.metric"] == "val_adapted_rand_error"
+    lowest = min(m.value for m in history)
+    assert run.data.metrics["best_val_adapted_rand_error"] == lowest
+
+    for command in readme_commands():  # predict, evaluate the files, evaluate the matrix
+        done = _cli(tmp_path, *command, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "predictions" / "demo_em" / "summary.json").read_text())
+    [case] = summary["metric_per_case"]
+    assert case["case"] == "vol_test1_im" and case["mask_file"].endswith("vol_test1_mask.h5")
+    assert case["metrics"]["1"]["adapted_rand_error"] < BOUND
+    run = client.get_run(run.info.run_id)  # runner evaluate MATRIX logged into the cell's run
+    assert run.data.metrics["test_adapted_rand_error"] == case["metrics"]["1"]["adapted_rand_error"]
+    assert {"test_voi", "test_voi_split", "test_voi_merge", "test_dice"} <= set(run.data.metrics)
 
 
 def matrix_epochs(matrix: dict) -> int:
     return next(int(b.split("=")[1]) for b in matrix["base"] if b.startswith("training.max_epochs"))
+
+
+def readme_commands() -> list[list[str]]:
+    """The ``runner`` lines of the README's EM demo block, run as a user would."""
+    section = (REPO / "README.md").read_text().split("### EM instance segmentation", 1)[1]
+    block = section.split("```\n", 2)[1]
+    lines = [line.split("  #")[0] for line in block.splitlines() if line.startswith("runner ")]
+    assert len(lines) == 3, lines
+    return [shlex.split(line)[1:] for line in lines]
