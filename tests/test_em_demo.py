@@ -44,6 +44,8 @@ def test_demo_em_sweeps_and_logs_a_low_adapted_rand_error(tmp_path: Path) -> Non
 
     sweep = _cli(tmp_path, "sweep", "matrix/demo_em.yaml", timeout=600)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    # it ends with the groups ranked by the selection (lowest adapted Rand error first)
+    assert "best groups so far (best val_adapted_rand_error, min," in sweep.stdout
     assert (tmp_path / "data" / "demo_em" / "vol_val1_im.h5").exists()  # generated on use
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
