@@ -18,7 +18,6 @@ import pytest
 import tifffile
 import torch
 from omegaconf import OmegaConf
-from runner.cli.main import main
 
 from recipes.components.data.em_demo_data import ensure_em_demo_dataset
 from recipes.components.models.build import build_model
@@ -26,6 +25,7 @@ from recipes.components.testtime.held_out import exclude_test, held_out_items
 from recipes.components.training.instances import instance_scores
 from recipes.contract import ModelRef, PredictInputError, PredictRequest
 from recipes.segmentation.predict import predict
+from runner.cli import main
 from runner.recipe import Recipe
 
 
