@@ -45,8 +45,8 @@ def test_demo_em_sweeps_and_logs_a_low_adapted_rand_error(tmp_path: Path) -> Non
     assert plan.returncode == 0, plan.stderr
     assert "weights1x0.5x2" in plan.stdout and "weights1x1x3" in plan.stdout
 
-    # Timeouts only guard against a hang (the whole demo takes under 4 minutes on 2 idle
-    # cores; a machine shared with other test runs takes several times that).
+    # Timeouts only guard against a hang: on 2 cores shared with other test runs this one
+    # cell's sweep took 13 minutes.
     sweep = _cli(tmp_path, "sweep", "matrix/demo_em.yaml", timeout=1800)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     # it ends with the groups ranked by the selection (lowest adapted Rand error first)
