@@ -77,7 +77,8 @@ def test_demo_em_sweeps_and_logs_a_low_adapted_rand_error(tmp_path: Path) -> Non
     assert {"test_voi", "test_voi_split", "test_voi_merge", "test_dice"} <= set(run.data.metrics)
     # Quality last, so that the plumbing above is checked either way. Known (issue 26): on
     # this branch the cell ends at an empty instance map after the demo's 60 epochs (val Dice
-    # 0, adapted Rand error 0.737 at every validation; before PyTC's RSUNet it reached 0.011).
+    # 0, adapted Rand error 1.0 at every validation, 0.737 in skimage's convention; before
+    # PyTC's RSUNet it reached 0.011).
     # The heads learn (a tiny MONAI UNet's binary map > 0.5 on 3.2 % of a validation volume,
     # 5.3 % foreground) but no voxel meets the watershed's seed thresholds yet: the demo's
     # epochs / lr need retuning. An expected failure until then.
