@@ -93,7 +93,7 @@ def _plateau(unit: str | None, patience: int, val_interval: int) -> int:
     cfg |= {"patience": patience, "threshold": 1e-4, "min_lr": 1e-6}
     if unit is not None:
         cfg["patience_unit"] = unit
-    schedule = build_scheduler(OmegaConf.create(cfg), optimizer, 4, 1000, val_interval)
+    schedule = build_scheduler(OmegaConf.create(cfg), optimizer, 4, 1000, val_interval=val_interval)
     return schedule.scheduler.patience  # type: ignore[union-attr]
 
 
