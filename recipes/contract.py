@@ -119,6 +119,9 @@ class TrainResult:
         ``RunContext.should_prune`` stopped it (its checkpoint can continue it later),
         "interrupted" when ``RunContext.stop`` was set: its step checkpoint is written and
         the next attempt continues from it (``reason`` says why it stopped).
+    best_epoch: the epoch ``best.pt`` holds, chosen by ``select_metric`` (``select_mode``:
+        max or min; the recipe's ``training.select``, val_dice / max by default), whose best
+        value is ``best_metric``; ``best_val_dice`` is the val Dice of that epoch.
     """
 
     status: TrainStatus
@@ -128,6 +131,9 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+    select_metric: str = "val_dice"
+    select_mode: str = "max"
 
 
 class TrainFn(Protocol):
@@ -154,7 +160,8 @@ class ModelRef:
 class PredictRequest:
     """Predict label maps (and optionally probabilities) with one model or an ensemble.
 
-    models: more than one: their softmax probabilities are averaged (seeds or folds).
+    models: more than one: their probabilities are averaged (seeds, folds, or cells of
+    different architectures: the softmax, or the head maps of ``task=em_instance``).
     input_dir: nnU-Net-named inputs, ``CASE_0000.nii.gz``, ... one file per channel; or
     split="test": the ``data.test`` cases of the first model's data config, with labels.
     settings: ``predict.*`` keys over the config's (sw_overlap, sw_mode, sw_batch_size, ...).
@@ -175,9 +182,10 @@ class PredictRequest:
 @dataclass
 class PredictedCase:
     case: str
-    prediction: Path | None  # CASE.nii.gz in output_dir (None when check_only)
+    prediction: Path | None  # CASE.nii.gz (stacks: CASE_pred.h5) in output_dir (None: check_only)
     label: Path | None = None  # the reference, for split="test"
     probabilities: Path | None = None  # CASE.npz with "probabilities" (C, X, Y, Z)
+    mask: Path | None = None  # split="test" of a stack layout: the region that is scored
 
 
 @dataclass
@@ -192,9 +200,16 @@ class PredictResult:
 class EvaluateRequest:
     """Score predictions against references (nnU-Net's ``summary.json``).
 
-    Either folders (``pred_dir`` + ``labels_dir``, files ``CASE<file_ending>``) or explicit
-    ``pairs`` of (case, prediction, reference). ``labels``: label value -> name (foreground
-    and background); None: from ``dataset_json``, else the values found in the references.
+    Either folders (``pred_dir`` + ``labels_dir``, files ``CASE<file_ending>``), glob
+    patterns in their place (EM stacks: ``preds/vol*_im_pred.h5`` and
+    ``test/vol*_vesicle_ins.h5``, paired by what their wildcards match, ``mask_pattern`` the
+    same way), or explicit ``pairs`` of (case, prediction, reference) with ``masks`` by case.
+    ``labels``: label value -> name (foreground and background); None: from
+    ``dataset_json``, else the values found in the references. HDF5 / TIFF files are read as
+    stacks (dataset ``dataset_key``), their spacing ``voxel_size`` (z, y, x in nm; None:
+    voxels). ``instances``: score instance segmentations (adapted Rand error, VI, foreground
+    Dice) instead of classes; ``binary_reference``: references hold instance ids scored as one
+    foreground class (semantic models of instance data).
     """
 
     pred_dir: Path | None = None
@@ -204,6 +219,12 @@ class EvaluateRequest:
     labels: dict[int, str] | None = None
     file_ending: str = ".nii.gz"
     tolerance_mm: float = 2.0  # normalised surface Dice tolerance
+    masks: dict[str, Path] | None = None
+    mask_pattern: str | None = None
+    instances: bool = False
+    binary_reference: bool = False
+    dataset_key: str | None = "main"
+    voxel_size: tuple[float, float, float] | None = None
 
 
 class PredictFn(Protocol):

@@ -41,7 +41,7 @@ def test_early_stopping_patience_threshold_and_divergence_on_val_loss() -> None:
         None,
         None,
         None,
-        "no val_loss gain > 0.01 in 2 validations",
+        "no val_loss gain > 0.01 in 2 epochs",
     ]
     converged = EarlyStopping({"monitor": "val_loss", "threshold": 0.02}, 1)
     assert _decide(converged, [0.5, 0.1, 0.019]) == [
@@ -81,7 +81,7 @@ def test_early_stopping_history_resumes_exactly(tmp_path: Path) -> None:
     resumed.load(tmp_path, epoch=2)  # last.pt of epoch 2: epoch 3 is replayed
     assert resumed.history == [(1, 1.0), (2, 0.8)]
     assert _decide(resumed, values[2:], start=3) == straight[2:]
-    assert straight[-1] == "no val_loss gain > 0.0 in 2 validations"
+    assert straight[-1] == "no val_loss gain > 0.0 in 2 epochs"
 
 
 def test_plateau_on_the_validation_loss_halves_the_lr() -> None:
@@ -152,12 +152,16 @@ def test_em_instance_trains_and_tests_a_checkpoint(
     stopping = [
         "scheduler=plateau",
         "scheduler.monitor=val_loss",
-        "training.early_stopping.monitor=val_adapted_rand_error",
+        "training.select.metric=val_adapted_rand_error",  # early stopping's monitor too
         "training.early_stopping.patience=5",
         "training.grad_clip_norm=0.5",
     ]
     result = train(_em_cfg(em_data, tmp_path / "ckpt", *stopping))
     assert result.status == "done" and result.epochs_completed == 2
+    # best.pt is the epoch of the lowest adapted Rand error (training.select, mode auto: min)
+    assert (result.select_metric, result.select_mode) == ("val_adapted_rand_error", "min")
+    best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    assert best["epoch"] == result.best_epoch and best["best_metric"] == result.best_metric
     wanted = {"val_loss", "val_adapted_rand_error", "val_voi_split", "val_voi_merge"}
     assert wanted | {"val_dice", "val_dice_vesicle"} <= set(result.metrics)
     assert 0.0 <= result.metrics["val_adapted_rand_error"] <= 1.0
@@ -166,6 +170,12 @@ def test_em_instance_trains_and_tests_a_checkpoint(
     run = client.search_runs([client.get_experiment_by_name("segmentation").experiment_id])[0]
     assert run.data.params["data.voxel_size"] == "[30.0, 8.0, 8.0]"
     assert run.data.params["task.name"] == "em_instance"
+    history = client.get_metric_history(run.info.run_id, "val_adapted_rand_error")
+    lowest = min(history, key=lambda m: (m.value, m.step))
+    assert (lowest.step, lowest.value) == (result.best_epoch, pytest.approx(result.best_metric))
+    assert run.data.metrics["best_val_adapted_rand_error"] == pytest.approx(lowest.value)
+    dice = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_dice")}
+    assert run.data.metrics["best_val_dice"] == pytest.approx(dice[lowest.step])
 
     out = tmp_path / "pred"
     test = train(

@@ -232,6 +232,42 @@ def test_an_ensemble_is_the_mean_of_its_members_probabilities(
         assert label.shape == source.shape and np.allclose(label.affine, source.affine, atol=1e-5)
 
 
+def test_an_ensemble_of_cells_averages_different_architectures(
+    demo: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """--ensemble cells: unet and segresnet in one ensemble (the EM group's Phase 3); with
+    --best, the best cell of every group (by the selection, val Dice here)."""
+    root, path, _ = demo
+    inputs = _inputs(root / "demo", tmp_path / "in", ["demo_006"])
+    common = ["-i", str(inputs), "--save-probabilities"]
+    with cwd(root):
+        for cell in ("unet_s1", "segresnet_s0"):
+            assert (
+                main(["predict", str(path), "--cell", cell, "-o", str(tmp_path / cell), *common])
+                == 0
+            )
+        cells = ["--ensemble", "cells", "--cells", "unet_s1,segresnet_s0"]
+        assert main(["predict", str(path), *cells, "-o", str(tmp_path / "e"), *common]) == 0
+        best = ["--ensemble", "cells", "--best", "-o", str(tmp_path / "b")]
+        assert main(["predict", str(path), *best, *common]) == 0
+        with pytest.raises(SystemExit):  # --cells and --cell are one choice
+            main(["predict", str(path), "--cell", "unet_s0", "--cells", "unet_s1", *common])
+    a, b, e = (
+        np.load(tmp_path / x / "demo_006.npz")["probabilities"]
+        for x in ("unet_s1", "segresnet_s0", "e")
+    )
+    np.testing.assert_allclose(e, (a + b) / 2, atol=1e-6)
+    record = json.loads((tmp_path / "b" / "predict.json").read_text())
+    names = sorted(m["name"] for m in record["models"])
+    assert [n.split("_")[0] for n in names] == ["segresnet", "unet"]  # one of each group
+    plan = make_plan(path, workdir=root)
+    states = plan.states()
+    for name in names:
+        group = [c for c in plan.cells if c.run_name.split("_")[0] == name.split("_")[0]]
+        dices = [states[c.id].best_val_dice for c in group]
+        assert states[find_cell(plan, name).id].best_val_dice == max(dices)
+
+
 def test_bad_inputs_are_one_clear_error_and_write_nothing(
     demo: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,6 +303,8 @@ def test_bad_inputs_are_one_clear_error_and_write_nothing(
     assert "run names: segresnet_s0, segresnet_s1, unet_s0, unet_s1" in err
     err = predict("--best", "unet", "--ensemble", "folds")
     assert "no 'data.fold' axis" in err and "model, seed" in err
+    err = predict("--cell", "unet_s0", "--ensemble", "cells")
+    assert "--ensemble cells: name its members with --cells A,B,..." in err
     err = predict("--cell", "unet_s0", "--set", "predict.sw_overlp=0.7")
     assert "did you mean 'predict.sw_overlap'?" in err
 

@@ -122,3 +122,15 @@ def test_bench_commands_parse() -> None:
     assert len(lines) >= 2
     for args in lines:
         build_parser().parse_args(shlex.split(args))
+
+
+def test_search_methods_are_the_schemas() -> None:
+    from typing import get_args
+
+    from runner.matrix.schema import SearchOptions
+
+    line = next(line for line in README.splitlines() if line.strip().startswith("method: tpe"))
+    listed = line.split("#", 1)[1].split(":", 1)[0].split("|")
+    methods = get_args(SearchOptions.model_fields["method"].annotation)
+    assert sorted(m.strip() for m in listed) == sorted(methods)
+    assert "`gp`, Optuna's\n  `GPSampler`" in README  # and why it is there

@@ -74,7 +74,10 @@ def test_bad_distributions_point_at_their_lines(project: Path, capsys) -> None:
         """,
         capsys,
     )
-    assert "matrix.yaml:8: search.space.optimizer.lr: loguniform(a, b) needs 0 < a < b" in err
+    assert (
+        "matrix.yaml:8: search.space.optimizer.lr: loguniform(a, b) samples between log(a) " in err
+    )
+    assert "write uniform(0, 0.04) to sample from 0 on, or give a positive low bound" in err
     assert "matrix.yaml:9: search.space.optimizer.weight_decay: the low bound 0.1 must be " in err
     assert "matrix.yaml:11: search.space.loss.name: unknown distribution 'normal'" in err
     assert "(did you mean 'uniform'?)" in err
@@ -118,7 +121,7 @@ def test_method_pruner_and_restarts_are_checked(project: Path, capsys) -> None:
         """,
         capsys,
     )
-    assert "search.method: invalid value 'gird'; valid choices: grid, random, tpe" in err
+    assert "search.method: invalid value 'gird'; valid choices: gp, grid, random, tpe" in err
     assert "(did you mean 'grid'?)" in err
     err = _errors(
         project,

@@ -6,8 +6,12 @@ dataset; see :mod:`recipes.components.testtime.inputs`) or the ``data.test`` cas
 them all before loading a model, and writes ``CASE.nii.gz`` label maps on each input's own
 grid (same shape, affine and orientation as the input file: the training spacing and RAS
 orientation are undone), and with ``save_probabilities`` ``CASE.npz`` holding
-``probabilities`` (C, X, Y, Z: the input's voxel order) and ``classes``. Several models are
-an ensemble: their softmax probabilities are averaged before the argmax. The settings
+``probabilities`` (C, X, Y, Z: the input's voxel order) and ``classes``. Models of the
+``h5`` / ``tiff`` layouts read and write EM stacks instead (``CASE_pred.h5`` / ``.tif``;
+:mod:`recipes.components.testtime.stack_cases`). ``task=em_instance``: the label map holds
+instance ids, the seeded watershed of the three head maps (``training/instances.py``).
+Several models are an ensemble: their probabilities (softmax, or em_instance's head maps)
+are averaged before the argmax or the watershed, whatever their architectures. The settings
 (``predict.*``: sliding window, TTA, autocast, device) are documented in
 :mod:`recipes.components.testtime.inference`. Files appear in the output folder only once
 every case has been predicted, with ``predict.json`` saying what made them.
@@ -46,6 +50,16 @@ from recipes.components.testtime.inputs import (
     check_headers,
     read_input_folder,
 )
+from recipes.components.testtime.stack_cases import (
+    check_stacks,
+    folder_items,
+    is_stack_layout,
+    output_name,
+    write_stack,
+    xyz_to_zyx,
+)
+from recipes.components.training.instances import decode_instances
+from recipes.components.training.validation import task_of
 from recipes.contract import (
     ModelRef,
     PredictedCase,
@@ -53,6 +67,15 @@ from recipes.contract import (
     PredictRequest,
     PredictResult,
 )
+
+
+def _task(request: PredictRequest) -> str:
+    """The members' task: an ensemble averages maps of one kind only."""
+    tasks = {m.name or str(m.checkpoint): task_of(m.config) for m in request.models}
+    if len(set(tasks.values())) > 1:
+        listed = ", ".join(f"{name}: {task}" for name, task in tasks.items())
+        raise PredictInputError(f"ensemble members have different tasks ({listed})")
+    return next(iter(tasks.values()))
 
 
 def _channels(request: PredictRequest) -> ChannelMap:
@@ -67,12 +90,19 @@ def _channels(request: PredictRequest) -> ChannelMap:
 
 
 def _cases(request: PredictRequest, cmap: ChannelMap) -> list[dict[str, Any]]:
+    data_cfg = request.models[0].config.data
     if request.input_dir is not None:
+        if is_stack_layout(data_cfg):
+            return folder_items(request.input_dir, data_cfg)
         return read_input_folder(request.input_dir, cmap)
     if request.split != "test":
         raise PredictInputError("predict needs an input folder or split='test'")
+    if is_stack_layout(data_cfg):
+        items = held_out_items(data_cfg)
+        check_stacks(items, data_cfg)
+        return items
     items = []
-    for item in held_out_items(request.models[0].config.data):
+    for item in held_out_items(data_cfg):
         image = item["image"]
         if isinstance(image, list):  # every dataset channel: keep the model's, in its order
             image = [image[i] for i in cmap.fed]
@@ -81,15 +111,21 @@ def _cases(request: PredictRequest, cmap: ChannelMap) -> list[dict[str, Any]]:
     return items
 
 
-def _save_label(probs: np.ndarray, source: str, path: Path) -> None:
-    """The argmax on the grid of ``source`` (its affine, qform and sform codes, units)."""
+def _label_map(probs: np.ndarray, cfg: DictConfig, task: str) -> np.ndarray:
+    """The argmax of the probabilities, or em_instance's watershed instances (int32)."""
+    if task == "em_instance":
+        return decode_instances(probs, cfg.task.get("watershed"))
+    return probs.argmax(0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+
+
+def _save_label(labels: np.ndarray, source: str, path: Path) -> None:
+    """``labels`` on the grid of ``source`` (its affine, qform and sform codes, units)."""
     import nibabel as nib
 
     ref = nib.load(source)
-    if tuple(probs.shape[1:]) != tuple(ref.shape[:3]):
-        raise RuntimeError(f"prediction {probs.shape[1:]} is not on the grid {ref.shape[:3]}")
-    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
-    img = nib.Nifti1Image(probs.argmax(0).astype(dtype), ref.affine)
+    if tuple(labels.shape) != tuple(ref.shape[:3]):
+        raise RuntimeError(f"prediction {labels.shape} is not on the grid {ref.shape[:3]}")
+    img = nib.Nifti1Image(labels, ref.affine)
     header = ref.header
     img.set_qform(ref.affine, int(header.get("qform_code", 1)) or 1)
     img.set_sform(ref.affine, int(header.get("sform_code", 1)) or 1)
@@ -102,13 +138,15 @@ def predict(request: PredictRequest) -> PredictResult:
     """Predict every case of ``request`` (module doc); ``check_only``: list and check only."""
     if not request.models:
         raise PredictInputError("predict needs at least one model")
+    task = _task(request)
     cmap = _channels(request)
+    stacks = is_stack_layout(request.models[0].config.data)
     settings = resolve_settings(request.models[0].config, request.settings)
     settings["tta"] = bool(settings["tta"] or request.tta)
     items = _cases(request, cmap)
     out = request.output_dir
     if request.check_only:
-        cases = [PredictedCase(i["case"], None, _label(i)) for i in items]
+        cases = [PredictedCase(i["case"], None, _label(i), mask=_mask(i)) for i in items]
         return PredictResult(cases, cmap.classes, cmap.names, settings)
     for ref in request.models:
         if not ref.checkpoint.is_file():
@@ -118,29 +156,39 @@ def predict(request: PredictRequest) -> PredictResult:
     out.mkdir(parents=True, exist_ok=True)
     stage = out / f".partial-{os.getpid()}"
     stage.mkdir(exist_ok=True)
-    cases = []
+    written: list[tuple[dict[str, Any], str, str | None]] = []
+    cfg = request.models[0].config
     try:
         for item in _progress(items, request.progress, len(predictors)):
             probs = ensemble_probabilities(predictors, item)
+            labels = _label_map(probs, cfg, task)
             first = item["image"][0] if isinstance(item["image"], list) else item["image"]
-            _save_label(probs, first, stage / f"{item['case']}.nii.gz")
-            if request.save_probabilities:
-                np.savez_compressed(
-                    stage / f"{item['case']}.npz",
-                    probabilities=probs.astype(np.float32),
-                    classes=np.asarray(cmap.classes),
-                )
-            cases.append(item)
+            if stacks:
+                name, probs_name = output_name(first), output_name(first, "probabilities")
+                write_stack(stage / name, xyz_to_zyx(labels))
+                if request.save_probabilities:
+                    write_stack(stage / probs_name, xyz_to_zyx(probs.astype(np.float32)))
+            else:
+                name, probs_name = f"{item['case']}.nii.gz", f"{item['case']}.npz"
+                _save_label(labels, first, stage / name)
+                if request.save_probabilities:
+                    np.savez_compressed(
+                        stage / probs_name,
+                        probabilities=probs.astype(np.float32),
+                        classes=np.asarray(cmap.classes),
+                    )
+            written.append((item, name, probs_name if request.save_probabilities else None))
         # Only now, all cases done, do the files replace anything in the output folder.
         results = []
-        for item in cases:
-            case = item["case"]
-            os.replace(stage / f"{case}.nii.gz", out / f"{case}.nii.gz")
+        for item, name, probs_name in written:
+            os.replace(stage / name, out / name)
             probs_path = None
-            if request.save_probabilities:
-                probs_path = out / f"{case}.npz"
-                os.replace(stage / f"{case}.npz", probs_path)
-            results.append(PredictedCase(case, out / f"{case}.nii.gz", _label(item), probs_path))
+            if probs_name is not None:
+                probs_path = out / probs_name
+                os.replace(stage / probs_name, probs_path)
+            results.append(
+                PredictedCase(item["case"], out / name, _label(item), probs_path, _mask(item))
+            )
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     result = PredictResult(results, cmap.classes, cmap.names, settings)
@@ -150,6 +198,10 @@ def predict(request: PredictRequest) -> PredictResult:
 
 def _label(item: dict[str, Any]) -> Path | None:
     return Path(item["label"]) if item.get("label") else None
+
+
+def _mask(item: dict[str, Any]) -> Path | None:
+    return Path(item["mask"]) if item.get("mask") else None
 
 
 def _progress(items: list[dict[str, Any]], show: bool, members: int) -> Any:

@@ -76,6 +76,12 @@ from recipes.components.training.losses import build_loss
 from recipes.components.training.lr_finder import find_lr_and_log
 from recipes.components.training.mlflow_logging import RunLogger, flatten_config, log_split
 from recipes.components.training.optim import build_optimizer, build_scheduler
+from recipes.components.training.selection import (
+    Selection,
+    best_metrics,
+    best_val_dice,
+    record_best,
+)
 from recipes.components.training.setup import describe_device
 from recipes.components.training.step import (
     Diverged,
@@ -183,13 +189,20 @@ def _train_loop(
     # Epochs, their steps (training.steps_per_epoch) and the end (max_epochs, max_steps).
     budget = Budget.of(tcfg, len(data.train_loader))
     schedule = build_scheduler(
-        cfg.scheduler, optimizer, budget.steps_per_epoch, budget.epochs, budget.total_steps
+        cfg.scheduler,
+        optimizer,
+        budget.steps_per_epoch,
+        budget.epochs,
+        budget.total_steps,
+        tcfg.val_interval,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     group = dist if dist.active else None  # DDP: the ranks agree at every step
     trainee = Trainee(dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group)
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
-    early_stopping = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval)
+    # training.select: the metric that chooses best.pt (and early stopping's default monitor).
+    selection = Selection.from_config(tcfg)
+    early_stopping = EarlyStopping(tcfg.get("early_stopping"), tcfg.val_interval, selection)
     every = checkpoint_every_steps(tcfg)
     # The runner's "stop at the next step and save" (a time limit, a preemption).
     stop_request = ctx.stop if ctx is not None else None
@@ -221,15 +234,18 @@ def _train_loop(
         logger.log_config(cfg, f"config_resumed_{at}.yaml")
 
     def result(status: str, epochs: int, reason: str | None, metrics: dict[str, float]) -> Any:
-        best = progress.best_metric if progress.best_epoch is not None else None
+        found = progress.best_epoch is not None
         return TrainResult(
             status=status,  # type: ignore[arg-type]
             epochs_completed=epochs,
-            best_val_dice=best,
+            best_val_dice=best_val_dice(progress, selection) if found else None,
             best_epoch=progress.best_epoch,
             resumed_from_epoch=resumed_from,
             reason=reason,
             metrics=metrics,
+            best_metric=progress.best_metric if found else None,
+            select_metric=selection.metric,
+            select_mode=selection.mode,
         )
 
     # --- epochs ----------------------------------------------------------------------------
@@ -281,10 +297,9 @@ def _train_loop(
             if schedule.interval == "val":
                 schedule.scheduler.step(_monitored(metrics, schedule.monitor, "scheduler"))
             early_stop = early_stopping.update(progress, metrics, epoch)
-            if metrics["val_dice"] > progress.best_metric:
-                progress.best_metric, progress.best_epoch = metrics["val_dice"], epoch
-                if dist.main:
-                    save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
+            # Every rank records the best (the same metrics); rank 0 writes best.pt.
+            if record_best(progress, selection, metrics, epoch) and dist.main:
+                save_checkpoint(ckpt_dir / BEST, model, optimizer, schedule, progress, scaler)
             if early_stopping.es and dist.main:  # before last.pt: a resume finds its history
                 early_stopping.save(ckpt_dir)
         save_last()
@@ -309,7 +324,7 @@ def _train_loop(
             break
 
     if progress.best_epoch is not None:
-        logger.log_metrics({"best_val_dice": progress.best_metric}, step=progress.epoch)
+        logger.log_metrics(best_metrics(progress, selection), step=progress.epoch)
     # Why it stopped early; None when it ran to max_epochs (a decision to stop always breaks).
     return result("done", progress.epoch, early_stop.reason if early_stop else None, metrics)
 

@@ -31,13 +31,22 @@ def _p(value: float | None) -> str:
 
 def print_report(console: Console, report: Report, title: str, baseline: str | None) -> None:
     has_test = any(r.get("test_dice_mean") is not None for r in report.groups)
+    selected = next((r for r in report.groups if r.get("select_metric")), None)
+    ranked = (
+        f"ranked by {selected['select_metric']} ({selected['select_mode']}), Dice at its best epoch"
+        if selected
+        else "ranked by validation"
+    )
     table = Table(
         title=f"{title}: best val Dice over seeds ({report.cells_done} of "
-        f"{report.cells_total} cells done); ranked by validation"
+        f"{report.cells_total} cells done); {ranked}"
         + ("; test reported beside it, never ranked on" if has_test else ""),
         title_justify="left",
     )
-    cols = ["group", "n", "val Dice mean ± std", "val 95% CI"]
+    cols = ["group", "n"]
+    if selected:
+        cols.append(f"{selected['select_metric']} mean ± std")
+    cols += ["val Dice mean ± std", "val 95% CI"]
     if has_test:
         cols += ["test Dice mean ± std", "test 95% CI"]
     # One class: its column would repeat the overall Dice.
@@ -48,7 +57,10 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
     for col in cols:
         table.add_column(col)
     for r in report.groups:
-        cells = [r["group"], str(r["n"]), fmt(_nan(r["dice_mean"]), _nan(r["dice_std"]))]
+        cells = [r["group"], str(r["n"])]
+        if selected:
+            cells.append(fmt(_nan(r.get("select_mean")), _nan(r.get("select_std"))))
+        cells.append(fmt(_nan(r["dice_mean"]), _nan(r["dice_std"])))
         cells.append(_ci(r, "dice_"))
         if has_test:
             mean, std = _nan(r.get("test_dice_mean")), _nan(r.get("test_dice_std"))

@@ -18,32 +18,41 @@ from runner.report.stats import group_label
 TOP = 5
 
 
-def top_groups(plan: Plan, states: dict[str, CellState]) -> list[str]:
-    """The best groups (every axis but the seeds) by the done cells' best val Dice: mean ±
-    std over their seeds, and how many; from the ledger, in milliseconds."""
+def top_groups(plan: Plan, states: dict[str, CellState]) -> tuple[str, list[str]]:
+    """The best groups (every axis but the seeds) by the done cells' selection metric (the
+    recipe's ``training.select``; best val Dice by default): mean ± std over their seeds, and
+    how many; from the ledger, in milliseconds. Also what they are ranked by, for the header:
+    val Dice when the cells were selected on different metrics, as ``runner report`` does."""
+    done = [c for c in plan.cells if states[c.id].state == "done"]
+    chosen = {states[c.id].selected()[:2] for c in done}
+    metric, mode = chosen.pop() if len(chosen) == 1 else ("val_dice", "max")
     by_group: dict[str, list[float]] = {}
     names = set(plan.recipe.groups)
-    for cell in plan.cells:
-        best = states[cell.id].best_val_dice
-        if states[cell.id].state == "done" and best is not None:
+    for cell in done:
+        state = states[cell.id]
+        best = state.selected()[2] if metric != "val_dice" else state.best_val_dice
+        if best is not None:
             label = group_label(cell.values, names, plan.matrix.labels)
             by_group.setdefault(label, []).append(float(best))
-    ranked = sorted(by_group.items(), key=lambda kv: -statistics.fmean(kv[1]))
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(by_group.items(), key=lambda kv: sign * statistics.fmean(kv[1]))
     lines = []
     for label, values in ranked[:TOP]:
         spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
         lines.append(f"  {statistics.fmean(values):.3f}{spread}  (n={len(values)})  {label}")
     if len(ranked) > TOP:
         lines.append(f"  ... {len(ranked) - TOP} more groups")
-    return lines
+    what = "best val Dice" if metric == "val_dice" else f"best {metric}, {mode}"
+    return what, lines
 
 
 def ending(console: Console, plan: Plan, states: dict[str, CellState], followed: bool) -> None:
     """The end of a followed sweep: the top groups, the failed cells, what to run next."""
     if not followed:
         return
-    if lines := top_groups(plan, states):
-        console.print("best groups so far (best val Dice, mean ± std over seeds):", markup=False)
+    what, lines = top_groups(plan, states)
+    if lines:
+        console.print(f"best groups so far ({what}, mean ± std over seeds):", markup=False)
         for line in lines:
             console.print(line, markup=False, soft_wrap=True)
     if failed := failed_lines(plan, states):

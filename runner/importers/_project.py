@@ -27,7 +27,7 @@ __all__ = [
 
 
 def search_methods() -> tuple[str, ...]:
-    """The samplers ``search.method`` accepts (random, tpe, grid; gp once the schema has it)."""
+    """The samplers ``search.method`` accepts (random, tpe, gp, grid)."""
     return tuple(get_args(SearchOptions.model_fields["method"].annotation))
 
 

@@ -242,6 +242,10 @@ class CellJob:
             reason=reason,
             best_val_dice=result.best_val_dice,
             best_epoch=result.best_epoch,
+            # getattr: a recipe built against an older contract returns no selection.
+            select_metric=getattr(result, "select_metric", None),
+            select_mode=getattr(result, "select_mode", None),
+            best_metric=getattr(result, "best_metric", None),
             epochs=result.epochs_completed,
             resumed_from_epoch=result.resumed_from_epoch,
             ended=time.time(),

@@ -97,6 +97,11 @@ class Status(Record):
     error_tail: str | None = None
     best_val_dice: float | None = None
     best_epoch: int | None = None
+    #: The recipe's selection (``training.select``): the metric that chose best_epoch, which
+    #: way is better (max | min) and its best value. None: a recipe that selects on val Dice.
+    select_metric: str | None = None
+    select_mode: str | None = None
+    best_metric: float | None = None
     epochs: int | None = None
     resumed_from_epoch: int | None = None
     #: A searched cell: the best value of the search metric, the rung it was pruned at.

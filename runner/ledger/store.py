@@ -149,12 +149,32 @@ class CellState:
     reason: str | None = None
     job_id: str | None = None
     best_val_dice: float | None = None
+    #: The recipe's selection metric, its direction and the best value (Status's).
+    select_metric: str | None = None
+    select_mode: str | None = None
+    best_metric: float | None = None
     #: The best value of the search metric (a searched or pruned matrix's cells).
     objective: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     updated: float | None = None
     #: The out-of-memory remedies its latest attempt runs with (runner.sweep.remedies).
     remedy: list[str] = field(default_factory=list)
+
+    def take_outcome(self, status: Status) -> None:
+        """The scores of a job's status: best val Dice, the selection, the objective."""
+        self.best_val_dice, self.objective = status.best_val_dice, status.objective
+        self.select_metric, self.select_mode = status.select_metric, status.select_mode
+        self.best_metric = status.best_metric
+
+    def selected(self) -> tuple[str, str, float | None]:
+        """(metric, max | min, best value) this cell was selected by: its recipe's
+        ``training.select``, or val Dice (max) for a recipe that does not say."""
+        metric = self.select_metric or "val_dice"
+        mode = self.select_mode if self.select_mode in ("max", "min") else "max"
+        value = self.best_metric
+        if value is None and metric == "val_dice":
+            value = self.best_val_dice
+        return metric, mode, value
 
 
 class CellRecord:
@@ -255,8 +275,7 @@ class CellRecord:
         if status:
             out.state = status.state
             out.reason = status.reason
-            out.best_val_dice = status.best_val_dice
-            out.objective = status.objective
+            out.take_outcome(status)
         elif job:
             out.state = "pending" if _never_started(claim, job) else "submitted"
         elif claim and _dead_here(claim.host, claim.pid):
@@ -284,8 +303,7 @@ class CellRecord:
                 # It wrote its outcome and exited between our two looks: not lost. (Calling
                 # it lost would let `resume` run a finished cell again.)
                 out.state, out.reason = final.state, final.reason
-                out.best_val_dice = final.best_val_dice
-                out.objective = final.objective
+                out.take_outcome(final)
             else:
                 out.state, out.reason = "failed", "lost: the job's process is gone"
         elif out.state == "running" and time.time() - _last_sign(beat, status) > LOST_AFTER_S:

@@ -79,6 +79,8 @@ class TrackingOptions(_Strict):
 #: a prefix of the full run.
 FIDELITY_KEY = "training.max_epochs"
 METRIC_PATTERN = r"^[A-Za-z0-9_./-]{1,200}$"
+#: Search methods whose trials after ``startup`` are asked from the results so far.
+MODEL_BASED = ("tpe", "gp")
 Distribution = Annotated[str, BeforeValidator(check_distribution)]
 
 
@@ -86,13 +88,15 @@ class SearchOptions(_Strict):
     """Sampled trials instead of (or within each point of) the grid; see runner.search."""
 
     space: dict[str, Distribution] = Field(min_length=1)
-    method: Literal["random", "tpe", "grid"] = "tpe"
+    #: gp: Optuna's GPSampler, the closest to W&B's "bayes" (a Gaussian process, expected
+    #: improvement); tpe: Optuna's default, cheaper per ask and better with many categoricals.
+    method: Literal["random", "tpe", "gp", "grid"] = "tpe"
     trials: PositiveInt | None = Field(None, description="required but for grid (default: all)")
     seed: int = Field(0, ge=0, lt=2**63)
     metric: str = Field("val_dice", pattern=METRIC_PATTERN)
     mode: Literal["max", "min"] = "max"
     batch: PositiveInt | None = Field(None, description="trials per SLURM array chunk")
-    startup: PositiveInt | None = Field(None, description="tpe: random trials first")
+    startup: PositiveInt | None = Field(None, description="tpe, gp: random trials first")
 
 
 class PrunerOptions(_Strict):

@@ -11,7 +11,7 @@ from typing import Any
 from runner.errors import Problem
 from runner.matrix import cv as nested
 from runner.matrix.asha import Asha, orion_rungs
-from runner.matrix.schema import FIDELITY_KEY, LoadedMatrix, PrunerOptions
+from runner.matrix.schema import FIDELITY_KEY, MODEL_BASED, LoadedMatrix, PrunerOptions
 from runner.matrix.space import Space, parse
 
 
@@ -48,10 +48,10 @@ def check_search(m: LoadedMatrix) -> list[Problem]:
                     m.problem(
                         where,
                         "method grid takes choice(...) for every key; sample "
-                        f"{parse(s.space[key]).kind} ranges with method random or tpe",
+                        f"{parse(s.space[key]).kind} ranges with method random, tpe or gp",
                     )
                 )
-        if s.method in ("random", "tpe") and s.trials is None:
+        if s.method != "grid" and s.trials is None:
             problems.append(
                 m.problem(("search",), f"search.trials is required for method {s.method}")
             )
@@ -64,8 +64,10 @@ def check_search(m: LoadedMatrix) -> list[Problem]:
                         f"the grid of choices has {size} points; trials must be at most that",
                     )
                 )
-        if s.startup is not None and s.method != "tpe":
-            problems.append(m.problem(("search", "startup"), "startup applies to method tpe"))
+        if s.startup is not None and s.method not in MODEL_BASED:
+            problems.append(
+                m.problem(("search", "startup"), "startup applies to methods tpe and gp")
+            )
     problems += _check_pruner(m)
     problems += _check_restarts(m)
     return problems

@@ -146,8 +146,20 @@ def parse(text: str) -> Dist:
     if low >= high:
         raise ValueError(f"the low bound {low!r} must be below the high bound {high!r}")
     if kind == "loguniform" and low <= 0:
-        raise ValueError("loguniform(a, b) needs 0 < a < b (it samples the log)")
+        # W&B accepts {min: 0, log: true} (and the hydra-lv sweep writes it for the weight
+        # decay); a log has no 0, so say what to write instead.
+        raise ValueError(
+            f"loguniform(a, b) samples between log(a) and log(b), so a must be > 0, got "
+            f"{low!r}: write uniform({low!r}, {high!r}) to sample from {low!r} on, or give a "
+            f"positive low bound, e.g. loguniform({_positive_low(high)!r}, {high!r})"
+        )
     return Dist(kind, (low, high))
+
+
+def _positive_low(high: float) -> float:
+    """A suggested positive low bound: four decades below ``high`` (as runner import
+    writes for a W&B log range from 0)."""
+    return float(f"{high * 1e-4:.3g}")
 
 
 def _parse_choice(args: list[Any]) -> Dist:

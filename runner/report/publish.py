@@ -152,7 +152,7 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         "classes": report.classes,
         "cells_done": report.cells_done,
         "cells_total": report.cells_total,
-        "ranked_by": "best val Dice (selection); test figures are reported, never ranked on",
+        "ranked_by": _ranked_by(report),
         "baseline": report.baseline,
         "per_class_vs_baseline": report.per_class,
         **({"nested_cv": report.nested} if report.nested else {}),
@@ -199,6 +199,16 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         files.append(per_class_vs_baseline(report.per_class, out_dir, colors))
     files += search_report.write(report.search, out_dir)
     return files
+
+
+def _ranked_by(report: Report) -> str:
+    selected = next((r for r in report.groups if r.get("select_metric")), None)
+    what = (
+        f"best {selected['select_metric']} ({selected['select_mode']}; training.select)"
+        if selected
+        else "best val Dice (selection)"
+    )
+    return f"{what}; test figures are reported, never ranked on"
 
 
 def _csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -250,6 +260,8 @@ def log_summary(plan: Plan, report: Report) -> str:
         held = (report.nested or {}).get("configurations") or [{}]
         if held[0].get("test_dice_mean") is not None:  # the configuration selection ranks first
             client.log_metric(run_id, "held_out_test_dice_mean", held[0]["test_dice_mean"])
+        if best and best.get("select_mean") is not None:
+            client.log_metric(run_id, f"best_group_{best['select_metric']}", best["select_mean"])
         client.log_metric(run_id, "cells_done", report.cells_done)
         if report.gpu_hours:
             client.log_metric(run_id, "gpu_hours", report.gpu_hours["gpu_hours"])

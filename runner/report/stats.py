@@ -1,7 +1,9 @@
 """``runner report``: compare a matrix's cells honestly, grouped over seeds.
 
-- per group (all axes but ``seed``): n, mean ± std (sample std) of each cell's best val
-  Dice, overall and per class (the per-class values at that cell's best epoch), best first;
+- per group (all axes but ``seed``): n, mean ± std (sample std) of each cell's best value of
+  its selection metric (the recipe's ``training.select``: val Dice, max, by default; the EM
+  study's adapted Rand error, min) and of its val Dice at that epoch, overall and per class,
+  best first by the selection metric;
 - the marginal effect of each axis value: the mean of the group means that have that value,
   minus the mean of all group means (so every other axis is averaged over);
 - ``--baseline GROUP``: per-class deltas of every group against one group;
@@ -36,13 +38,17 @@ from runner.report.mlflow_view import is_seed_axis
 class CellResult:
     cell: Cell
     run_id: str
-    best: float
+    best: float  # val Dice at best_epoch
     best_epoch: int | None
     per_class: dict[str, float]
     curve: list[tuple[int, float]]  # (epoch, val_dice)
     test: dict[str, float] = field(default_factory=dict)  # test_* metrics of the run
     test_cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case -> dice_*
     metric_rules: str | None = None  # the run's param: how its metrics are defined
+    #: What chose best_epoch: the selection metric, max | min, its value there.
+    select_metric: str = "val_dice"
+    select_mode: str = "max"
+    selected: float = math.nan
 
 
 @dataclass
@@ -55,12 +61,14 @@ class Group:
     def n(self) -> int:
         return len(self.cells)
 
+    def selection(self) -> tuple[float, float]:
+        """Mean ± std of the cells' selection values (what the groups are ranked by)."""
+        return _mean_std([c.selected for c in self.cells])
+
     def stats(self, key: str | None = None) -> tuple[float, float]:
-        xs = [c.best if key is None else c.per_class.get(key, math.nan) for c in self.cells]
-        xs = [x for x in xs if not math.isnan(x)]
-        if not xs:
-            return math.nan, math.nan
-        return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
+        return _mean_std(
+            [c.best if key is None else c.per_class.get(key, math.nan) for c in self.cells]
+        )
 
     def scores(self, key: str | None = None, test: bool = False) -> list[float]:
         """Each cell's best val Dice (or test Dice), overall or for class ``key``."""
@@ -80,6 +88,20 @@ class Group:
         return {case: statistics.fmean(xs) for case, xs in by_case.items()}
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    xs = [x for x in values if not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def _best_point(points: list[tuple[int, float]], mode: str) -> tuple[int, float]:
+    """The best (epoch, value), the earliest of equals (as the recipe keeps best.pt)."""
+    sign = 1.0 if mode == "max" else -1.0
+    finite = [p for p in points if not math.isnan(p[1])] or points
+    return max(finite, key=lambda p: (sign * p[1], -p[0]))
+
+
 def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
     """The done cells' results from MLflow, and the class names seen."""
     client = tracking.client(plan.tracking_uri)
@@ -93,7 +115,16 @@ def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
         curve = sorted((int(m.step), float(m.value)) for m in history)
         if not curve:
             continue
-        best_epoch, best = max(curve, key=lambda p: (p[1], -p[0]))
+        metric, mode, _ = s.selected()
+        if metric == "val_dice":
+            points = curve
+        else:
+            chosen = client.get_metric_history(s.run_id, metric)
+            points = sorted((int(m.step), float(m.value)) for m in chosen)
+        if not points:
+            continue
+        best_epoch, selected = _best_point(points, mode)
+        best = dict(curve).get(best_epoch, math.nan)
         run = client.get_run(s.run_id)
         per_class = {}
         for key in sorted(run.data.metrics):
@@ -109,13 +140,20 @@ def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
                     classes.append(name)
         test = {k: float(v) for k, v in run.data.metrics.items() if k.startswith("test_")}
         summary = plan.ledger.cell(cell.id).dir / "test" / "summary.json"
-        results.append(
-            CellResult(
-                cell, s.run_id, best, best_epoch, per_class, curve, test, read_cases(summary)
-            )
+        result = CellResult(
+            cell, s.run_id, best, best_epoch, per_class, curve, test, read_cases(summary)
         )
-        results[-1].metric_rules = run.data.params.get("metric_rules")
+        result.select_metric, result.select_mode, result.selected = metric, mode, selected
+        result.metric_rules = run.data.params.get("metric_rules")
+        results.append(result)
     return results, classes
+
+
+def ranking(results: list[CellResult]) -> tuple[str, str]:
+    """(metric, mode) the groups are ranked by: the cells' common selection metric; val Dice
+    (max) when cells were selected on different metrics (then no one metric ranks them)."""
+    chosen = {(r.select_metric, r.select_mode) for r in results}
+    return chosen.pop() if len(chosen) == 1 else ("val_dice", "max")
 
 
 def read_cases(summary: Path) -> dict[str, dict[str, float]]:
@@ -143,13 +181,26 @@ def group_label(values: dict[str, Any], groups: set[str], labels: Labels | None 
 
 
 def make_groups(plan: Plan, results: list[CellResult]) -> list[Group]:
+    """Groups best first by the selection metric (:func:`ranking`); unscored ones last."""
     groups: dict[str, Group] = {}
     names = set(plan.recipe.groups)
     for r in results:
         label = group_label(r.cell.values, names, plan.matrix.labels)
         rest = {k: v for k, v in r.cell.values.items() if not is_seed_axis(k)}
         groups.setdefault(label, Group(label, rest)).cells.append(r)
-    return sorted(groups.values(), key=lambda g: -g.stats()[0])
+    return rank_groups(list(groups.values()))
+
+
+def rank_groups(groups: list[Group]) -> list[Group]:
+    """Best first by the cells' selection metric (:func:`ranking`); unscored groups last."""
+    metric, mode = ranking([c for g in groups for c in g.cells])
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(g: Group) -> float:
+        value = g.stats()[0] if metric == "val_dice" else g.selection()[0]
+        return math.inf if math.isnan(value) else sign * value
+
+    return sorted(groups, key=key)
 
 
 def marginal_effects(groups: list[Group], labels: Labels | None = None) -> list[dict[str, Any]]:
@@ -203,6 +254,10 @@ def group_rows(
             "dice_std": std,
             **{f"axis.{k}": v for k, v in g.values.items()},
         }
+        metric, mode = ranking(g.cells)
+        if metric != "val_dice":  # the selection's own columns, beside the Dice at its epoch
+            row["select_metric"], row["select_mode"] = metric, mode
+            row["select_mean"], row["select_std"] = g.selection()
         for c in classes:
             cm, cs = g.stats(c)
             row[f"dice_{c}_mean"], row[f"dice_{c}_std"] = cm, cs

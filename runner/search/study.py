@@ -136,15 +136,33 @@ def ensure_trial(
     return record
 
 
-def ask(
-    journal: Path, study: str, mode: str, space: Space, seed: int
-) -> tuple[optuna.Study, optuna.Trial, int]:
-    """A new trial sampled by TPE, which sees every finished (and, as a constant liar,
-    every running) trial of the study; with its trial id."""
+def sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of ``search.method``; the startup trials are the runner's own (seeded
+    random slots), so neither waits for startup trials of its own.
+
+    ``tpe``: TPE as a constant liar (running trials count as bad ones, so parallel asks
+    spread out). ``gp``: Optuna's GPSampler, a Gaussian process (Matern 5/2, ARD) with
+    log expected improvement, the closest of Optuna's samplers to W&B's ``bayes``; running
+    trials enter its batch acquisition (qLogEI). Until one trial has completed it samples at
+    random (seeded): a GP needs a result to fit."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, constant_liar=True)
-    s, store, study_id = open_study(journal, study, mode, sampler=sampler)
+    if method == "gp":
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=1,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_independent_sampling=False,
+        )
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, constant_liar=True)
+
+
+def ask(
+    journal: Path, study: str, mode: str, space: Space, seed: int, method: str = "tpe"
+) -> tuple[optuna.Study, optuna.Trial, int]:
+    """A new trial sampled by ``method`` (:func:`sampler`), which sees every finished (and
+    every running) trial of the study; with its trial id."""
+    s, store, study_id = open_study(journal, study, mode, sampler=sampler(method, seed))
     trial = s.ask(space.to_optuna())
     return s, trial, store.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 

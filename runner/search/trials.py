@@ -4,8 +4,8 @@ Each point of the grid (the product of ``axes``; the base config when there are 
 its own study of ``search.trials`` slots. Slot ``i`` is a cell whose values are the point's
 plus the sampled ones, so it has an id, a run name, a ledger entry and an MLflow run like
 any cell. A slot's values are a pure function of (seed, study, i) for ``random``, for
-``grid`` (the shuffled grid of choices) and for TPE's first ``startup`` slots; TPE's later
-slots exist once asked (:mod:`runner.sweep.refill`), and are read back from their slot
+``grid`` (the shuffled grid of choices) and for the first ``startup`` slots of TPE and GP;
+their later slots exist once asked (:mod:`runner.sweep.refill`), and are read back from their slot
 files. Planning never writes: it reads the slot files and the ledger.
 
 Restarts: once every slot of a study has ended, the ``top`` best trials by the search metric
@@ -24,7 +24,7 @@ from typing import Any
 from runner.ledger import TERMINAL, CellRecord, CellState, read_json
 from runner.matrix.asha import Asha
 from runner.matrix.cells import Cell, cell_id, override, run_name_tokens
-from runner.matrix.schema import LoadedMatrix
+from runner.matrix.schema import MODEL_BASED, LoadedMatrix
 from runner.matrix.search_checks import asha_of, objective, restart_points
 from runner.matrix.space import Space, encode, rounded
 from runner.search import study as journal
@@ -133,7 +133,7 @@ class SearchPlan:
     @property
     def startup(self) -> int:
         s = self.m.spec.search
-        if s is None or s.method != "tpe":
+        if s is None or s.method not in MODEL_BASED:
             return self.trials
         return min(self.trials, s.startup or 10)
 

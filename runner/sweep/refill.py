@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from runner.matrix.cells import Cell
+from runner.matrix.schema import MODEL_BASED
 from runner.search import study as journal
 from runner.search.trials import Study
 from runner.sweep.queue import Refill, SweepOutcome, claim_jobs
@@ -45,7 +46,7 @@ def _register(plan: Plan, study: Study, index: int, cell: Cell) -> Cell:
 
 
 def ask_new(plan: Plan, n: int) -> list[Cell]:
-    """Ask up to ``n`` new TPE trials, one study after another; their cells are added to the
+    """Ask up to ``n`` new TPE / GP trials, one study after another; their cells are added to the
     plan (pending)."""
     search = plan.search
     assert search is not None and search.space is not None and plan.matrix.spec.search
@@ -61,7 +62,12 @@ def ask_new(plan: Plan, n: int) -> list[Cell]:
             index = _free(st)
             assert index is not None
             s, trial, trial_id = journal.ask(
-                search.journal, st.name, search.mode, search.space, _seed(seed, st.key, index)
+                search.journal,
+                st.name,
+                search.mode,
+                search.space,
+                _seed(seed, st.key, index),
+                plan.matrix.spec.search.method,
             )
             values = search.space.decode(trial.params)
             while index is not None:
@@ -112,8 +118,8 @@ def freeze_restarts(plan: Plan) -> list[Cell]:
 
 def initial(plan: Plan, pending: list[Cell], slots: int | None) -> list[Cell]:
     """The cells a sweep of a search starts with: the pending ones and restarts now due,
-    then new TPE trials for the free slots; without slots (SLURM), one chunk of at most
-    ``search.batch`` trials (default: TPE's startup trials, else all)."""
+    then new TPE / GP trials for the free slots; without slots (SLURM), one chunk of at most
+    ``search.batch`` trials (default: the startup trials of TPE and GP, else all)."""
     search = plan.search
     spec = plan.matrix.spec.search
     if search is None or spec is None:
@@ -122,7 +128,8 @@ def initial(plan: Plan, pending: list[Cell], slots: int | None) -> list[Cell]:
     trials = [c for c in pending if search.study_of(c.id) is not None]
     others = [c for c in pending if search.study_of(c.id) is None]
     if slots is None:
-        batch = spec.batch or (search.startup if spec.method == "tpe" else len(trials) or 1)
+        model_based = spec.method in MODEL_BASED
+        batch = spec.batch or (search.startup if model_based else len(trials) or 1)
         trials = trials[:batch]
         room = batch - len(trials)
     else:

@@ -3,8 +3,10 @@
 For each chosen cell: its recipe predicts the test cases with the cell's checkpoint, the
 recipe's ``EVALUATE`` scores them (nnU-Net's ``summary.json``), the cell's own MLflow run gets
 ``test_*`` metrics (``test_dice`` is the foreground mean Dice, ``test_dice_<class>`` per
-class, ``test_iou``, ``test_hd95``, ``test_surface_dice``, ``test_cases``) and the artifact
-``test/summary.json``, and the ledger keeps ``cells/<id>/test/`` (predictions and summary).
+class, ``test_iou``, ``test_hd95``, ``test_surface_dice``, ``test_cases``; an instance task
+adds ``test_adapted_rand_error``, ``test_voi``, ``test_voi_split``, ``test_voi_merge``...) and
+the artifact ``test/summary.json``, and the ledger keeps ``cells/<id>/test/`` (predictions
+and summary). EM stacks are scored inside their masks, at ``data.voxel_size``.
 
 Every cell is checked before any is predicted: its checkpoint exists, its test cases are
 listed and readable, and none of them is in the train or validation side of the split the
@@ -33,6 +35,15 @@ from runner.testtime.select import Member, recipe_entry
 
 #: summary.json keys -> the MLflow metric suffix they are logged under.
 LOGGED = {"Dice": "dice", "IoU": "iou", "HD95": "hd95", "NSD": "surface_dice"}
+#: an instance summary's foreground_mean keys, logged as test_<key>
+INSTANCE_KEYS = (
+    "adapted_rand_error",
+    "adapted_rand_precision",
+    "adapted_rand_recall",
+    "voi_split",
+    "voi_merge",
+    "voi",
+)
 
 
 @dataclass
@@ -52,6 +63,9 @@ def test_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for value, row in summary["mean"].items():
         out[f"test_dice_{labels.get(value, value)}"] = row["Dice"]
     out["test_cases"] = float(summary["n_cases"])
+    for key in INSTANCE_KEYS:
+        if key in summary["foreground_mean"]:
+            out[f"test_{key}"] = summary["foreground_mean"][key]
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
 
@@ -117,15 +131,7 @@ def evaluate_cells(
             say(f"{m.cell.run_name}: predicting the test cases ({which}.pt)")
             request = PredictRequest([m.ref], stage / "predictions", split="test", tta=tta)
             result = predict(request)
-            pairs = [(c.case, c.prediction, c.label) for c in result.cases]
-            tolerance = m.ref.config.training.get("metrics", {}).get("surface_tolerance_mm", 2.0)
-            summary = evaluate(
-                EvaluateRequest(
-                    pairs=pairs,
-                    labels=dict(enumerate(result.class_names)),
-                    tolerance_mm=float(tolerance),
-                )
-            )
+            summary = evaluate(_scoring(m, result))
             summary["cell"] = {
                 "id": m.cell.id,
                 "run_name": m.cell.run_name,
@@ -148,6 +154,25 @@ def evaluate_cells(
             shutil.rmtree(stage, ignore_errors=True)
         outcomes.append(CellOutcome(m, summary, metrics, final))
     return outcomes
+
+
+def _scoring(m: Member, result: Any) -> EvaluateRequest:
+    """What scores a cell's test predictions: its classes, masks, voxel size and task."""
+    cfg = m.ref.config
+    pairs = [(c.case, c.prediction, c.label) for c in result.cases]
+    masks = {c.case: c.mask for c in result.cases if getattr(c, "mask", None) is not None}
+    instances = (cfg.get("task") or {}).get("name") == "em_instance"
+    voxel = cfg.data.get("voxel_size")
+    return EvaluateRequest(
+        pairs=pairs,
+        labels=dict(enumerate(result.class_names)),
+        tolerance_mm=float(cfg.training.get("metrics", {}).get("surface_tolerance_mm", 2.0)),
+        masks=masks,
+        instances=instances,
+        binary_reference=bool(cfg.data.get("instance_labels")) and not instances,
+        dataset_key=cfg.data.get("dataset_key", "main"),
+        voxel_size=tuple(float(v) for v in voxel) if voxel else None,  # type: ignore[arg-type]
+    )
 
 
 def _log(

@@ -1,11 +1,13 @@
 """Which trained cells a test-time command uses, and how the recipe is reached.
 
 A cell is named by its id, an id prefix (4+ characters) or its run name; ``--best [GROUP]``
-takes the cell with the best validation Dice (the ledger's ``best_val_dice``: selection is on
-validation, never on test), overall or within a report group (every axis but ``seed``).
-``--ensemble seeds|folds`` adds the done cells that differ from it only in ``seed`` or only
-in ``data.fold``. In a matrix with nested cross-validation (``cv``), the best of each group
-is each configuration's selected cell per outer fold (:mod:`runner.report.nested`).
+takes the cell with the best value of its selection metric (the recipe's ``training.select``,
+val Dice by default, as the ledger keeps it: selection is on validation, never on test),
+overall or within a report group (every axis but ``seed``). ``--ensemble seeds|folds`` adds
+the done cells that differ from it only in ``seed`` or only in ``data.fold``; ``--ensemble
+cells --cell A --cell B ...`` takes the named cells, whatever their architectures. In a
+matrix with nested cross-validation (``cv``), the best of each group is each configuration's
+selected cell per outer fold (:mod:`runner.report.nested`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ def _done(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
     return [c for c in plan.cells if states[c.id].state == "done"]
 
 
+def named_cells(plan: Plan, text: str, states: dict[str, CellState]) -> list[Cell]:
+    """``--cells A,B,...``: done cells by id, id prefix or run name, each once."""
+    ids = [x.strip() for x in text.split(",") if x.strip()]
+    if not ids:
+        raise RunnerError("--cells: give cell ids, id prefixes or run names, comma-separated")
+    found = [require_done(plan, find_cell(plan, i, "--cells"), states) for i in ids]
+    return list({c.id: c for c in found}.values())
+
+
 def require_done(plan: Plan, cell: Cell, states: dict[str, CellState]) -> Cell:
     state = states[cell.id]
     if state.state != "done":
@@ -74,9 +85,28 @@ def require_done(plan: Plan, cell: Cell, states: dict[str, CellState]) -> Cell:
     return cell
 
 
+def _ranked(cells: list[Cell], states: dict[str, CellState]) -> list[Cell]:
+    """``cells`` with a selection value, best first; one selection metric for all of them
+    (cells selected on different metrics can't be ranked against each other)."""
+    scored = [c for c in cells if states[c.id].selected()[2] is not None]
+    metrics = sorted({states[c.id].selected()[:2] for c in scored})
+    if len(metrics) > 1:
+        listed = ", ".join(f"{m} ({mode})" for m, mode in metrics)
+        raise RunnerError(
+            f"--best: the cells were selected on different metrics ({listed}); name one with --cell"
+        )
+
+    def key(c: Cell) -> tuple[float, str]:
+        _, mode, value = states[c.id].selected()
+        assert value is not None
+        return (-value if mode == "max" else value, c.id)
+
+    return sorted(scored, key=key)
+
+
 def best_cell(plan: Plan, states: dict[str, CellState], group: str | None) -> Cell:
-    """The done cell with the best validation Dice, in ``group`` when given."""
-    done = [c for c in _done(plan, states) if states[c.id].best_val_dice is not None]
+    """The done cell with the best selection value, in ``group`` when given."""
+    done = _ranked(_done(plan, states), states)
     if not done:
         raise RunnerError(f"no cell of {plan.matrix.file} is done yet: nothing to predict with")
     if group is not None:
@@ -87,19 +117,15 @@ def best_cell(plan: Plan, states: dict[str, CellState], group: str | None) -> Ce
                 f"--best: no done cell in group '{group}'; groups: "
                 f"{format_choices(labels)}{did_you_mean(group, labels)}"
             )
-    return max(done, key=lambda c: (states[c.id].best_val_dice or 0.0, c.id))
+    return done[0]
 
 
 def best_per_group(plan: Plan, states: dict[str, CellState]) -> list[Cell]:
     if plan.matrix.spec.cv is not None:  # per configuration and outer fold, on inner val
         return [cell for _, _, cell in selected(plan, states)]
     best: dict[str, Cell] = {}
-    for cell in _done(plan, states):
-        label, score = group_of(plan, cell), states[cell.id].best_val_dice
-        if score is None:
-            continue
-        if label not in best or score > (states[best[label].id].best_val_dice or 0.0):
-            best[label] = cell
+    for cell in _ranked(_done(plan, states), states):  # best first: each group's first
+        best.setdefault(group_of(plan, cell), cell)
     return list(best.values())
 
 

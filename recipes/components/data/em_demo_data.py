@@ -13,6 +13,7 @@ Files follow PyTorch Connectomics' naming, dataset ``main`` in each file::
 
     vol{1..N}_im.h5  vol{i}_vesicle_ins.h5  vol{i}_mask.h5       (training)
     vol_val{1..M}_im.h5  vol_val{i}_vesicle_ins.h5  vol_val{i}_mask.h5
+    test/vol_test{1..K}_im.h5  ..._vesicle_ins.h5  ..._mask.h5    (held out: data.test)
 
 Deterministic per (seed, volume) with ``numpy.random.default_rng``. Run
 ``python -m recipes.components.data.em_demo_data --out data/demo_em``.
@@ -22,6 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -100,9 +104,11 @@ def _save(path: Path, array: np.ndarray) -> None:
         handle.create_dataset("main", data=array, compression="gzip")
 
 
-def write_dataset(out: Path, train: int = 4, val: int = 2, seed: int = 0) -> None:
+def write_dataset(out: Path, train: int = 4, val: int = 2, seed: int = 0, test: int = 1) -> None:
     """Write the dataset into ``out`` (which must exist and be empty)."""
     names = [f"vol{i + 1}" for i in range(train)] + [f"vol_val{i + 1}" for i in range(val)]
+    names += [f"test/vol_test{i + 1}" for i in range(test)]
+    (out / "test").mkdir(exist_ok=True)
     for index, name in enumerate(names):
         image, instances, mask = make_volume(seed, index)
         _save(out / f"{name}_im.h5", image)
@@ -114,16 +120,32 @@ def write_dataset(out: Path, train: int = 4, val: int = 2, seed: int = 0) -> Non
         "shape_zyx": list(SHAPE),
         "train": train,
         "val": val,
+        "test": test,
         "seed": seed,
     }
     (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def ensure_em_demo_dataset(root: Path, train: int = 4, val: int = 2, seed: int = 0) -> Path:
-    """Generate the dataset at ``root`` unless it is there (atomically: see generate_once)."""
-    return generate_once(
-        root, MARKER, lambda out: write_dataset(out, train=train, val=val, seed=seed)
+def ensure_em_demo_dataset(
+    root: Path, train: int = 4, val: int = 2, seed: int = 0, test: int = 1
+) -> Path:
+    """Generate the dataset at ``root`` unless it is there (atomically: see generate_once);
+    one generated before it had test volumes gets them (a folder renamed into place)."""
+    generate_once(
+        root, MARKER, lambda out: write_dataset(out, train=train, val=val, seed=seed, test=test)
     )
+    meta = json.loads((root / MARKER).read_text())
+    if test and "test" not in meta and not (root / "test").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=".test.tmp-", dir=root))
+        for i in range(test):
+            image, instances, mask = make_volume(seed, meta["train"] + meta["val"] + i)
+            for suffix, array in (("im", image), ("vesicle_ins", instances), ("mask", mask)):
+                _save(tmp / f"vol_test{i + 1}_{suffix}.h5", array)
+        try:
+            os.rename(tmp, root / "test")
+        except OSError:  # another process was first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,9 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/demo_em"))
     parser.add_argument("--train", type=int, default=4)
     parser.add_argument("--val", type=int, default=2)
+    parser.add_argument("--test", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = ensure_em_demo_dataset(args.out, train=args.train, val=args.val, seed=args.seed)
+    root = ensure_em_demo_dataset(
+        args.out, train=args.train, val=args.val, seed=args.seed, test=args.test
+    )
     print(f"synthetic EM dataset at {root}")
 
 

@@ -190,7 +190,7 @@ def load_transforms(
         window
         or NormalizeIntensityd("image", nonzero=data_cfg.normalize_nonzero, channel_wise=True)
     )
-    if data_cfg.get("instance_labels") and task_name(task_cfg) == "semantic":
+    if data_cfg.get("instance_labels") and task_name(task_cfg) == "semantic" and "label" in keys:
         transforms.append(AsDiscreted("label", threshold=0.5))  # any instance id -> 1
     return transforms
 

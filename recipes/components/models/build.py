@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
+from monai.networks.blocks.mednext_block import MedNeXtBlock
 from monai.networks.nets import (
     UNETR,
     AttentionUnet,
@@ -85,12 +86,15 @@ MEDNEXT_VARIANTS: dict[str, tuple[Any, Any, int, tuple, int, tuple]] = {
 }
 
 
-def _mednext(variant: str = "S", init_filters: int = 32, **kwargs: Any) -> nn.Module:
-    """``variant`` S/B/M/L as in ``create_mednext`` (residual, group norm), any width."""
+def _mednext(
+    variant: str = "S", init_filters: int = 32, dropout: float = 0.0, **kwargs: Any
+) -> nn.Module:
+    """``variant`` S/B/M/L as in ``create_mednext`` (residual, group norm), any width;
+    ``dropout``: :func:`add_mednext_dropout`."""
     if init_filters == 32:
-        return create_mednext(variant, **kwargs)
+        return add_mednext_dropout(create_mednext(variant, **kwargs), dropout)
     enc, dec, bott, down, n_bott, up = MEDNEXT_VARIANTS[variant.upper()]
-    return MedNeXt(
+    net = MedNeXt(
         init_filters=init_filters,
         encoder_expansion_ratio=enc,
         decoder_expansion_ratio=dec,
@@ -102,6 +106,21 @@ def _mednext(variant: str = "S", init_filters: int = 32, **kwargs: Any) -> nn.Mo
         norm_type="group",
         **kwargs,
     )
+    return add_mednext_dropout(net, dropout)
+
+
+def add_mednext_dropout(net: nn.Module, p: float) -> nn.Module:
+    """Element-wise dropout in every MedNeXt block (its down and up blocks too), after the
+    GELU of the expansion and before the compressing 1x1 convolution: where ConvNeXt's MLP
+    drops. MONAI's MedNeXt has no dropout argument; the activation becomes act + dropout (no
+    parameters, so checkpoints are unchanged). 0: nothing is added."""
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"mednext: dropout must be in [0, 1), got {p}")
+    if p > 0:
+        for block in list(net.modules()):
+            if isinstance(block, MedNeXtBlock):
+                block.act = nn.Sequential(block.act, nn.Dropout(float(p)))
+    return net
 
 
 MODELS: dict[str, Any] = {

@@ -66,9 +66,8 @@ PATTERNS: dict[str, list[tuple[str, str]]] = {
     ],
     "rsunet": [
         (r"encoder\.(?P<stage>\d+)", ENC),
-        (r"bottleneck", "bottleneck"),
-        (r"(ups|decoder)", "decoder"),
-        (r"head", "head"),
+        (r"up\.", "decoder"),
+        (r"(final|head|ds_heads)", "head"),
     ],
 }
 

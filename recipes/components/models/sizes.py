@@ -114,10 +114,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "small": {"width": 16, "dilations": [1, 2, 4, 8, 16, 8, 4, 2, 1]},
         "tiny": {"width": 8, "dilations": [1, 2, 4, 8, 4, 2, 1]},
     },
-    # PyTorch Connectomics' RSUNet widths.
+    # PyTorch Connectomics' RSUNet (connectomics/models/arch/rsunet.py): hydra-lv's
+    # model.filters; small: PyTC's tutorials/rsunet_lucchi++.yaml; tiny: this project's CPU size.
     "rsunet": {
-        "published": {"features": [28, 36, 48, 64, 80]},
-        "small": {"features": [16, 24, 32, 48, 64]},
+        "published": {"features": [32, 64, 128, 256, 512]},
+        "small": {"features": [32, 64, 128, 256]},
         "tiny": {"features": [8, 16, 32, 64]},
     },
 }

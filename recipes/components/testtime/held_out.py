@@ -13,7 +13,8 @@ The key takes one of:
   into the inner folds (the runner's ``cv`` block sets both);
 - ``imagesTs`` (or ``{images: imagesTs, labels: labelsTs}``): nnU-Net's held-out folders
   under ``data.root``, cases named by the label files; images one file per channel
-  (``CASE_0000.nii.gz``) or one 4D file (MSD).
+  (``CASE_0000.nii.gz``) or one 4D file (MSD);
+- for the ``h5`` / ``tiff`` layouts, ``{image, label, mask}`` glob patterns (``stack_cases``).
 
 :func:`exclude_test` is what training calls on the dataset's cases before it splits them
 into train and validation; :func:`held_out_items` is what test time predicts and scores.
@@ -30,6 +31,11 @@ from typing import Any
 import numpy as np
 
 from recipes.components.data.readable import read_cases
+from recipes.components.testtime.stack_cases import (
+    held_out_stacks,
+    is_stack_layout,
+    matches_test,
+)
 from recipes.contract import PredictInputError
 
 Items = list[dict[str, Any]]
@@ -111,6 +117,8 @@ def exclude_test(items: Items, data_cfg: Mapping[str, Any]) -> Items:
     spec = _spec(data_cfg)
     if spec is None:
         return items
+    if is_stack_layout(data_cfg) and isinstance(spec, dict):
+        return [item for item in items if not matches_test(item["image"], data_cfg, spec)]
     if is_folder_spec(spec):
         try:
             held_out = _folder_cases(data_cfg, spec)
@@ -133,9 +141,11 @@ def held_out_items(data_cfg: Mapping[str, Any]) -> Items:
     if spec is None:
         raise PredictInputError(
             "data.test is not set: give the held-out cases as ids ([case, ...]), a fraction "
-            "(0.2) or imagesTs (nnU-Net's imagesTs/ + labelsTs/), and retrain, so that "
-            "training never sees them"
+            "(0.2), imagesTs (nnU-Net's imagesTs/ + labelsTs/) or, for HDF5/TIFF stacks, "
+            "{image, label, mask} glob patterns, and retrain, so that training never sees them"
         )
+    if is_stack_layout(data_cfg) and isinstance(spec, dict):
+        return held_out_stacks(data_cfg, spec)
     if is_folder_spec(spec):
         return _folder_items(data_cfg, spec)
     items, _ = _read(data_cfg)

@@ -4,7 +4,9 @@ A case is preprocessed exactly as validation volumes are (``load_transforms``: c
 first, RAS, ``data.spacing`` resampling, z-score), predicted with a sliding window (slice by
 slice for 2D models) whose windows are blended with a Gaussian, optionally averaged over
 mirrored copies (test-time augmentation, nnU-Net's mirroring), turned into softmax
-probabilities, and finally sent back through the inverse of the preprocessing (MONAI's
+probabilities (``task=em_instance``: its three head maps, binary and boundary sigmoid
+probabilities and the distance clipped to [0, 1], which the watershed decodes), and finally
+sent back through the inverse of the preprocessing (MONAI's
 ``Invertd``: the resampling and reorientation undone), so the probabilities lie on the
 input file's own grid: same shape, same affine.
 
@@ -41,6 +43,7 @@ from recipes.components.data.loaders import SelectChannelsd, load_transforms
 from recipes.components.data.slices import slice_axis_of
 from recipes.components.models.build import build_model, load_plain_state_dict
 from recipes.components.testtime.inputs import ChannelMap
+from recipes.components.testtime.stack_cases import is_stack_file
 from recipes.components.training.step import autocast
 from recipes.components.training.validation import task_of
 from recipes.contract import ModelRef, PredictInputError
@@ -116,11 +119,7 @@ class Predictor:
         self, ref: ModelRef, cmap: ChannelMap, settings: dict[str, Any], device: torch.device
     ) -> None:
         cfg = ref.config
-        if task_of(cfg) != "semantic":
-            raise PredictInputError(
-                f"{ref.name or ref.checkpoint}: task={task_of(cfg)} has no label-map predict; "
-                "evaluate it with the training recipe's mode=test"
-            )
+        self.task = task_of(cfg)
         if not ref.checkpoint.is_file():
             raise PredictInputError(f"checkpoint {ref.checkpoint} not found")
         self.name, self.cfg, self.cmap, self.device = ref.name, cfg, cmap, device
@@ -147,7 +146,7 @@ class Predictor:
         self.tta = bool(settings["tta"])
         # Members sharing a data config share one preprocessing (and one inversion).
         self.data_key = OmegaConf.to_yaml(cfg.data)
-        self._pipelines: dict[bool, Compose] = {}
+        self._pipelines: dict[tuple[bool, tuple[str, ...]], Compose] = {}
 
     def _inferer(self, cfg: DictConfig, s: dict[str, Any]) -> Inferer:
         kwargs: dict[str, Any] = {
@@ -162,24 +161,29 @@ class Predictor:
             return SlidingWindowInferer(**kwargs)
         return SliceInferer(spatial_dim=self.slice_axis, **kwargs)
 
-    def pipeline(self, four_d: bool) -> Compose:
+    def pipeline(self, four_d: bool, files: tuple[str, ...] = ()) -> Compose:
         """Validation's deterministic transforms; a 4D file (MSD) picks its channels after
-        loading, per-channel files were picked by name before."""
-        if four_d not in self._pipelines:
+        loading, per-channel files were picked by name before. ``files``: the case's, so that
+        HDF5 / TIFF stacks get their readers."""
+        kinds = tuple(sorted({f.lower().rsplit(".", 1)[-1] for f in files}))
+        if (four_d, kinds) not in self._pipelines:
             select = (
                 SelectChannelsd("image", list(self.cmap.fed), self.cmap.dataset) if four_d else None
             )
-            self._pipelines[four_d] = Compose(
-                load_transforms(self.cfg.data, select, keys=["image"])
+            self._pipelines[four_d, kinds] = Compose(
+                load_transforms(self.cfg.data, select, keys=["image"], files=files)
             )
-        return self._pipelines[four_d]
+        return self._pipelines[four_d, kinds]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
             out = self.inferer(x, self.model)
         if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head
             out = out[0]
-        return torch.softmax(out.float(), dim=1)  # type: ignore[union-attr]
+        out = out.float()  # type: ignore[union-attr]
+        if self.task == "em_instance":  # binary, boundary: sigmoid; distance: clipped
+            return torch.cat([torch.sigmoid(out[:, :2]), out[:, 2:3].clamp(0.0, 1.0)], dim=1)
+        return torch.softmax(out, dim=1)
 
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -212,13 +216,14 @@ def ensemble_probabilities(predictors: list[Predictor], item: dict[str, Any]) ->
 
     Members that share a data config are preprocessed once; their probabilities are summed
     on that grid and inverted once (inversion is linear, so this equals inverting each)."""
-    four_d = not isinstance(item["image"], list)
+    four_d = not isinstance(item["image"], list) and not is_stack_file(item["image"])
+    files = tuple(item["image"]) if isinstance(item["image"], list) else (item["image"],)
     by_data: dict[str, list[Predictor]] = {}
     for p in predictors:
         by_data.setdefault(p.data_key, []).append(p)
     total: np.ndarray | None = None
     for members in by_data.values():
-        pipeline = members[0].pipeline(four_d)
+        pipeline = members[0].pipeline(four_d, files)
         data = pipeline({"image": item["image"]})
         summed = sum(m.probabilities(data["image"]) for m in members)
         back = invert(pipeline, data, summed)  # type: ignore[arg-type]

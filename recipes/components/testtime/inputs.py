@@ -24,7 +24,8 @@ from recipes.contract import PredictInputError
 
 NNUNET_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 ENDINGS = (".nii.gz", ".nii")
-#: Layouts whose volumes are HDF5/TIFF stacks: their test time is not NIfTI-named files.
+#: Layouts whose volumes are HDF5/TIFF stacks: one file per volume, one channel
+#: (recipes/components/testtime/stack_cases.py), not NIfTI-named files.
 STACKS = ("h5", "tiff")
 MAX_PROBLEMS = 6
 
@@ -65,11 +66,10 @@ def _from_config(data_cfg: Mapping[str, Any]) -> DatasetInfo:
 
 def channel_map(data_cfg: Mapping[str, Any]) -> ChannelMap:
     """The channel files a model of ``data_cfg`` reads, by dataset index, in its order."""
-    if data_cfg.get("format") in STACKS:
-        raise PredictInputError(
-            f"data.format={data_cfg.get('format')}: predict reads NIfTI volumes named as "
-            "nnU-Net names them (CASE_0000.nii.gz); HDF5/TIFF stacks are evaluated with "
-            "mode=test of the training recipe"
+    if data_cfg.get("format") in STACKS:  # one stack per volume: its channels are the config's
+        info = _from_config(data_cfg)
+        return ChannelMap(
+            info.channel_names, tuple(range(len(info.channel_names))), info.class_names
         )
     try:
         _, info = read_cases(data_cfg)

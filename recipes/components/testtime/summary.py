@@ -15,6 +15,10 @@ it scored and with which tolerance.
 Without a dataset.json the labels are every value found in the references **and** the
 predictions: a class only ever predicted scores 0 where it is predicted (nnU-Net would need
 its label list); ``warnings`` names such classes.
+
+Predictions and references are NIfTI files or EM stacks (HDF5 / TIFF), paired by folder or
+by glob patterns, a mask restricting the scored voxels (``pairs.py``); ``instances``
+(``task=em_instance``) scores instance segmentations instead (``instance_summary.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recipes.components.testtime.instance_summary import evaluate_instances
+from recipes.components.testtime.pairs import load_pair, pairs_of
 from recipes.components.training.case_metrics import (
     METRIC_RULES,
     class_means,
@@ -66,25 +72,6 @@ def _labels_from_json(path: Path) -> tuple[dict[int, str], str, int | None]:
     return by_value, str(meta.get("file_ending", ".nii.gz")), ignore
 
 
-def _pair_folders(pred_dir: Path, labels_dir: Path, ending: str) -> list[tuple[str, Path, Path]]:
-    """nnU-Net's rule: every reference needs a prediction; extra predictions are ignored."""
-    for flag, folder in (("--pred", pred_dir), ("--labels", labels_dir)):
-        if not folder.is_dir():
-            raise PredictInputError(f"{flag} {folder}: not a directory")
-    refs = sorted(p for p in labels_dir.glob(f"*{ending}") if not p.name.startswith("."))
-    if not refs:
-        raise PredictInputError(f"--labels {labels_dir}: no reference files *{ending}")
-    missing = [p.name for p in refs if not (pred_dir / p.name).is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" * (len(missing) > 5))
-        found = sorted(p.name for p in pred_dir.glob(f"*{ending}"))[:5]
-        raise PredictInputError(
-            f"--pred {pred_dir}: {len(missing)} of {len(refs)} references have no prediction "
-            f"({shown}); predictions there: {', '.join(found) or 'none'}"
-        )
-    return [(p.name[: -len(ending)], pred_dir / p.name, p) for p in refs]
-
-
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     import nibabel as nib
 
@@ -114,9 +101,14 @@ def score_case(
     values: list[int],
     tolerance_mm: float,
     ignore: int | None = None,
+    mask: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Every metric of every foreground label value for one case (see the module doc)."""
-    keep = torch.from_numpy(ref != ignore) if ignore is not None else None
+    """Every metric of every foreground label value for one case (see the module doc);
+    voxels of the ``ignore`` label or outside ``mask`` count nowhere."""
+    keep_np = ref != ignore if ignore is not None else None
+    if mask is not None:
+        keep_np = mask if keep_np is None else keep_np & mask
+    keep = torch.from_numpy(keep_np) if keep_np is not None else None
     total = int(keep.sum()) if keep is not None else int(pred.size)
     pred_t, ref_t = torch.from_numpy(pred), torch.from_numpy(ref)
     out: dict[str, dict[str, float]] = {}
@@ -148,39 +140,25 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
     if request.dataset_json is not None:
         from_json, ending, ignore = _labels_from_json(request.dataset_json)
         labels = labels or from_json
-    if request.pairs is not None:
-        pairs = list(request.pairs)
-    elif request.pred_dir is not None and request.labels_dir is not None:
-        pairs = _pair_folders(request.pred_dir, request.labels_dir, ending)
-    else:
-        raise PredictInputError("evaluate needs --pred and --labels folders")
-    loaded = []
-    for case, pred_path, ref_path in pairs:
-        pred, pred_affine, _ = _load(pred_path)
-        ref, ref_affine, spacing = _load(ref_path)
-        if pred.shape != ref.shape:
-            raise PredictInputError(
-                f"{pred_path} has shape {pred.shape}, its reference {ref_path} {ref.shape}: "
-                "a prediction must be on its reference's grid"
-            )
-        if not np.allclose(pred_affine, ref_affine, atol=1e-3):
-            raise PredictInputError(
-                f"{pred_path} is not on the grid of its reference {ref_path}: their affines "
-                "differ (a prediction must be on its reference's grid)"
-            )
-        loaded.append((case, pred_path, ref_path, pred, ref, spacing))
+    pairs = pairs_of(request, ending)
+    if request.instances:
+        return evaluate_instances(pairs, request)
+    loaded = [(pair, *load_pair(pair, request)) for pair in pairs]
     warnings: list[str] = []
     if labels is None:
-        labels, warnings = _labels_found(loaded, ignore)
+        found = [(pair.case, None, None, pred, ref) for pair, pred, ref, *_ in loaded]
+        labels, warnings = _labels_found(found, ignore)
     values = sorted(v for v in labels if v != 0 and v != ignore)
     per_case = []
-    for case, pred_path, ref_path, pred, ref, spacing in loaded:
+    for pair, pred, ref, mask, spacing in loaded:
+        tolerance = request.tolerance_mm
         per_case.append(
             {
-                "case": case,
-                "metrics": score_case(pred, ref, spacing, values, request.tolerance_mm, ignore),
-                "prediction_file": str(pred_path),
-                "reference_file": str(ref_path),
+                "case": pair.case,
+                "metrics": score_case(pred, ref, spacing, values, tolerance, ignore, mask),
+                "prediction_file": str(pair.prediction),
+                "reference_file": str(pair.reference),
+                **({"mask_file": str(pair.mask)} if pair.mask else {}),
                 "spacing": list(spacing),
             }
         )
@@ -199,7 +177,8 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
         "labels": {str(v): labels[v] for v in sorted(labels)},
         "ignore_label": ignore,
         "nsd_tolerance_mm": request.tolerance_mm,
-        "spacing": "each reference's NIfTI header (mm)",
+        "spacing": "each reference's NIfTI header (mm); stacks: data.voxel_size (nm) in mm, "
+        "else 1 per voxel",
         "empty_classes": EMPTY_POLICY,
         "n_cases": len(per_case),
         "warnings": warnings,

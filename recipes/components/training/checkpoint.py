@@ -43,8 +43,11 @@ class Progress:
 
     epoch: int = 0
     global_step: int = 0
+    # The best value of training.select.metric so far, at best_epoch (best.pt's epoch), and
+    # the val Dice of that epoch.
     best_metric: float = -1.0
     best_epoch: int | None = None
+    best_val_dice: float | None = None
     # Last epoch whose val_dice beat the best by more than early_stopping.min_delta.
     improved_epoch: int | None = None
     # Set by a step checkpoint: where the epoch after ``epoch`` stood (loop.EpochState).
@@ -134,6 +137,7 @@ def save_checkpoint(
             "global_step": progress.global_step,
             "best_metric": progress.best_metric,
             "best_epoch": progress.best_epoch,
+            "best_val_dice": progress.best_val_dice,
             "improved_epoch": progress.improved_epoch,
             "in_epoch": progress.in_epoch,
             "rng": rng_states(),
@@ -168,6 +172,7 @@ def load_checkpoint(
         global_step=ckpt["global_step"],
         best_metric=ckpt["best_metric"],
         best_epoch=ckpt["best_epoch"],
+        best_val_dice=ckpt.get("best_val_dice"),
         improved_epoch=ckpt.get("improved_epoch"),
         in_epoch=ckpt.get("in_epoch"),
     )

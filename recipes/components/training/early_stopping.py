@@ -1,15 +1,18 @@
 """When to stop a run early: a Dice that is good enough, patience run out, a monitored metric
 that has converged (``threshold``) or collapsed (``divergence_threshold``).
 
-``training.early_stopping.monitor`` is ``val_dice`` (the default, and the original
-behaviour), ``val_loss`` or any validation metric (``val_adapted_rand_error``...);
-``mode: auto`` minimises losses, errors and distances and maximises the rest, as
-PyTorch Lightning's ``EarlyStopping`` does with ``mode``. ``threshold``: stop as converged
+``training.early_stopping.monitor`` is null (the default: ``training.select.metric``, with
+its mode; ``val_dice`` unless the run selects on another, the original behaviour),
+``val_loss`` or any validation metric (``val_adapted_rand_error``...); ``mode: auto``
+minimises losses, errors and distances and maximises the rest, as PyTorch Lightning's
+``EarlyStopping`` does with ``mode``. ``patience`` counts ``patience_unit``: epochs (the
+default) or validations (``selection.py``). ``threshold``: stop as converged
 once the monitor reaches it (Lightning's ``stopping_threshold``). ``divergence_threshold``:
 stop with status ``diverged`` once the monitor becomes worse than it after having been
 better (a run that starts above it is not collapsing, it has not started), or is not finite.
 
-Patience on ``val_dice`` is counted by the checkpointed ``Progress``; on any other monitor
+Patience on ``val_dice`` (when the run also selects on it) is counted by the checkpointed
+``Progress``; on any other monitor
 the history of monitored values is kept in ``early_stopping.json`` beside ``last.pt``,
 written before it, so a resumed run replays exactly the same decisions.
 """
@@ -27,7 +30,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from recipes.components.training.checkpoint import Progress
-from recipes.components.training.optim import monitor_mode
+from recipes.components.training.selection import (
+    Selection,
+    monitor_mode,
+    patience_epochs,
+    patience_unit,
+)
 
 HISTORY_FILE = "early_stopping.json"
 
@@ -41,9 +49,9 @@ def early_stop_reason(
 ) -> str | None:
     """Why to stop after this validation, or None. Call before ``progress`` records a best.
 
-    "Good enough": the target Dice is reached. Patience: counted in validations since the
-    last gain of more than ``min_delta`` over the best so far (the first validation counts
-    as a gain).
+    "Good enough": the target Dice is reached. Patience: counted (in ``patience_unit``) since
+    the last gain of more than ``min_delta`` over the best so far (the first validation
+    counts as a gain).
     """
     if not es:
         return None
@@ -52,10 +60,14 @@ def early_stop_reason(
         progress.improved_epoch = epoch
     if es.get("good_enough") is not None and dice >= float(es.good_enough):
         return f"val_dice {dice:.4g} >= good_enough {es.good_enough}"
-    patience = es.get("patience")
-    if patience is not None and epoch - progress.improved_epoch >= int(patience) * val_interval:
-        return f"no val_dice gain > {es.min_delta} in {patience} validations"
+    epochs = patience_epochs(es, val_interval, "training.early_stopping")
+    if epochs is not None and epoch - progress.improved_epoch >= epochs:
+        return f"no val_dice gain > {es.min_delta} in {_patience_text(es)}"
     return None
+
+
+def _patience_text(es: Mapping[str, Any]) -> str:
+    return f"{es.get('patience')} {patience_unit(es, 'training.early_stopping')}"
 
 
 @dataclass
@@ -70,12 +82,21 @@ class EarlyStop:
 class EarlyStopping:
     """``training.early_stopping`` on its monitor; see the module doc."""
 
-    def __init__(self, es: Mapping[str, Any] | None, val_interval: int) -> None:
+    def __init__(
+        self, es: Mapping[str, Any] | None, val_interval: int, selection: Selection | None = None
+    ) -> None:
         self.es = dict(es or {})
         self.val_interval = int(val_interval)
-        self.monitor = str(self.es.get("monitor") or "val_dice")
-        self.mode = monitor_mode(self.monitor, str(self.es.get("mode") or "auto"))
+        self.selection = selection or Selection()
+        self.monitor = str(self.es.get("monitor") or self.selection.metric)
+        mode = str(self.es.get("mode") or "auto")
+        if mode == "auto" and self.monitor == self.selection.metric:
+            mode = self.selection.mode  # the selection's direction, not a guess by name
+        self.mode = monitor_mode(self.monitor, mode)
+        # Progress counts val_dice's patience only while it also holds val_dice's best.
+        self.legacy = self.monitor == "val_dice" == self.selection.metric
         self.history: list[tuple[int, float]] = []
+        patience_epochs(self.es, self.val_interval, "training.early_stopping")  # checked now
 
     def _better(self, a: float, b: float, delta: float = 0.0) -> bool:
         return a < b - delta if self.mode == "min" else a > b + delta
@@ -114,7 +135,7 @@ class EarlyStopping:
         earlier = [v for _, v in self.history]
         self.history.append((epoch, value))
         legacy = None
-        if self.monitor == "val_dice":  # the original rule, its patience counted in Progress
+        if self.legacy:  # the original rule, its patience counted in Progress
             es = DictConfig(self.es)
             legacy = early_stop_reason(es, progress, dict(metrics), epoch, self.val_interval)
         div = self.es.get("divergence_threshold")
@@ -127,13 +148,13 @@ class EarlyStopping:
             return EarlyStop(f"{self.monitor} {value:.4g} reached threshold {threshold}")
         if legacy:
             return EarlyStop(legacy)
-        return None if self.monitor == "val_dice" else self._patience(metrics)
+        return None if self.legacy else self._patience(metrics)
 
     def _patience(self, metrics: Mapping[str, float]) -> EarlyStop | None:
         good = self.es.get("good_enough")
         if good is not None and "val_dice" in metrics and metrics["val_dice"] >= float(good):
             return EarlyStop(f"val_dice {metrics['val_dice']:.4g} >= good_enough {good}")
-        patience = self.es.get("patience")
+        patience = patience_epochs(self.es, self.val_interval, "training.early_stopping")
         if patience is None:
             return None
         delta = float(self.es.get("min_delta") or 0.0)
@@ -144,6 +165,6 @@ class EarlyStopping:
             if self._better(value, best):
                 best = value
         last = self.history[-1][0]
-        if last - improved >= int(patience) * self.val_interval:
-            return EarlyStop(f"no {self.monitor} gain > {delta} in {patience} validations")
+        if last - improved >= patience:
+            return EarlyStop(f"no {self.monitor} gain > {delta} in {_patience_text(self.es)}")
         return None

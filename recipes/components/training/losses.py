@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from monai.losses import (
     DeepSupervisionLoss,
     DiceCELoss,
@@ -169,14 +170,17 @@ class WeightedSum(nn.Module):
 class DeepSupervised(nn.Module):
     """MONAI's DeepSupervisionLoss, also accepting DynUNet's stacked (B, S, C, ...) output.
 
-    Outputs are ordered full resolution first (weights 1, 1/2, 1/4, ... with ``exp``); the
-    label is resized (nearest) to any output of another size. A plain tensor passes through.
+    Outputs are ordered full resolution first (weights 1, 1/2, 1/4, ... with ``exp``, or
+    ``weights``: one per output, e.g. PyTC's seed-era RSUNet weights); the label is resized
+    (nearest) to any output of another size. A plain tensor passes through.
     """
 
-    def __init__(self, loss: nn.Module, weight_mode: str = "exp") -> None:
+    def __init__(
+        self, loss: nn.Module, weight_mode: str = "exp", weights: list[float] | None = None
+    ) -> None:
         super().__init__()
         self.inner = loss
-        self.ds = DeepSupervisionLoss(loss, weight_mode=weight_mode)  # type: ignore[arg-type]
+        self.ds = DeepSupervisionLoss(loss, weight_mode=weight_mode, weights=weights)  # type: ignore[arg-type]
 
     def forward(
         self, output: Any, label: torch.Tensor, mask: torch.Tensor | None = None
@@ -218,6 +222,7 @@ MONAI_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "tversky": TverskyLoss,
 }
 LOSS_NAMES = (*MONAI_LOSSES, "ce_weighted", "dice_bce", "dice_bce_cldice", "terms", "em_instance")
+DS_WEIGHT_MODES = ("exp", "same", "two")
 
 
 def _single(kwargs: dict[str, Any], num_classes: int) -> nn.Module:
@@ -247,4 +252,14 @@ def build_loss(loss_cfg: DictConfig, num_classes: int) -> nn.Module:
     """The loss named by ``loss_cfg.name``; MONAI losses get the other keys as kwargs."""
     kwargs: dict[str, Any] = OmegaConf.to_container(loss_cfg, resolve=True)  # type: ignore[assignment]
     weight_mode = kwargs.pop("deep_supervision_weights", "exp")
-    return DeepSupervised(_single(kwargs, num_classes), weight_mode)
+    weights = None
+    if isinstance(weight_mode, str) and weight_mode.lstrip().startswith("["):
+        weight_mode = yaml.safe_load(weight_mode)  # a sweep passes a list as its YAML text
+    if isinstance(weight_mode, list):  # explicit weights, full resolution first
+        weights, weight_mode = [float(w) for w in weight_mode], "exp"
+    elif weight_mode not in DS_WEIGHT_MODES:
+        raise ValueError(
+            f"loss.deep_supervision_weights={weight_mode!r}: one of {', '.join(DS_WEIGHT_MODES)} "
+            "(MONAI's DeepSupervisionLoss) or a list of weights, full resolution first"
+        )
+    return DeepSupervised(_single(kwargs, num_classes), weight_mode, weights)

@@ -13,7 +13,6 @@ parameters into one group per module role, each at ``lr * multiplier``.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +37,13 @@ from torch.optim.lr_scheduler import (
 
 from recipes.components.models.layerwise import layerwise_param_groups
 
+# monitor_mode and LOWER_IS_BETTER live with the selection; re-exported for older importers.
+from recipes.components.training.selection import (  # noqa: F401
+    LOWER_IS_BETTER,
+    monitor_mode,
+    plateau_patience,
+)
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adamw": AdamW,
     "sgd": SGD,
@@ -46,17 +52,6 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 Interval = Literal["step", "epoch", "val"]
-# Monitored metrics where lower is better under mode "auto".
-LOWER_IS_BETTER = re.compile(r"(loss|error|hd95|voi)", re.IGNORECASE)
-
-
-def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """``min`` or ``max`` for a monitored metric; ``auto`` decides by its name."""
-    if mode in ("min", "max"):
-        return mode
-    if mode != "auto":
-        raise ValueError(f"mode must be auto, min or max, got {mode!r}")
-    return "min" if LOWER_IS_BETTER.search(monitor) else "max"
 
 
 @dataclass
@@ -103,8 +98,10 @@ def build_scheduler(
     steps_per_epoch: int,
     max_epochs: int,
     total_steps: int | None = None,
+    val_interval: int = 1,
 ) -> Schedule:
-    """Build the schedule for a run of ``max_epochs`` epochs of ``steps_per_epoch`` steps;
+    """Build the schedule for a run of ``max_epochs`` epochs of ``steps_per_epoch`` steps,
+    validated every ``val_interval`` epochs (``plateau``'s patience in epochs needs it);
     ``total_steps``: the run ends earlier, after that many steps (``training.max_steps``)."""
     name = sched_cfg.name
     interval: Interval = sched_cfg.get("interval", "step")
@@ -156,7 +153,7 @@ def build_scheduler(
             optimizer,
             mode=monitor_mode(monitor, str(sched_cfg.get("mode") or "auto")),  # type: ignore[arg-type]
             factor=sched_cfg.factor,
-            patience=sched_cfg.patience,
+            patience=plateau_patience(sched_cfg, val_interval),
             threshold=sched_cfg.threshold,
             min_lr=sched_cfg.min_lr,
         )
