@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from runner.cli import main
 from runner.plan import make_plan
 from tests.conftest import ROOT
@@ -29,7 +31,7 @@ def test_quickstart_is_exactly_two_commands() -> None:
 
 
 def test_matrix_example_plans_with_the_documented_names(project: Path, capsys) -> None:
-    [example] = [b for b in _blocks("yaml") if "name: isles24_ablation" in b]
+    [example] = [b for b in _blocks("yaml") if "name: isles24_sketch" in b]
     path = project / "example.yaml"
     path.write_text(example)
     assert main(["plan", str(path)]) == 0
@@ -40,6 +42,22 @@ def test_matrix_example_plans_with_the_documented_names(project: Path, capsys) -
     names = {c.run_name for c in plan.cells}
     assert "segresnet_adamw1e-3_onecycle_dicece_s0" in names
     assert "segresnet_adamw1e-3_onecycle_dicece_s0" in README
+
+
+def test_no_readme_example_passes_for_a_shipped_matrix() -> None:
+    """A README matrix named as a shipped one (matrix/NAME.yaml) would claim to be that study:
+    such an example must be the shipped file's cells exactly; the sketches have names of their
+    own."""
+    shipped = {p.stem: p for p in (ROOT / "matrix").glob("*.yaml")}
+    for block in _blocks("yaml"):
+        name = re.search(r"^name: *([a-z0-9_-]+)", block, flags=re.M)
+        if name is None or name.group(1) not in shipped:
+            continue
+        example = yaml.safe_load(block)
+        study = yaml.safe_load(shipped[name.group(1)].read_text())
+        for key in ("recipe", "base", "axes", "zip", "exclude", "include", "search", "cv"):
+            assert example.get(key) == study.get(key), (name.group(1), key)
+    assert "name: isles24_sketch" in README and "isles24_ablation.yaml" in README
 
 
 def test_validation_example_output(project: Path, capsys) -> None:
