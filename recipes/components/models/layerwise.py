@@ -3,7 +3,12 @@
 Roles, shallow to deep: ``early_encoder`` (the first, full-resolution encoder stage and
 stem), ``deep_encoder`` (the other encoder stages), ``bottleneck`` (the lowest resolution),
 ``decoder`` (up-sampling path) and ``head`` (the output convolutions, deep-supervision heads
-included). ``optimizer.layerwise`` gives each role a multiplier of ``optimizer.lr``.
+included). ``optimizer.layerwise`` gives each role a multiplier of ``optimizer.lr``: one
+number, or a range ``[first, last]`` graded by depth inside the role (as the SegTHOR Novograd
+study's "early encoder 0.1-0.5x, deep encoder 0.7-1.0x"). A graded role's layers (the modules
+that hold its parameters, in the network's registration order, shallow to deep) get
+multipliers spaced evenly from ``first`` (the shallowest) to ``last`` (the deepest), one param
+group each; a role with one layer takes ``first``.
 
 The mapping is name-based, per architecture, because MONAI's networks share no naming
 scheme. Encoder stages captured by a ``(?P<stage>\\d+)`` group are resolved after all names
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -152,12 +158,43 @@ def param_roles(model: nn.Module, arch: str) -> dict[str, str]:
     return roles
 
 
-def layerwise_param_groups(
-    model: nn.Module, arch: str, lr: float, multipliers: Mapping[str, float]
-) -> list[dict]:
-    """One param group per role present in the model, lr = ``lr * multipliers[role]``.
+def role_range(role: str, spec: Any) -> tuple[float, float]:
+    """``(first, last)`` multipliers of a role from its ``optimizer.layerwise`` entry: a
+    number (both ends) or a two-number list ``[first, last]``."""
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        ends = tuple(spec)
+    elif isinstance(spec, (list, tuple)):
+        raise ValueError(
+            f"optimizer.layerwise.{role}: a range is [first, last] (two numbers), got {list(spec)}"
+        )
+    else:
+        ends = (spec, spec)
+    out = []
+    for end in ends:
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not end > 0:
+            raise ValueError(
+                f"optimizer.layerwise.{role}: multipliers are positive numbers (one, or "
+                f"[first, last] graded by depth), got {spec!r}"
+            )
+        out.append(float(end))
+    return out[0], out[1]
 
-    Groups carry their ``role`` name so that logs and tests can tell them apart.
+
+def _layers(names: list[str]) -> list[str]:
+    """The modules holding these parameters, in order of first appearance (registration
+    order: shallow to deep in every supported network)."""
+    return list(dict.fromkeys(name.rpartition(".")[0] for name in names))
+
+
+def layerwise_param_groups(
+    model: nn.Module, arch: str, lr: float, multipliers: Mapping[str, Any]
+) -> list[dict]:
+    """Param groups at ``lr * multiplier``: one per role present in the model, or, for a role
+    given a range, one per layer of that role (module doc).
+
+    Groups carry their ``role``, a ``name`` (the role, or ``<role>.<k>`` for the k-th layer of
+    a graded role) and their multiplier ``lr_scale``, so that logs and tests can tell them
+    apart.
     """
     unknown = set(multipliers) - set(ROLES)
     if unknown:
@@ -166,9 +203,20 @@ def layerwise_param_groups(
     params = dict(model.named_parameters())
     groups = []
     for role in ROLES:
-        members = [params[n] for n, r in roles.items() if r == role]
-        if members:
-            groups.append(
-                {"params": members, "lr": lr * float(multipliers.get(role, 1.0)), "role": role}
-            )
+        names = [n for n, r in roles.items() if r == role]
+        if not names:
+            continue
+        first, last = role_range(role, multipliers.get(role, 1.0))
+        if first == last:
+            groups.append(_group([params[n] for n in names], lr, first, role, role))
+            continue
+        layers = _layers(names)
+        for k, layer in enumerate(layers):
+            scale = first + (last - first) * k / max(1, len(layers) - 1)
+            members = [params[n] for n in names if n.rpartition(".")[0] == layer]
+            groups.append(_group(members, lr, scale, role, f"{role}.{k}"))
     return groups
+
+
+def _group(members: list[nn.Parameter], lr: float, scale: float, role: str, name: str) -> dict:
+    return {"params": members, "lr": lr * scale, "role": role, "name": name, "lr_scale": scale}
