@@ -89,6 +89,7 @@ from recipes.components.training.step import (
     autocast,
     throughput,
 )
+from recipes.components.training.step_metrics import step_metrics_for
 from recipes.components.training.validation import (
     check_task,
     evaluate,
@@ -198,7 +199,10 @@ def _train_loop(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     group = dist if dist.active else None  # DDP: the ranks agree at every step
-    trainee = Trainee(dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group)
+    watch = step_metrics_for(optimizer, tcfg)  # grad_norm, clipping, lr/<group>
+    trainee = Trainee(
+        dist.wrap(model), loss_fn, optimizer, schedule, scaler, device, tcfg, group, watch
+    )
     inferer = build_inferer(tcfg, slice_axis_of(cfg))
     # training.select: the metric that chooses best.pt (and early stopping's default monitor).
     selection = Selection.from_config(tcfg)
@@ -210,6 +214,8 @@ def _train_loop(
     def save_last() -> None:
         if dist.main:  # one writer; the other ranks hold the same weights
             save_checkpoint(ckpt_dir / LAST, model, optimizer, schedule, progress, scaler)
+            # After the save: a crash before it loses these steps, which the resume logs.
+            watch.flush(logger)
 
     # --- resume or start fresh -------------------------------------------------------------
     progress, resumed_from = Progress(), None
@@ -271,6 +277,8 @@ def _train_loop(
         except Diverged as err:
             log.error("%s", err)
             logger.set_tag("divergence", str(err))
+            if dist.main:  # the steps up to the divergence: where the norms grew
+                watch.flush(logger)
             return result("diverged", epoch - 1, str(err), metrics)
         except Interrupted as interrupted:
             log.warning("%s; %s holds that step", interrupted, ckpt_dir / LAST)
@@ -279,7 +287,7 @@ def _train_loop(
         if schedule.interval == "epoch":
             schedule.scheduler.step()
         train_loss, patches = dist.mean(train_loss), dist.total(patches)
-        metrics = {"train_loss": train_loss, "lr": lr}
+        metrics = {"train_loss": train_loss, "lr": lr, **watch.epoch_metrics()}
         metrics.update(throughput(clock, train_seconds, patches, tcfg.patch_size, device))
         if rss := data.worker_rss_gb():  # the busiest loader worker's peak so far
             metrics["loader_worker_rss_gb"] = max(rss)

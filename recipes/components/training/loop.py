@@ -44,6 +44,7 @@ from recipes.components.training.checkpoint import Progress
 from recipes.components.training.distributed import Dist
 from recipes.components.training.optim import Schedule
 from recipes.components.training.step import Diverged, LoaderClock, as_float, autocast, on_device
+from recipes.components.training.step_metrics import StepMetrics, grad_norm
 from recipes.contract import StopRequest
 
 __all__ = [
@@ -72,6 +73,9 @@ class Trainee:
     #: DDP: the cell's group, whose ranks agree on a non-finite loss at every step (one
     #: rank's stops all of them at the same step); None: one process.
     group: Dist | None = None
+    #: Gradient norm, clipping and each group's lr, step by step (``step_metrics.py``);
+    #: None: not recorded (the norm is then computed only to clip).
+    watch: StepMetrics | None = None
 
 
 @dataclass
@@ -86,6 +90,10 @@ class EpochState:
     seconds: float = 0.0  # training time so far, earlier attempts included
     wait_s: float = 0.0  # of which waiting for the loader
     batch_size: int = 0  # items per batch ``batches`` counts in (0: not recorded)
+    grad_steps: int = 0  # optimizer steps so far, with the gradient figures below
+    grad_norm_sum: float = 0.0  # of the finite norms before clipping
+    grad_norm_max: float = 0.0
+    grad_clipped: int = 0  # steps whose norm exceeded training.grad_clip_norm
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -208,9 +216,13 @@ def train_one_epoch(
     t.model.train()
     accumulate = max(1, int(t.tcfg.get("accumulate_steps", 1)))
     clip = t.tcfg.get("grad_clip_norm")
+    watch = t.watch
+    base_lr = watch.base_lr if watch is not None else lambda o: o.param_groups[0]["lr"]
     if state is None:
-        state = EpochState(epoch, lr=t.optimizer.param_groups[0]["lr"])
+        state = EpochState(epoch, lr=base_lr(t.optimizer))
     state.batch_size = int(t.tcfg.get("batch_size") or 0)
+    if watch is not None:
+        watch.begin(state)
     total = state.batches + len(loader)
     group_loss = 0.0  # the current optimizer step's loss: the mean over its batches
     t.optimizer.zero_grad(set_to_none=True)
@@ -244,10 +256,13 @@ def train_one_epoch(
         if not stepping:
             continue
         state.total_loss, group_loss = state.total_loss + group_loss, 0.0
-        if clip:
+        if clip or watch is not None:
+            # The norm (and the threshold) in the loss's units, not the fp16 scaler's.
             t.scaler.unscale_(t.optimizer)
-            torch.nn.utils.clip_grad_norm_(t.model.parameters(), float(clip))
-        state.lr = t.optimizer.param_groups[0]["lr"]
+            norm = grad_norm(t.model.parameters(), clip)
+            if watch is not None:
+                watch.record(progress.global_step + 1, norm, t.optimizer)
+        state.lr = base_lr(t.optimizer)
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,6 +211,22 @@ class RunLogger:
             batch = items[i : i + MAX_METRICS_PER_BATCH]
             # A retried batch that had reached the store is not doubled: the store keeps one
             # row per (key, step, timestamp, value), and so does sync.
+            self._write_or_spool(
+                lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
+                lambda spool, b=batch: spool_metrics(spool, b),
+            )
+
+    def log_series(self, rows: Iterable[tuple[str, float, int]]) -> None:
+        """``(key, value, step)`` rows, each at its own step (per-step series), batched as
+        :meth:`log_metrics`; non-finite values are skipped."""
+        now = get_current_time_millis()
+        items = [
+            Metric(metric_key(k), float(v), now, int(step))
+            for k, v, step in rows
+            if math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            batch = items[i : i + MAX_METRICS_PER_BATCH]
             self._write_or_spool(
                 lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
                 lambda spool, b=batch: spool_metrics(spool, b),
