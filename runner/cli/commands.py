@@ -135,9 +135,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from runner.report.outputs import keep_only
 
     plan = _plan(args)
-    baseline_csv = Path(args.baseline_csv) if args.baseline_csv else None
+    from runner.report.baseline import csv_baseline
     from runner.sweep.reconcile import accounting
 
+    baseline_csv = csv_baseline(
+        plan, args.baseline_csv, args.baseline_n, args.baseline_std_ddof, args.baseline
+    )
     if args.budget_factor is not None and not args.budget_factor >= 1:
         raise RunnerError(f"--budget-factor {args.budget_factor}: a factor >= 1 (e.g. 1.5)")
     report, groups = publish.build(

@@ -214,7 +214,19 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baseline-csv",
         help="a CSV of per-class statistics (class, dice_mean[, dice_std, n]) to "
-        "compare every group's per-class Dice with",
+        "compare every group's per-class Dice with (Welch's t-test where n is known); "
+        "default: the matrix's report.baseline_csv",
+    )
+    p.add_argument(
+        "--baseline-n",
+        type=int,
+        help="runs behind each CSV row, for a CSV without an n column",
+    )
+    p.add_argument(
+        "--baseline-std-ddof",
+        type=int,
+        choices=(0, 1),
+        help="1: the CSV's dice_std is the sample std (default); 0: numpy's np.std",
     )
     p.add_argument(
         "-o",

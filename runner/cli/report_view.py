@@ -128,28 +128,38 @@ def _print_per_class(console: Console, report: Report) -> None:
     rows = report.per_class
     source = "test" if rows[0]["source"] == "test" else "best val"
     csv = rows[0]["baseline"] == "csv"
+    welch = any(r.get("test") == "welch" for r in rows)
     table = Table(
         title=f"per-class {source} Dice against the baseline ({report.baseline})"
-        + ("; a CSV holds no cases: difference of means, no test" if csv else ""),
+        + (f"; {CSV_TEST}" if welch else "")
+        + ("; a CSV holds no cases: difference of means, no test" if csv and not welch else ""),
         title_justify="left",
     )
-    cols = ["group", "class", "mean ± std (n)", "baseline mean ± std", "Δ", "Δ %"]
+    cols = ["group", "class", "mean ± std (n)", "baseline mean ± std" + (" (n)" if csv else "")]
+    cols += ["Δ", "Δ %"]
     paired = any("p_holm" in r for r in rows)
-    cols += ["p (Holm)", "holds"] if paired else []
+    cols += (["p (Welch)"] if welch else []) + (["p (Holm)", "holds"] if paired else [])
     for col in cols:
         table.add_column(col)
     for r in rows:
+        theirs = fmt(_nan(r["baseline_mean"]), _nan(r["baseline_std"]))
         cells = [
             r["group"],
             r["class"],
             f"{fmt(_nan(r['mean']), _nan(r['std']))} ({r['n']})",
-            fmt(_nan(r["baseline_mean"]), _nan(r["baseline_std"])),
+            theirs + (f" ({r['baseline_n'] or '?'})" if csv else ""),
             f"{_nan(r['delta']):+.4f}",
             f"{_nan(r['delta_pct']):+.1f}%",
         ]
+        cells += [_p(r.get("p"))] if welch else []
         if paired:
-            cells += [_p(r.get("p_holm")), "yes" if r.get("holds") else "no"]
+            tested = "p_holm" in r
+            cells += [_p(r.get("p_holm")), ("yes" if r.get("holds") else "no") if tested else "-"]
         table.add_row(*cells)
+    untested = sorted({r["no_test"] for r in rows if r.get("no_test")})
+    if csv and untested:
+        table.caption = "no test where " + "; ".join(untested) + NO_N_HINT
+        table.caption_justify = "left"
     console.print(table)
 
 
@@ -206,3 +216,11 @@ def print_held_out(console: Console, data: dict[str, Any] | None) -> None:
             "run `runner evaluate MATRIX --best`",
             markup=False,
         )
+
+
+CSV_TEST = (
+    "Welch's t-test from summary statistics (scipy.stats.ttest_ind_from_stats, equal_var="
+    "False): the group's runs vs the CSV's mean, std and n, two-sided, Holm across groups "
+    "per class"
+)
+NO_N_HINT = " (a CSV's n: an n column, --baseline-n or the matrix's report.baseline_n)"

@@ -124,6 +124,15 @@ class RestartOptions(_Strict):
     axes: dict[str, list[Value]] = Field(default_factory=dict)
 
 
+class ReportOptions(_Strict):
+    """What ``runner report`` compares with when its command line names no baseline: a
+    per-class statistics CSV (runner.report.baseline), relative to the project."""
+
+    baseline_csv: str | None = None
+    baseline_n: PositiveInt | None = Field(None, description="runs per CSV row, if no n column")
+    baseline_std_ddof: Literal[0, 1] = Field(1, description="0: the CSV's std is np.std's")
+
+
 class Matrix(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     recipe: str
@@ -142,6 +151,7 @@ class Matrix(_Strict):
     #: Out-of-memory remedies (runner.matrix.on_oom): what a cell that ran out of memory is
     #: tried again with, by `runner resume --only oom` or at once (auto).
     on_oom: OnOom | None = None
+    report: ReportOptions = Field(default_factory=ReportOptions)
     run_name: str | None = Field(
         None, description="a template such as '{model}_{optimizer}{optimizer.lr}_s{seed}'"
     )

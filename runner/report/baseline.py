@@ -3,8 +3,15 @@
 The CSV is one row per class with a ``class`` column (a class name, or a label value as in
 ``summarize_optimizer_results.py``'s ``baseline_per_class_stats.csv``; 0, the background, is
 skipped), ``dice_mean`` and optionally ``dice_std`` and ``n`` (how many runs the mean is
-over). Its figures are taken as given (a CSV has no per-case values, so no paired test is
-possible against it: the table shows the difference of means and says so).
+over). A CSV has no per-case values, so no paired test is possible against it: each
+group's per-class mean, std and n over its runs (seeds) are compared with the row's by
+Welch's unequal-variance t-test from summary statistics
+(``scipy.stats.ttest_ind_from_stats(equal_var=False)``, two-sided), Holm-adjusted across the
+groups within a class, when both sides have n >= 2 and a std. Without ``n`` (no column, no
+``--baseline-n`` / matrix ``report.baseline_n``) the table shows the difference of means
+only, and says so. ``dice_std`` is read as the sample std (ddof 1); a CSV written with
+numpy's ``np.std`` (ddof 0, as ``summarize_optimizer_results.py`` does) is converted with
+``baseline_std_ddof: 0`` (std x sqrt(n / (n - 1))).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +58,42 @@ def label_order(plan: Plan, results: list[CellResult]) -> list[str] | None:
     return None
 
 
-def read_csv(path: Path, classes: list[str], order: list[str] | None) -> dict[str, dict[str, Any]]:
-    """class name -> {"mean", "std", "n"} from a per-class statistics CSV (module doc)."""
+@dataclass(frozen=True)
+class CsvBaseline:
+    """A per-class statistics CSV and how to read it (module doc)."""
+
+    path: Path
+    n: int | None = None  # runs per row when the CSV has no n column
+    std_ddof: int = 1  # 0: the CSV's std is numpy's population std
+
+
+def csv_baseline(
+    plan: Plan,
+    path: str | None,
+    n: int | None,
+    std_ddof: int | None,
+    group_baseline: str | None,
+) -> CsvBaseline | None:
+    """The CSV to compare with: the command line's, else the matrix's ``report:`` block
+    (a path relative to the project) unless a group baseline was asked for."""
+    spec = plan.matrix.spec.report
+    if path is None and group_baseline is None and spec.baseline_csv:
+        found = Path(spec.baseline_csv)
+        path = str(found if found.is_absolute() else plan.workdir / found)
+    if path is None:
+        return None
+    return CsvBaseline(
+        Path(path),
+        n if n is not None else spec.baseline_n,
+        std_ddof if std_ddof is not None else spec.baseline_std_ddof,
+    )
+
+
+def read_csv(
+    path: Path, classes: list[str], order: list[str] | None, n: int | None = None, ddof: int = 1
+) -> dict[str, dict[str, Any]]:
+    """class name -> {"mean", "std", "n"} from a per-class statistics CSV (module doc);
+    ``n``: for a CSV without an n column; ``ddof``: how its std was computed."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -84,13 +126,14 @@ def read_csv(path: Path, classes: list[str], order: list[str] | None) -> dict[st
                 f"{format_choices(classes)}{did_you_mean(key, classes)}"
             )
         try:
-            out[name] = {
-                "mean": float(row["dice_mean"]),
-                "std": float(row.get("dice_std") or "nan"),
-                "n": int(float(row["n"])) if row.get("n") else None,
-            }
+            mean = float(row["dice_mean"])
+            std = float(row.get("dice_std") or "nan")
+            rows_n = int(float(row["n"])) if row.get("n") else n
         except ValueError as exc:
             raise RunnerError(f"{path}:{line}: {exc}") from None
+        if ddof == 0 and rows_n is not None and rows_n >= 2:
+            std *= math.sqrt(rows_n / (rows_n - 1))  # population -> sample std
+        out[name] = {"mean": mean, "std": std, "n": rows_n}
     return out
 
 
@@ -135,7 +178,30 @@ def per_class_rows(
             }
             paired = by_group.get(g.label, {})
             if test and base is not None and f"vs_baseline_{c}_p_holm" in paired:
+                row["test"] = "wilcoxon"
                 row["p_holm"] = paired[f"vs_baseline_{c}_p_holm"]
                 row["holds"] = paired[f"vs_baseline_{c}_holds"]
+            elif base is None:
+                row.update(_welch(mine, b_mean, b_std, b_n))
             out.append(row)
+    if from_csv is not None:
+        _holm_per_class(out)
     return out
+
+
+def _welch(mine: dict[str, Any], mean: float, std: float, n: int | None) -> dict[str, Any]:
+    """Welch's t-test of the group's runs against a CSV row, where both sides allow it."""
+    if not n or n < 2 or mine["n"] < 2 or not (math.isfinite(std) and math.isfinite(mine["std"])):
+        why = "the CSV gives no n" if not n else "fewer than 2 runs on a side, or no std"
+        return {"test": None, "no_test": why}
+    welch = significance.welch(mine["mean"], mine["std"], mine["n"], mean, std, n)
+    return {"test": "welch", "t": welch.t, "df": welch.df, "p": welch.p}
+
+
+def _holm_per_class(rows: list[dict[str, Any]]) -> None:
+    """Holm across the groups compared within each class (as the paired tests are)."""
+    for c in dict.fromkeys(r["class"] for r in rows):
+        tested = [r for r in rows if r["class"] == c and r.get("test") == "welch"]
+        for r, adjusted in zip(tested, significance.holm([r["p"] for r in tested]), strict=True):
+            r["p_holm"] = adjusted
+            r["holds"] = math.isfinite(adjusted) and adjusted < significance.ALPHA

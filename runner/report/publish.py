@@ -25,7 +25,7 @@ from runner.plan import Plan
 from runner.report import gpu_hours as gh
 from runner.report import nested, trust
 from runner.report import search as search_report
-from runner.report.baseline import label_order, per_class_rows, read_csv
+from runner.report.baseline import CsvBaseline, label_order, per_class_rows, read_csv
 from runner.report.missing import groups_without_results
 from runner.report.outputs import DIGEST_TAG, digest, earlier_run
 from runner.report.plots import dice_by_axis, group_colors, learning_curves, per_class_vs_baseline
@@ -65,7 +65,7 @@ def _clean(value: Any) -> Any:
 def build(
     plan: Plan,
     baseline: str | None,
-    baseline_csv: Path | None = None,
+    baseline_csv: CsvBaseline | Path | None = None,
     accounting: tuple[gh.Usage, str | None] | None = None,
     delta: float | None = None,
     budget_factor: float = trust.BUDGET_FACTOR,
@@ -79,15 +79,18 @@ def build(
     groups = make_groups(plan, results)
     raw = group_rows(groups, classes, baseline)
     from_csv = None
+    if isinstance(baseline_csv, Path):
+        baseline_csv = CsvBaseline(baseline_csv)
     if baseline_csv is not None:
-        from_csv = read_csv(baseline_csv, classes, label_order(plan, results))
+        csv_file, order = baseline_csv, label_order(plan, results)
+        from_csv = read_csv(csv_file.path, classes, order, csv_file.n, csv_file.std_ddof)
     base = next((g for g in groups if g.label == baseline), None)
     per_class = per_class_rows(groups, classes, raw, base, from_csv)
     rows = [{k: _clean(v) for k, v in r.items()} for r in raw]
     effects = marginal_effects(groups, plan.matrix.labels)
     report = Report(rows, effects, classes, len(results), len(plan.cells))
     report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
-    report.baseline = baseline or (str(baseline_csv) if baseline_csv else None)
+    report.baseline = baseline or (str(baseline_csv.path) if baseline_csv else None)
     report.search = search_report.build(plan)
     report.nested = nested.build(plan, results)
     _add_hours(plan, report, groups, accounting or ({}, None))

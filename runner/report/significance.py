@@ -10,7 +10,9 @@
 - :func:`holm`: Holm's step-down adjustment across the groups compared with one baseline,
   so that "holds" means the family-wise error rate stays at ``ALPHA``;
 - :func:`compare`: all groups against a baseline, adjusted; a difference *holds* when its
-  Holm-adjusted p is below ``ALPHA``.
+  Holm-adjusted p is below ``ALPHA``;
+- :func:`welch`: Welch's unequal-variance t-test from two sides' mean, sample std and n
+  (``scipy.stats.ttest_ind_from_stats``), for a baseline known by its summary only (a CSV).
 """
 
 from __future__ import annotations
@@ -140,3 +142,22 @@ def compare(
 
 def as_row(result: Paired, prefix: str = "") -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in asdict(result).items()}
+
+
+@dataclass
+class Welch:
+    t: float
+    df: float  # Welch-Satterthwaite degrees of freedom
+    p: float  # two-sided
+
+
+def welch(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: int) -> Welch:
+    """Welch's t-test of side 1 against side 2 from their means, sample stds and sizes."""
+    from scipy import stats
+
+    v1, v2 = std1**2 / n1, std2**2 / n2
+    df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1)) if v1 + v2 > 0 else math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both stds 0: scipy warns and returns NaN
+        res = stats.ttest_ind_from_stats(mean1, std1, n1, mean2, std2, n2, equal_var=False)
+    return Welch(float(res.statistic), float(df), float(res.pvalue))
