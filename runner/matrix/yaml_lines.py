@@ -63,8 +63,12 @@ class _Builder:
         ):
             self._fail(path, f"unsupported YAML tag {node.tag!r}: only plain YAML is read", node)
         if isinstance(node, yaml.MappingNode):
+            # A key written beside a merge (`{<<: *anchor, seed: 7}`) overrides the merged
+            # one, as YAML's merge defines; two written keys are still a duplicate.
+            written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
             self.loader.flatten_mapping(node)
             out: dict[str, Any] = {}
+            merged: set[str] = set()
             for key_node, value_node in node.value:
                 key = self._scalar(key_node, path)
                 line = key_node.start_mark.line + 1
@@ -77,9 +81,13 @@ class _Builder:
                         )
                     )
                     continue
-                if key in out:
+                if key in out and not (key in merged and id(key_node) in written):
                     self.problems.append(Problem(_dotted((*path, key)), "duplicate key", line))
                     continue
+                if id(key_node) not in written:
+                    merged.add(key)
+                else:
+                    merged.discard(key)
                 out[key] = self.build(value_node, (*path, key))
                 self.lines[(*path, key)] = line
             return out
