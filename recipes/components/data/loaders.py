@@ -53,6 +53,7 @@ from recipes.components.data.readable import (
 )
 from recipes.components.data.samplers import ResumableSampler, ShardSampler
 from recipes.components.data.seeding import EpochSeeded, seed_for_epoch
+from recipes.components.data.segthor_demo_data import ensure_segthor_demo
 from recipes.components.data.slices import slice_patch_size, squeeze_slice
 from recipes.components.data.splits import choose_split, split_cases
 from recipes.components.data.stacks import STACK_LAYOUTS
@@ -258,6 +259,8 @@ def _read(data_cfg: DictConfig) -> tuple[list[dict[str, Any]], DatasetInfo]:
             from recipes.components.data.scroll_demo_data import ensure_scroll_demo
 
             ensure_scroll_demo(root)
+        elif synthetic == "segthor_slices":  # the course's PNG slices, then converted
+            ensure_segthor_demo(root)
         elif fmt in STACK_LAYOUTS:
             ensure_em_demo_dataset(root)
         elif not (root / "dataset.json").exists():
