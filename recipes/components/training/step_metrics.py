@@ -25,14 +25,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.optim import Optimizer
 
-if TYPE_CHECKING:  # the loop imports this module
-    from recipes.components.training.loop import EpochState
+if TYPE_CHECKING:
     from recipes.components.training.mlflow_logging import RunLogger
+
+
+class GradFigures(Protocol):
+    """The epoch's running gradient figures: ``loop.EpochState`` (not imported: the loop
+    imports this module)."""
+
+    grad_steps: int
+    grad_norm_sum: float
+    grad_norm_max: float
+    grad_clipped: int
 
 
 def group_names(optimizer: Optimizer) -> list[str]:
@@ -77,13 +86,13 @@ class StepMetrics:
         self.clip = float(clip) if clip else None
         self.every = every or 0
         self.rows: list[tuple[str, float, int]] = []
-        self.state: EpochState | None = None
+        self.state: GradFigures | None = None
 
     def base_lr(self, optimizer: Optimizer) -> float:
         """The schedule's lr: group 0's divided by its multiplier."""
         return float(optimizer.param_groups[0]["lr"]) / self.scales[0]
 
-    def begin(self, state: EpochState) -> None:
+    def begin(self, state: GradFigures) -> None:
         """The epoch (or the rest of one) whose figures :meth:`record` adds to."""
         self.state = state
 
