@@ -152,3 +152,45 @@ def test_search_methods_are_the_schemas() -> None:
     methods = get_args(SearchOptions.model_fields["method"].annotation)
     assert sorted(m.strip() for m in listed) == sorted(methods)
     assert "`gp`, Optuna's\n  `GPSampler`" in README  # and why it is there
+
+
+def test_segthor_section_commands_convert_slices_and_grade_the_layerwise_lr(
+    project: Path,
+) -> None:
+    from recipes.components.data.segthor_demo_data import write_slices
+    from recipes.components.data.slice_folders import main as convert_main
+    from recipes.components.models.build import build_model
+    from recipes.components.models.sizes import effective_model_config
+    from recipes.components.training.optim import build_optimizer
+    from runner.recipe import Recipe
+
+    section = README.split("### The SegTHOR Novograd study", 1)[1]
+    section = re.split(r"\n##+ ", section, maxsplit=1)[0]
+    blocks = re.findall(r"```\n(.*?)```", section, flags=re.S)
+    demo = [line.split("#")[0].split() for line in blocks[0].splitlines()]
+    assert demo == [
+        ["make", "sweep", "MATRIX=matrix/demo_segthor.yaml"],
+        ["runner", "report", "matrix/demo_segthor.yaml"],
+    ]
+    assert (ROOT / "matrix" / "demo_segthor.yaml").is_file()
+    # The converter, as typed, on slices in the course's layout.
+    convert_line, sweep_line = blocks[1].strip().splitlines()
+    argv = convert_line.split()
+    assert argv[:3] == ["python", "-m", "recipes.components.data.slice_folders"]
+    write_slices(project / argv[3], patients=3, val=1, size=16, depth=4)
+    assert convert_main(argv[3:]) == 0
+    assert (project / argv[4] / "dataset.json").is_file()
+    env, command = sweep_line.split(" ", 1)
+    assert env == f"SEGTHOR_ROOT={argv[4]}" and command.endswith("matrix/segthor_novograd.yaml")
+    plan = make_plan(ROOT / command.split()[-1])
+    assert len(plan.cells) == 12  # as the section says
+    # The layer-wise line composes and grades both encoder roles.
+    (override,) = re.findall(r"^optimizer\.layerwise=.*$", blocks[2], flags=re.M)
+    cfg = Recipe.load("segmentation").compose(
+        ["dims=2d", "model=dynunet", "model.size=tiny", "training.patch_size=[48,48]", override]
+    )
+    model = build_model(effective_model_config(cfg.model))
+    groups = build_optimizer(cfg.optimizer, model, "dynunet").param_groups
+    scales = {g["name"]: g["lr_scale"] for g in groups}
+    assert scales["early_encoder.0"] == 0.1 and scales["head"] == 2.0
+    assert scales["early_encoder.1"] > 0.1 and scales["deep_encoder.0"] == 0.7
