@@ -32,11 +32,12 @@ from recipes.components.models.build import build_model
 from recipes.components.models.layerwise import layerwise_param_groups, param_roles
 from recipes.components.models.sizes import effective_model_config
 from recipes.components.training.loop import EpochState
+from recipes.components.training.step_metrics import StepMetrics, grad_norm
 from runner.matrix.cells import Cell
 from runner.matrix.load import load_matrix
 from runner.plan import make_plan
 from runner.report import significance
-from runner.report.baseline import per_class_rows, read_csv
+from runner.report.baseline import CsvBaseline, csv_baseline, per_class_rows, read_csv
 from runner.report.stats import CellResult, Group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_the_demo_composes_the_studys_novograd_settings() -> None:
         cfg = demo.recipe.compose([*demo.matrix.spec.base, *cell.overrides])
         if cfg.optimizer.name == "novograd":
             for key, value in NOVOGRAD.items():
-                if key != "training.max_epochs":  # the demo's 12 epochs
+                if key != "training.max_epochs":  # the demo's 3 epochs
                     got = _get(cfg, key)
                     assert got == pytest.approx(value) if isinstance(value, float) else got == value
         assert cfg.data.name == "segthor_demo" and cfg.model.size == "tiny"
@@ -179,6 +180,51 @@ def test_the_epochs_gradient_figures_survive_a_step_checkpoint() -> None:
     state.grad_clipped = 2
     assert EpochState.from_dict(state.as_dict()) == state
     assert EpochState.from_dict({"epoch": 1}).grad_steps == 0  # a checkpoint from before
+
+
+def test_step_metrics_count_clipping_and_log_every_groups_lr() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model[0].parameters(), "lr": 0.2, "name": "early_encoder", "lr_scale": 0.1},
+            {"params": model[1].parameters(), "lr": 4.0, "name": "head", "lr_scale": 2.0},
+        ],
+        lr=2.0,
+    )
+    watch = StepMetrics(optimizer, clip=1.0, every=2)
+    state = EpochState(1)
+    watch.begin(state)
+    norms = []
+    for step, scale in enumerate((0.1, 10.0, 0.2, 50.0), start=1):
+        model.zero_grad()
+        (scale * model(torch.ones(2, 3)).sum()).backward()
+        expected = float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())
+        norm = grad_norm(model.parameters(), watch.clip)
+        assert norm == pytest.approx(expected, rel=1e-5)  # before clipping
+        after = float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())
+        assert after == pytest.approx(min(expected, 1.0), rel=1e-5)  # and it clipped
+        watch.record(step, norm, optimizer)
+        norms.append(norm)
+    assert watch.base_lr(optimizer) == 2.0  # not group 0's 0.2
+    figures = watch.epoch_metrics()
+    assert 0 < figures["grad_clipped_steps"] == sum(n > 1.0 for n in norms) < len(norms)
+    assert figures["grad_norm_max"] == max(norms)
+    assert figures["grad_norm_mean"] == pytest.approx(statistics.fmean(norms))
+    assert sorted({(k, step) for k, _, step in watch.rows}) == [
+        (k, step) for k in ("grad_norm", "lr/early_encoder", "lr/head") for step in (2, 4)
+    ]
+    with pytest.raises(ValueError, match=r"training\.step_metrics_every"):
+        StepMetrics(optimizer, None, "often")  # type: ignore[arg-type]
+
+
+def test_the_baseline_csv_comes_from_the_command_line_else_the_matrix() -> None:
+    plan = make_plan(REPO / "matrix" / "demo_segthor.yaml")
+    assert csv_baseline(plan, None, None, None, None) == CsvBaseline(
+        plan.workdir / "matrix" / "demo_segthor_baseline.csv", 3, 0
+    )
+    assert csv_baseline(plan, "x.csv", 5, 1, None) == CsvBaseline(Path("x.csv"), 5, 1)
+    assert csv_baseline(plan, None, None, None, "adamw") is None  # a group baseline asked
 
 
 # --- the converter ----------------------------------------------------------------------
