@@ -375,6 +375,23 @@ def test_a_csv_with_n_gets_welch_per_class_and_one_without_says_why_not(tmp_path
     assert all(r["holds"] == (r["p_holm"] < 0.05) for r in rows)
 
 
+def test_the_html_report_names_the_test_of_each_per_class_row() -> None:
+    from types import SimpleNamespace
+
+    from runner.report import html
+
+    row = {"group": "novograd", "class": "heart", "mean": 0.8, "std": 0.1, "n": 3}
+    row |= {"baseline_mean": 0.7, "baseline_std": 0.05, "delta": 0.1}
+    welch = {**row, "test": "welch", "p": 0.04, "p_holm": 0.08}
+    untested = {**row, "class": "aorta", "test": None, "no_test": "the CSV gives no n"}
+    group = {"group": "novograd", "dice_heart_mean": 0.8, "dice_heart_std": 0.1}
+    report = SimpleNamespace(classes=["heart"], groups=[group], per_class=[welch, untested])
+    page = html._per_class(report)
+    assert "<th>test</th>" in page
+    assert "Welch (CSV mean, std, n)" in page and "0.080" in page
+    assert page.count("<td>none</td>") == 1  # the row without n
+
+
 # --- the demo, reduced ------------------------------------------------------------------
 
 

@@ -159,6 +159,11 @@ def _budgets(trust: dict[str, Any]) -> str:
     )
 
 
+#: The per-class rows' ``test`` (runner.report.baseline): paired against a group, or Welch's
+#: from a CSV's summary statistics.
+TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "welch": "Welch (CSV mean, std, n)"}
+
+
 def _per_class(report: Any) -> str:
     if not report.classes:
         return ""
@@ -171,13 +176,13 @@ def _per_class(report: Any) -> str:
     out = "<h2>Per class (best val Dice over seeds)</h2>" + table(head, body)
     if report.per_class:
         rows = report.per_class
-        head = ["group", "class", "mean ± std (n)", "baseline", "Δ", "p (Holm)"]
+        head = ["group", "class", "mean ± std (n)", "baseline", "Δ", "p (Holm)", "test"]
         out += table(
             head,
             [
                 [_e(r["group"]), _e(r["class"]), f"{_pm(r['mean'], r['std'])} ({r['n']})",
                  _pm(r["baseline_mean"], r["baseline_std"]), _num(r["delta"]),
-                 _num(r.get("p_holm"), 3)]
+                 _num(r.get("p_holm"), 3), _e(TEST_NAMES.get(r.get("test"), "none"))]
                 for r in rows
             ],
         )  # fmt: skip
