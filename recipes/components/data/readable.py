@@ -14,11 +14,9 @@ torch nor MONAI, so planning stays fast.
 
 from __future__ import annotations
 
-import re
-
-import os
-
 import importlib.util
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
