@@ -126,7 +126,8 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
     x0 = mask_to_x0(label)
     t.generator.manual_seed(step_seed(t.seed, step))
     # The step's noise for the global batch; this rank's rows (``_rows``).
-    rows = rank_rows(x0.shape[0], int(t.tcfg.get("samples_per_volume", 1)), t.dist)
+    per_item = 1 if t.tcfg.get("batch_slices") else int(t.tcfg.get("samples_per_volume", 1))
+    rows = rank_rows(x0.shape[0], per_item, t.dist)
     n = x0.shape[0] * t.dist.world
     noise = torch.randn((n, *x0.shape[1:]), generator=t.generator, device=t.device)[rows]
     timesteps = torch.randint(

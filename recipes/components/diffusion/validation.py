@@ -9,7 +9,13 @@ ensemble mean of the samples, mapped to [0, 1], is the prediction (foreground > 
 Windows whose image is all zero (outside the brain of a skull-stripped perfusion map) are
 background without sampling when ``training.val_skip_empty``.
 
-Per validation, beyond ``val_dice``: ``val_mse``, the training objective on the validation
+Dice four ways, so a number compares with the group's as well as with the segmentation
+recipe's: ``val_dice_2d_single`` / ``_ensemble`` (slice-wise, the group's "2D Dice":
+``components/diffusion/slice_dice.py``) and ``val_dice_3d_single`` / ``_ensemble`` (Dice of
+the restacked volume; ``val_dice`` is ``val_dice_3d_ensemble``, the runner's selection
+metric), each of the first sample of every window and of the ensemble.
+
+Per validation, beyond these: ``val_mse``, the training objective on the validation
 slices (random t and noise from a fixed seed), to set against Dice; and the "snow" check on
 the first sample of each window: ``val_last_step_dice_before`` / ``_after``, the volume Dice of
 that sample before and after the last denoising step, and ``val_last_step_changed``, the
@@ -37,6 +43,7 @@ from torch import nn
 from recipes.components.diffusion.models import denoise
 from recipes.components.diffusion.noise import mask_to_x0, training_target
 from recipes.components.diffusion.sampling import sample
+from recipes.components.diffusion.slice_dice import SliceDice, empty_label_rule
 from recipes.components.training.distributed import Dist
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.step import Diverged, autocast, on_device
@@ -159,6 +166,8 @@ def validate(
     predictor.defer_divergence = dist.active
     ensemble = SegMetrics(2, tcfg.get("metrics"))
     before, after = SegMetrics(2), SegMetrics(2)
+    rule = empty_label_rule(tcfg.get("metrics"))
+    slices = {"single": SliceDice(rule), "ensemble": SliceDice(rule)}
     examples = []
     windows_per_call = max(1, int(tcfg.val_batch_size) // int(dcfg.num_samples))
     for index, batch in enumerate(loader):
@@ -177,17 +186,26 @@ def validate(
         ensemble(_two_class(maps[:, 0:1]), label, spacing)
         before(_two_class(maps[:, 1:2]), label, None)
         after(_two_class(maps[:, 2:3]), label, None)
+        slices["ensemble"](maps[:, 0:1], label, slice_axis)
+        slices["single"](maps[:, 2:3], label, slice_axis)
         if len(examples) < max_examples:
             examples.append(_example(image, label, maps[:, 0:1], slice_axis))
     if dist.any(predictor.nonfinite is not None):
         raise Diverged(predictor.nonfinite or "validation samples became NaN/inf on another rank")
     dice, extra = ensemble.aggregate()  # MONAI's metrics gather across the ranks
     p = predictor
+    single_3d = float(after.aggregate()[0].nanmean())
     metrics = {
+        **{
+            f"val_dice_2d_{k}": d.mean(dist.sum(d.total), dist.total(d.count))
+            for k, d in slices.items()
+        },
+        "val_dice_3d_single": single_3d,
+        "val_dice_3d_ensemble": float(dice.nanmean()),
         **extra,
         "val_mse": dist.sum(p.mse_sum) / max(1, dist.total(p.mse_count)),
         "val_last_step_dice_before": float(before.aggregate()[0].nanmean()),
-        "val_last_step_dice_after": float(after.aggregate()[0].nanmean()),
+        "val_last_step_dice_after": single_3d,
         "val_last_step_changed": dist.total(p.changed) / max(1, dist.total(p.voxels)),
     }
     return Validation(dice, metrics, examples)
