@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from recipes.components.diffusion.models import build_denoiser
+from recipes.components.diffusion.models import build_denoiser, split_output
 from recipes.components.diffusion.noise import build_schedulers
 from recipes.components.diffusion.sampling import sample
 from recipes.contract import RunContext
@@ -79,8 +79,13 @@ def test_every_model_choice_denoises_a_window(name: str, demo: Path, tmp_path: P
     net, mode = build_denoiser(cfg.model)
     image, x_t = torch.randn(2, 2, 32, 32), torch.randn(2, 1, 32, 32)
     t = torch.tensor([0, 999])
-    out = net(torch.cat([x_t, image], 1), t) if mode == "concat" else net(x_t, t, image)
+    out, cal = split_output(
+        net(torch.cat([x_t, image], 1), t) if mode == "concat" else net(x_t, t, image)
+    )
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    assert (cal is not None) == name.startswith("org_medsegdiff")  # the calibration head
+    if cal is not None:
+        assert cal.shape == (2, 1, 32, 32) and torch.isfinite(cal).all()
 
 
 def test_ddim_sampling_is_deterministic_for_a_seed(demo: Path, tmp_path: Path) -> None:

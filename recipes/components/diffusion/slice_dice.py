@@ -30,8 +30,7 @@ def empty_label_rule(tcfg_metrics: object) -> str:
     rule = (tcfg_metrics or {}).get("dice_2d_empty_label", "skip")  # type: ignore[attr-defined]
     if rule not in EMPTY_LABEL_RULES:
         raise ValueError(
-            f"training.metrics.dice_2d_empty_label must be one of {EMPTY_LABEL_RULES}, "
-            f"not {rule!r}"
+            f"training.metrics.dice_2d_empty_label must be one of {EMPTY_LABEL_RULES}, not {rule!r}"
         )
     return str(rule)
 

@@ -5,7 +5,8 @@ validation volume is predicted, the slices are restacked and Dice is measured on
 so ``val_dice`` compares with the segmentation recipe's cells. Within a slice, MONAI's
 ``sliding_window_inference`` covers it with windows of the training patch size (MedSegDiff
 takes only its ``image_size``); each window is sampled ``num_samples`` times and the
-ensemble mean of the samples, mapped to [0, 1], is the prediction (foreground > 0.5).
+ensemble of the samples, mapped to [0, 1], is the prediction (foreground > 0.5): their mean,
+or with ``diffusion.fusion: staple`` the official MedSegDiff's fusion (:func:`fuse`).
 Windows whose image is all zero (outside the brain of a skull-stripped perfusion map) are
 background without sampling when ``training.val_skip_empty``.
 
@@ -48,6 +49,8 @@ from recipes.components.training.distributed import Dist
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.step import Diverged, autocast, on_device
 
+FUSIONS = ("mean", "staple")
+
 
 @dataclass
 class Validation:
@@ -74,6 +77,9 @@ class WindowPredictor:
         self.net, self.mode, self.amp, self.generator = net, mode, amp, generator
         self.train_scheduler, self.sampler = schedulers
         self.num_samples, self.eta = int(dcfg.num_samples), float(dcfg.eta)
+        self.fusion = str(dcfg.get("fusion", "mean"))
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"diffusion.fusion must be one of {FUSIONS}, not {self.fusion!r}")
         self.skip_empty = skip_empty
         self.mse_sum, self.mse_count, self.changed, self.voxels = 0.0, 0, 0, 0
         # DDP: a rank that saw NaN samples goes on, so that every rank reaches the check
@@ -107,7 +113,8 @@ class WindowPredictor:
         final = samples.final.view(n, s, *samples.final.shape[1:])
         first_before = (samples.before_last.view_as(final)[:, 0] > 0).float()
         first_after = (final[:, 0] > 0).float()
-        maps = torch.cat([((final + 1) / 2).clamp(0, 1).mean(dim=1), first_before, first_after], 1)
+        fused = fuse(((final + 1) / 2).clamp(0, 1), self.fusion)
+        maps = torch.cat([fused, first_before, first_after], 1)
         if keep is None:
             out = maps
         else:
@@ -132,6 +139,15 @@ class WindowPredictor:
         target = training_target(sched, x0, noise, t)
         self.mse_sum += float(F.mse_loss(output.float(), target, reduction="sum"))
         self.mse_count += target.numel()
+
+
+def fuse(members: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """The ensemble's foreground map from its members (N, samples, 1, ...) in [0, 1]:
+    their mean, or (``staple``) the official MedSegDiff's ``staple`` (``guided_diffusion/
+    utils.py``), one majority-vote reweighting of the unthresholded members, which is
+    exactly the square of their mean (not SimpleITK's STAPLE). Foreground: > 0.5."""
+    mean = members.mean(dim=1)
+    return mean * mean if how == "staple" else mean
 
 
 def _two_class(prob: torch.Tensor) -> torch.Tensor:
@@ -167,7 +183,7 @@ def validate(
     ensemble = SegMetrics(2, tcfg.get("metrics"))
     before, after = SegMetrics(2), SegMetrics(2)
     rule = empty_label_rule(tcfg.get("metrics"))
-    slices = {"single": SliceDice(rule), "ensemble": SliceDice(rule)}
+    slice_dice = {"single": SliceDice(rule), "ensemble": SliceDice(rule)}
     examples = []
     windows_per_call = max(1, int(tcfg.val_batch_size) // int(dcfg.num_samples))
     for index, batch in enumerate(loader):
@@ -186,8 +202,8 @@ def validate(
         ensemble(_two_class(maps[:, 0:1]), label, spacing)
         before(_two_class(maps[:, 1:2]), label, None)
         after(_two_class(maps[:, 2:3]), label, None)
-        slices["ensemble"](maps[:, 0:1], label, slice_axis)
-        slices["single"](maps[:, 2:3], label, slice_axis)
+        slice_dice["ensemble"](maps[:, 0:1], label, slice_axis)
+        slice_dice["single"](maps[:, 2:3], label, slice_axis)
         if len(examples) < max_examples:
             examples.append(_example(image, label, maps[:, 0:1], slice_axis))
     if dist.any(predictor.nonfinite is not None):
@@ -198,7 +214,7 @@ def validate(
     metrics = {
         **{
             f"val_dice_2d_{k}": d.mean(dist.sum(d.total), dist.total(d.count))
-            for k, d in slices.items()
+            for k, d in slice_dice.items()
         },
         "val_dice_3d_single": single_3d,
         "val_dice_3d_ensemble": float(dice.nanmean()),
