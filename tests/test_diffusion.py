@@ -73,8 +73,24 @@ def _runner_context(tmp_path: Path, progress: Any = None) -> RunContext:
     return RunContext(uri, run_id, tmp_path / "ckpt", progress=progress)
 
 
+# The full-size ORGMedSegDiff configurations (130-300 M parameters): built on the meta
+# device (their config is valid, their size as stated); the tiny one runs both wirings.
+ORG_PARAMETERS_AT_256 = {
+    "org_medsegdiff": 130_771_493,
+    "org_medsegdiff_s": 241_907_041,
+    "org_medsegdiff_b": 301_205_857,
+    "org_medsegdiff_l": 134_656_097,
+}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_choice_denoises_a_window(name: str, demo: Path, tmp_path: Path) -> None:
+    if name in ORG_PARAMETERS_AT_256:
+        cfg = _cfg(demo, tmp_path, f"model={name}", "training.patch_size=[256,256]")
+        with torch.device("meta"):
+            net, _ = build_denoiser(cfg.model)
+        assert sum(p.numel() for p in net.parameters()) == ORG_PARAMETERS_AT_256[name]
+        return
     cfg = _cfg(demo, tmp_path, f"model={name}", "training.patch_size=[32,32]")
     net, mode = build_denoiser(cfg.model)
     image, x_t = torch.randn(2, 2, 32, 32), torch.randn(2, 1, 32, 32)

@@ -184,7 +184,9 @@ class ORGMedSegDiff(nn.Module):
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
         )
-        gates = list(channels[:-1]) if version == "v1" else []
+        # v1: gates at highway levels 0 .. pools-2, from the main features after down-
+        # samplings 1 .. pools-1 (official: hs[3], hs[6], hs[9], hs[12] at 256^2).
+        gates = list(channels[: highway_pools - 1]) if version == "v1" else []
         self.highway = Highway(in_channels, highway_features, highway_pools, size, gates)
         # v1: the highway's bottleneck into the main bottleneck (official: a fresh random conv).
         self.bottleneck_in = (
@@ -217,7 +219,7 @@ class ORGMedSegDiff(nn.Module):
             if block.downsampler is not None:
                 gates.append(h)
         if self.version == "v1":
-            bottom, _, cal = self.highway(context, gates)
+            bottom, _, cal = self.highway(context, gates[: len(self.highway.gate_in)])
             assert self.bottleneck_in is not None
             h = h + self.bottleneck_in(bottom)
         h = u.middle_block(hidden_states=h, temb=emb, context=None)
