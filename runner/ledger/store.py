@@ -4,6 +4,7 @@ Layout, under ``<sweep_dir>/<matrix name>/cells/<cell id>/``::
 
     cell.json                     the cell (values, overrides, run name)
     run_id                        the MLflow run every attempt logs into
+    run_name                      its name, when the template has {started} (set once)
     checkpoints/                  the recipe's checkpoints (resume continues from here)
     attempts/0001/claim.json      who claimed attempt 1 (created by mkdir: one winner)
     attempts/0001/job.json        executor and job id, written by the submitter
@@ -253,6 +254,28 @@ class CellRecord:
             f.flush()
             os.fsync(f.fileno())
         return run_id
+
+    @property
+    def run_name(self) -> str | None:
+        """The name the cell's MLflow run got at its first start, when its template has
+        ``{started}`` (runner.matrix.names); None before."""
+        try:
+            return (self.dir / "run_name").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_run_name(self, name: str) -> str:
+        """Record the run's name once; return the name already recorded if there is one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.dir / "run_name", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return self.run_name or name
+        with os.fdopen(fd, "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        return name
 
     def state(self) -> CellState:
         attempts = self.attempts()

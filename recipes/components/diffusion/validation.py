@@ -81,6 +81,7 @@ class WindowPredictor:
         if self.fusion not in FUSIONS:
             raise ValueError(f"diffusion.fusion must be one of {FUSIONS}, not {self.fusion!r}")
         self.skip_empty = skip_empty
+        self.labelled = True  # windows end with the label channel
         self.mse_sum, self.mse_count, self.changed, self.voxels = 0.0, 0, 0, 0
         # DDP: a rank that saw NaN samples goes on, so that every rank reaches the check
         # after the loop (one rank raising alone would leave the others in a collective).
@@ -88,13 +89,15 @@ class WindowPredictor:
         self.nonfinite: str | None = None
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        image, label = windows[:, :-1], windows[:, -1:]
+        # With the label as the last channel (validation), or the image alone (prediction).
+        image, label = (windows[:, :-1], windows[:, -1:]) if self.labelled else (windows, None)
         out = torch.zeros(windows.shape[0], 3, *windows.shape[2:], device=windows.device)
         keep = image.flatten(1).abs().amax(dim=1) > 0 if self.skip_empty else None
         if keep is not None:
             if not keep.any():
                 return out
-            image, label = image[keep], label[keep]
+            image = image[keep]
+            label = None if label is None else label[keep]
         n, s = image.shape[0], self.num_samples
         samples = sample(
             self.net,
@@ -121,7 +124,8 @@ class WindowPredictor:
             out[keep] = maps
         self.changed += int((first_before != first_after).sum())
         self.voxels += first_after.numel()
-        self._objective(image, label)
+        if label is not None:
+            self._objective(image, label)
         return out
 
     @torch.no_grad()
