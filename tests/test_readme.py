@@ -152,3 +152,15 @@ def test_search_methods_are_the_schemas() -> None:
     methods = get_args(SearchOptions.model_fields["method"].annotation)
     assert sorted(m.strip() for m in listed) == sorted(methods)
     assert "`gp`, Optuna's\n  `GPSampler`" in README  # and why it is there
+
+
+def test_the_run_name_template_example_gives_the_documented_name(project: Path) -> None:
+    """The README's template (the MedSegDiff group's convention) is the study's own, and the
+    name it shows is the one its first cell of that kind gets."""
+    [example] = [b for b in _blocks("yaml") if "{started}" in b and b.startswith("run_name:")]
+    study = (ROOT / "matrix" / "isles24_medsegdiff.yaml").read_text()
+    assert example.strip() in study
+    shown = re.search(r"gives `(medsegdiff_16c_b32[^`]+)`", README)
+    assert shown is not None
+    plan = make_plan(ROOT / "matrix" / "isles24_medsegdiff.yaml")
+    assert shown.group(1) in {c.run_name for c in plan.cells}
