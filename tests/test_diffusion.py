@@ -195,6 +195,21 @@ def test_runner_context_logs_and_resume_is_exact(demo: Path, tmp_path: Path) -> 
     assert pngs == [f"validation/val_step{s:07d}.png" for s in (2, 4, 5)]
 
 
+def test_org_medsegdiff_trains_with_its_calibration_head(demo: Path, tmp_path: Path) -> None:
+    """The official network's (ε, calibration) output through the training step, the
+    group's calibration loss in the objective, sampling and the staple fusion in validation."""
+    result = train(
+        _cfg(demo, tmp_path, "model=org_medsegdiff_tiny", "model.version=new",
+             "loss=mse_with_calibration", "diffusion.fusion=staple", "training.max_steps=2")
+    )  # fmt: skip
+    assert result.status == "done"
+    m = result.metrics
+    assert m["train_loss"] == pytest.approx(m["train_mse"] + 10 * m["train_calibration"], rel=1e-5)
+    assert 0.0 <= m["val_dice_2d_single"] <= 1.0 and 0.0 <= m["val_dice_3d_ensemble"] <= 1.0
+    with pytest.raises(ValueError, match="calibration head"):
+        train(_cfg(demo, tmp_path / "b", "loss=mse_with_calibration", "training.max_steps=1"))
+
+
 def test_too_large_a_learning_rate_diverges(demo: Path, tmp_path: Path) -> None:
     result = train(_cfg(demo, tmp_path, "optimizer.lr=1e12", "training.max_steps=20"))
     assert result.status == "diverged"

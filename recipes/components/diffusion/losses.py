@@ -100,8 +100,8 @@ class DiffusionLoss(nn.Module):
             )
         if calibration is not None and mask is not None:
             cal = self.calibration(calibration, mask)
-            if self.calibration_weight > 0:
-                total = total + self.calibration_weight * cal
+            # Weight 0 still joins the graph: DDP needs every parameter (the head's) used.
+            total = total + self.calibration_weight * cal
             parts["cal"] = cal.detach()
         if x0_hat is None or mask is None:
             if any(w > 0 for w in self.aux.weights):
