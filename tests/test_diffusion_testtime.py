@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from recipes.components.data.demo_data import ensure_demo_dataset
-from runner.cli.main import main
+from runner.cli import main
 from runner.plan import make_plan
 from tests.test_predict import cwd
 
