@@ -315,15 +315,11 @@ class CellJob:
         if run_id:
             record.set_run_id(run_id)
             tracking.reopen_run(self.tracking_uri, run_id, tags)
-            if STARTED_FIELD in self.run_name:  # the name the run got at its first start
-                record.set_run_name(tracking.run_name(self.tracking_uri, run_id))
-            return run_id
-        # A template's {started} is this first start's time; the run keeps that name for
-        # good (a resume reopens the run), and so does the ledger (recorded once).
-        name = fill_started(self.run_name, time.time())
-        run_id = tracking.start_cell_run(self.tracking_uri, self.experiment_id, name, tags)
-        run_id = record.set_run_id(run_id)
-        if name != self.run_name:
+        else:  # a template's {started} is this first start's time: a resume reopens the run
+            name = fill_started(self.run_name, time.time())
+            started = tracking.start_cell_run(self.tracking_uri, self.experiment_id, name, tags)
+            run_id = record.set_run_id(started)
+        if STARTED_FIELD in self.run_name:  # the run's name, recorded once in the ledger
             record.set_run_name(tracking.run_name(self.tracking_uri, run_id))
         return run_id
 
