@@ -147,18 +147,20 @@ class DiffusionPredictor:
         self.amp = amp_for(device, amp)
         self.settings = settings
         self.data_key = OmegaConf.to_yaml(cfg.data)
-        self._pipelines: dict[bool, Compose] = {}
+        self._pipelines: dict[tuple[bool, tuple[str, ...]], Compose] = {}
 
-    def pipeline(self, four_d: bool) -> Compose:
-        """Validation's deterministic transforms (a 4D file picks its channels after loading)."""
-        if four_d not in self._pipelines:
+    def pipeline(self, four_d: bool, files: tuple[str, ...] = ()) -> Compose:
+        """Validation's deterministic transforms (a 4D file picks its channels after loading;
+        ``files``: the case's, so that HDF5 / TIFF stacks get their readers)."""
+        kinds = tuple(sorted({f.lower().rsplit(".", 1)[-1] for f in files}))
+        if (four_d, kinds) not in self._pipelines:
             select = (
                 SelectChannelsd("image", list(self.cmap.fed), self.cmap.dataset) if four_d else None
             )
-            self._pipelines[four_d] = Compose(
-                load_transforms(self.cfg.data, select, keys=["image"])
+            self._pipelines[four_d, kinds] = Compose(
+                load_transforms(self.cfg.data, select, keys=["image"], files=files)
             )
-        return self._pipelines[four_d]
+        return self._pipelines[four_d, kinds]
 
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from runner.ledger.records import (
     Remedy,
     Status,
 )
+from runner.ledger.run_name import RunNameRecord
 
 #: ``pruned``: stopped at a rung by the pruner (runner.matrix.asha); a verdict, like done,
 #: that only ``resume --only pruned`` reverses.
@@ -178,7 +179,7 @@ class CellState:
         return metric, mode, value
 
 
-class CellRecord:
+class CellRecord(RunNameRecord):
     """One cell's directory in the ledger."""
 
     def __init__(self, root: Path, cell_id: str) -> None:
@@ -254,28 +255,6 @@ class CellRecord:
             f.flush()
             os.fsync(f.fileno())
         return run_id
-
-    @property
-    def run_name(self) -> str | None:
-        """The name the cell's MLflow run got at its first start, when its template has
-        ``{started}`` (runner.matrix.names); None before."""
-        try:
-            return (self.dir / "run_name").read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
-    def set_run_name(self, name: str) -> str:
-        """Record the run's name once; return the name already recorded if there is one."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.dir / "run_name", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return self.run_name or name
-        with os.fdopen(fd, "w") as f:
-            f.write(name)
-            f.flush()
-            os.fsync(f.fileno())
-        return name
 
     def state(self) -> CellState:
         attempts = self.attempts()
