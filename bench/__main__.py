@@ -39,6 +39,7 @@ NAMES = (
     "makespan",
     "docker_makespan",
     "diffusion",
+    "diffusion_samples",
     "asha",
     "slurm_status",
     "loader",
@@ -75,6 +76,9 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "makespan": makespan.run,
         "docker_makespan": docker_makespan.run,
         "diffusion": diffusion.run,
+        "diffusion_samples": lambda o: __import__("bench.diffusion_samples", fromlist=["run"]).run(
+            o
+        ),
         "asha": lambda o: __import__("bench.asha", fromlist=["run"]).run(o),
         "slurm_status": lambda o: __import__("bench.slurm_status", fromlist=["run"]).run(o),
         "loader": lambda o: __import__("bench.loader", fromlist=["run"]).run(o),

@@ -11,7 +11,7 @@ the same ledger and store from any directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner import tracking
@@ -20,6 +20,7 @@ from runner.ledger import CellState, Ledger
 from runner.matrix.cells import Cell
 from runner.matrix.expand import Expansion
 from runner.matrix.load import load_matrix, salvage
+from runner.matrix.names import STARTED_FIELD
 from runner.matrix.schema import LoadedMatrix
 from runner.matrix.validate import validate_matrix
 from runner.recipe import Recipe
@@ -108,4 +109,14 @@ def make_plan(matrix_file: Path | str, workdir: Path | None = None) -> Plan:
     cells, search = build_search(m, grid, set(recipe.groups), ledger.root)
     if search is not None and m.spec.search is not None:
         expansion = Expansion(cells, expansion.warnings, expansion.data_configs)
+    _started_names(expansion.cells, ledger)
     return Plan(m, recipe, expansion, ledger, workdir, search, grid)
+
+
+def _started_names(cells: list[Cell], ledger: Ledger) -> None:
+    """Cells named with ``{started}`` that have started: the name their run got (ledger)."""
+    for i, cell in enumerate(cells):
+        if STARTED_FIELD in cell.run_name:
+            recorded = ledger.cell(cell.id).run_name
+            if recorded:
+                cells[i] = replace(cell, run_name=recorded)

@@ -198,6 +198,11 @@ def start_cell_run(uri: str, experiment_id: str, run_name: str, tags: dict[str, 
     return run_id
 
 
+def run_name(uri: str, run_id: str) -> str:
+    """The name an MLflow run was created with."""
+    return str(client(uri).get_run(run_id).info.run_name or "")
+
+
 def reopen_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
     """Mark a resumed run as running again, refreshing host/executor tags.
 

@@ -29,6 +29,7 @@ LOCAL = (
     "checkpointing",
     "makespan",
     "diffusion",
+    "diffusion_samples",
     "asha",
     "loader",
     "ddp",
@@ -78,6 +79,7 @@ def test_local_benchmarks_smoke(tmp_path: Path) -> None:
     text = json.dumps(results["benchmarks"])
     assert "Plan per cell vs Hydra multirun" in text and "Trainer step vs bare" in text
     assert "loader vs model" in text and "MLflow on vs off" in text
+    assert "5 samples per window vs 1" in text
     # The warm standby ran: the second cell waited for its go, then took the slot.
     warm = results["benchmarks"]["makespan"]["details"]["warm_standby"]["cells"]
     first, second = sorted(warm, key=lambda c: c["submitted"])

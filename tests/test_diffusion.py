@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from recipes.components.diffusion.models import build_denoiser
+from recipes.components.diffusion.models import build_denoiser, split_output
 from recipes.components.diffusion.noise import build_schedulers
 from recipes.components.diffusion.sampling import sample
 from recipes.contract import RunContext
@@ -73,14 +73,35 @@ def _runner_context(tmp_path: Path, progress: Any = None) -> RunContext:
     return RunContext(uri, run_id, tmp_path / "ckpt", progress=progress)
 
 
+# The full-size ORGMedSegDiff configurations (130-300 M parameters): built on the meta
+# device (their config is valid, their size as stated); the tiny one runs both wirings.
+ORG_PARAMETERS_AT_256 = {
+    "org_medsegdiff": 130_771_493,
+    "org_medsegdiff_s": 241_907_041,
+    "org_medsegdiff_b": 301_205_857,
+    "org_medsegdiff_l": 134_656_097,
+}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_choice_denoises_a_window(name: str, demo: Path, tmp_path: Path) -> None:
+    if name in ORG_PARAMETERS_AT_256:
+        cfg = _cfg(demo, tmp_path, f"model={name}", "training.patch_size=[256,256]")
+        with torch.device("meta"):
+            net, _ = build_denoiser(cfg.model)
+        assert sum(p.numel() for p in net.parameters()) == ORG_PARAMETERS_AT_256[name]
+        return
     cfg = _cfg(demo, tmp_path, f"model={name}", "training.patch_size=[32,32]")
     net, mode = build_denoiser(cfg.model)
     image, x_t = torch.randn(2, 2, 32, 32), torch.randn(2, 1, 32, 32)
     t = torch.tensor([0, 999])
-    out = net(torch.cat([x_t, image], 1), t) if mode == "concat" else net(x_t, t, image)
+    out, cal = split_output(
+        net(torch.cat([x_t, image], 1), t) if mode == "concat" else net(x_t, t, image)
+    )
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    assert (cal is not None) == name.startswith("org_medsegdiff")  # the calibration head
+    if cal is not None:
+        assert cal.shape == (2, 1, 32, 32) and torch.isfinite(cal).all()
 
 
 def test_ddim_sampling_is_deterministic_for_a_seed(demo: Path, tmp_path: Path) -> None:
@@ -172,6 +193,21 @@ def test_runner_context_logs_and_resume_is_exact(demo: Path, tmp_path: Path) -> 
         assert [step for step, _ in history[key]] == [2, 4, 5]
     pngs = [f.path for f in client.list_artifacts(ctx.run_id, "validation")]
     assert pngs == [f"validation/val_step{s:07d}.png" for s in (2, 4, 5)]
+
+
+def test_org_medsegdiff_trains_with_its_calibration_head(demo: Path, tmp_path: Path) -> None:
+    """The official network's (ε, calibration) output through the training step, the
+    group's calibration loss in the objective, sampling and the staple fusion in validation."""
+    result = train(
+        _cfg(demo, tmp_path, "model=org_medsegdiff_tiny", "model.version=new",
+             "loss=mse_with_calibration", "diffusion.fusion=staple", "training.max_steps=2")
+    )  # fmt: skip
+    assert result.status == "done"
+    m = result.metrics
+    assert m["train_loss"] == pytest.approx(m["train_mse"] + 10 * m["train_calibration"], rel=1e-5)
+    assert 0.0 <= m["val_dice_2d_single"] <= 1.0 and 0.0 <= m["val_dice_3d_ensemble"] <= 1.0
+    with pytest.raises(ValueError, match="calibration head"):
+        train(_cfg(demo, tmp_path / "b", "loss=mse_with_calibration", "training.max_steps=1"))
 
 
 def test_too_large_a_learning_rate_diverges(demo: Path, tmp_path: Path) -> None:

@@ -75,6 +75,25 @@ def test_columns_sort_and_grouping_over_the_non_seed_axes() -> None:
     assert mv.view_state(["seed"])["groupBy"] is None  # seeds only: nothing to group
 
 
+def test_a_matrixs_own_metrics_come_first_and_sort_the_view(store: tuple[str, Path]) -> None:
+    """The MedSegDiff study's metrics: the group's slice Dice of one sample first (it sorts),
+    then the rest of the matrix's, then the runner's; `make ui` (no matrix at hand) keeps
+    the ones the stored view leads with."""
+    own = ["val_dice_2d_single", "val_dice_2d_ensemble", "val_dice_3d_single", "best_val_dice"]
+    state = mv.view_state(["model", "seed"], own)
+    cols = state["selectedColumns"]
+    assert cols[:4] == [f"metrics.`{m}`" for m in own]
+    assert cols[4:7] == ["metrics.`val_dice`", "metrics.`test_dice`", "metrics.`train_loss`"]
+    assert state["orderByKey"] == "metrics.`val_dice_2d_single`"
+    uri, root = store
+    exp = tracking.ensure_experiment(uri, "own-metrics", root / "mlartifacts")
+    key = mv.SHARE_TAG_PREFIX + mv.VIEW_KEY
+    assert mv.write_view(uri, exp, "own-metrics", ["model", "seed"], own) is None
+    first = _tag(uri, exp, key)
+    assert mv.write_view(uri, exp, "own-metrics", ["model", "seed"]) is None  # make ui
+    assert _tag(uri, exp, key) == first
+
+
 def test_the_envelope_is_what_the_ui_decodes() -> None:
     value = json.loads(mv.envelope("runner: m", mv.view_state(["model"]), 5, 7))
     # decodeSavedViewEnvelope: string name, number createdAt, string state (JSON text)

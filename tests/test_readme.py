@@ -194,3 +194,15 @@ def test_segthor_section_commands_convert_slices_and_grade_the_layerwise_lr(
     scales = {g["name"]: g["lr_scale"] for g in groups}
     assert scales["early_encoder.0"] == 0.1 and scales["head"] == 2.0
     assert scales["early_encoder.1"] > 0.1 and scales["deep_encoder.0"] == 0.7
+
+
+def test_the_run_name_template_example_gives_the_documented_name(project: Path) -> None:
+    """The README's template (the MedSegDiff group's convention) is the study's own, and the
+    name it shows is the one its first cell of that kind gets."""
+    [example] = [b for b in _blocks("yaml") if "{started}" in b and b.startswith("run_name:")]
+    study = (ROOT / "matrix" / "isles24_medsegdiff.yaml").read_text()
+    assert example.strip() in study
+    shown = re.search(r"gives `(medsegdiff_16c_b32[^`]+)`", README)
+    assert shown is not None
+    plan = make_plan(ROOT / "matrix" / "isles24_medsegdiff.yaml")
+    assert shown.group(1) in {c.run_name for c in plan.cells}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,31 @@ def test_template_format_spec(write_matrix) -> None:
     assert names[0] == "medsegdiff_16c_b4_bf16_adamw1e-04_constant_mse_s0"
 
 
+def test_word_specs_reach_the_medsegdiff_groups_spellings(write_matrix) -> None:
+    """The seed's tokens (002, Run Name Convention): adamw1e4_wd00, s500K, ampBF16, dw10, d01,
+    w10K; a step count that is not whole thousands stays as it is."""
+    template = (
+        "{model}_amp{training.amp:upper}_{optimizer}{optimizer.lr:exp}"
+        "_wd{optimizer.weight_decay:*100:02d}_s{training.max_steps:K}_dw{loss.diffusion_weight:*10:02d}"
+        "_d{loss.dice_weight:*10:02d}_w{loss.aux_warmup_steps:K}_{loss:upper}_s{seed}"
+    )
+    text = f"""
+    name: words
+    recipe: diffusion
+    base: [data=demo, training=bf16, loss=mse_aux_light]
+    run_name: "{template}"
+    axes:
+      optimizer.lr: [1.0e-4, 5.0e-5, 2.5e-4]
+      training.max_steps: [500000, 1500]
+      seed: [0]
+    """
+    names = _names(write_matrix(text))
+    assert names[0] == ("medsegdiff_16c_ampBF16_adamw1e4_wd00_s500K_dw10_d01_w10K_MSE_AUX_LIGHT_s0")
+    assert names[1] == "medsegdiff_16c_ampBF16_adamw1e4_wd00_s1500_dw10_d01_w10K_MSE_AUX_LIGHT_s0"
+    assert names[2].startswith("medsegdiff_16c_ampBF16_adamw5e5_")
+    assert names[4].startswith("medsegdiff_16c_ampBF16_adamw2.5e4_")
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -71,6 +97,11 @@ def test_template_format_spec(write_matrix) -> None:
         (("{loss}", "{loss"), ["invalid run_name template"]),
         (("_{loss}", "/{loss}"), ["letters, digits and _ . + - = only; got '/'"]),
         (("{optimizer.lr}", "{model:.2e}"), ["format spec '.2e' needs a number"]),
+        (("{optimizer.lr}", "{model:exp}"), ["format spec 'exp' needs a number"]),
+        (("{optimizer.lr}", "{optimizer.lr:K}"), ["format spec 'K' needs a whole number"]),
+        (("{optimizer.lr}", "{optimizer.lr:big}"), ["'*100:02d'), or one of exp, K, upper"]),
+        (("_s{seed}", "_s{seed}_{started:x}"), ["{started} takes no format spec"]),
+        (("_s{seed}", "_{started}"), ["names that are not unique", "{seed}"]),
     ],
 )
 def test_template_problems(
@@ -127,7 +158,9 @@ def test_ids_of_the_shipped_matrices_do_not_change() -> None:
     matrices that use them, pinned before they did."""
     pinned = {
         "segthor_optimizers.yaml": ["4988f82892c5", "f1ce786d504d", "dd1102251381"],
-        "isles24_medsegdiff.yaml": ["062871661a46", "ca225c343a2b", "ceb190da314c"],
+        # re-pinned when the study moved to training.batch_slices and the group's DDIM
+        # timesteps (values changed, so ids did); its scheduler labels do not change them
+        "isles24_medsegdiff.yaml": ["9e76779ec8ae", "a4a82b339c6b", "d7820ef24504"],
     }
     for name, ids in pinned.items():
         cells = validate_matrix(load_matrix(ROOT / "matrix" / name))[1].cells
@@ -135,7 +168,10 @@ def test_ids_of_the_shipped_matrices_do_not_change() -> None:
     segthor = validate_matrix(load_matrix(ROOT / "matrix" / "segthor_optimizers.yaml"))[1]
     assert segthor.cells[2].run_name == "sgd_poly_layerwise_s0"
     msd = validate_matrix(load_matrix(ROOT / "matrix" / "isles24_medsegdiff.yaml"))[1]
-    assert msd.cells[0].run_name == "medsegdiff_16c_b4_bf16_adamw1e-4_constant_mse_s0"
+    assert msd.cells[0].run_name == (
+        "medsegdiff_16c_b32_ampBF16_adamw1e4_wd00_const_s500K_lMSE_dw10_d00_b00_w0_augAGG2D"
+        "_ddim_ds1000_nzcosine_tr50_seed0_{started}"
+    )
 
 
 BASE_TYPOS = """
@@ -233,3 +269,58 @@ def test_a_stale_record_is_not_trusted(write_matrix, project: Path) -> None:
     broken = write_matrix(DIFFUSION.replace("{loss}", "{los}"))
     with pytest.raises(MatrixError, match="unknown placeholder"):
         make_plan(broken)
+
+
+def test_started_is_set_once_at_the_first_start_and_kept_across_resumes(
+    write_matrix, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``{started}``: plan shows the placeholder; the job fills it from its clock when it
+    creates the cell's MLflow run, the ledger records that name once, and a later start (a
+    resume, a requeue, a job that died right after creating the run) keeps the run and
+    its name, whatever the clock says then; the plan shows the recorded name."""
+    from mlflow import MlflowClient
+
+    from runner import tracking
+    from runner.job.cell import CellJob
+    from runner.ledger import CellRecord
+
+    path = write_matrix(DIFFUSION.replace("_s{seed}", "_s{seed}_{started}"))
+    plan = make_plan(path)
+    cell = plan.cells[0]
+    assert cell.run_name == "medsegdiff_16c_b4_bf16_adamw1e-4_constant_mse_s0_{started}"
+    uri = f"sqlite:///{project / 'mlruns.db'}"
+    experiment = MlflowClient(uri).create_experiment("tmpl")
+    from runner.matrix.names import fill_started
+
+    clock = iter([1_765_722_600.0, 1_765_722_600.0 + 86_400])  # first start, a day later
+    monkeypatch.setattr(
+        "runner.job.cell.fill_started", lambda name, _now: fill_started(name, next(clock))
+    )
+
+    for c in plan.cells[:2]:  # what a sweep writes before it submits
+        plan.ledger.cell(c.id).write_cell(c, "diffusion", plan.matrix.spec.base)
+
+    def start(name: str, cell_id: str = cell.id) -> str:
+        cells = str(plan.ledger.cells_dir)
+        job = CellJob("tmpl", "diffusion", cell_id, name, dict(cell.values), [], cells, 1,
+                      uri, experiment, "local", str(project))  # fmt: skip
+        return job._ensure_run(CellRecord(plan.ledger.cells_dir, cell_id))
+
+    run_id = start(cell.run_name)
+    first = tracking.run_name(uri, run_id)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(1_765_722_600.0))
+    assert first == f"medsegdiff_16c_b4_bf16_adamw1e-4_constant_mse_s0_{stamp}"
+    record = plan.ledger.cell(cell.id)
+    assert record.run_name == first
+    assert start(cell.run_name) == run_id  # a resume from the plan made before it started
+    assert tracking.run_name(uri, run_id) == first and record.run_name == first
+    resumed_plan = make_plan(path)
+    assert resumed_plan.cells[0].run_name == first  # status, predict --cell NAME, ...
+    assert start(resumed_plan.cells[0].run_name) == run_id
+    # A job that created the run but died before the ledger recorded anything: the next
+    # start finds the run by its cell tag and records the name it has.
+    other = plan.cells[1]
+    tags = tracking.cell_tags("tmpl", other.id, dict(other.values), "local", None)
+    lost = tracking.start_cell_run(uri, experiment, "other_2025-01-01_00-00-00", tags)
+    assert start(other.run_name, other.id) == lost
+    assert plan.ledger.cell(other.id).run_name == "other_2025-01-01_00-00-00"

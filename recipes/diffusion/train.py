@@ -50,7 +50,7 @@ from torch.optim import Optimizer
 from recipes.components.data.loaders import DataBundle, build_data, split_record
 from recipes.components.data.slices import slice_axis_of
 from recipes.components.diffusion.losses import DiffusionLoss, build_diffusion_loss
-from recipes.components.diffusion.models import build_denoiser
+from recipes.components.diffusion.models import build_denoiser, split_output
 from recipes.components.diffusion.noise import (
     build_schedulers,
     mask_to_x0,
@@ -126,7 +126,8 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
     x0 = mask_to_x0(label)
     t.generator.manual_seed(step_seed(t.seed, step))
     # The step's noise for the global batch; this rank's rows (``_rows``).
-    rows = rank_rows(x0.shape[0], int(t.tcfg.get("samples_per_volume", 1)), t.dist)
+    per_item = 1 if t.tcfg.get("batch_slices") else int(t.tcfg.get("samples_per_volume", 1))
+    rows = rank_rows(x0.shape[0], per_item, t.dist)
     n = x0.shape[0] * t.dist.world
     noise = torch.randn((n, *x0.shape[1:]), generator=t.generator, device=t.device)[rows]
     timesteps = torch.randint(
@@ -134,11 +135,14 @@ def train_step(t: Trainee, batch: dict[str, Any], step: int) -> dict[str, float]
     )[rows]
     t.loss_fn.set_step(step - 1)
     with autocast(t.device, t.tcfg.amp):
-        output = t.inferer(x0, t.net, noise, timesteps, condition=image, mode=t.mode).float()
+        output, cal = split_output(
+            t.inferer(x0, t.net, noise, timesteps, condition=image, mode=t.mode)
+        )
+    output = output.float()
     # The loss in fp32; x_t again (cheap) for the x_0 estimate the auxiliary terms score.
     x0_hat = predicted_x0(t.noise, t.noise.add_noise(x0, noise, timesteps), output, timesteps)
     target = training_target(t.noise, x0, noise, timesteps)
-    loss, parts = t.loss_fn(output, target, x0_hat, (x0 > 0).float())
+    loss, parts = t.loss_fn(output, target, x0_hat, (x0 > 0).float(), cal)
     # One device-to-host copy for the loss and its parts (one sync per step on a GPU).
     numbers = torch.stack([loss.detach(), *parts.values()]).tolist()
     values = dict(zip(["loss", *parts], numbers, strict=True))

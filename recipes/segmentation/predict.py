@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,21 @@ def _save_label(labels: np.ndarray, source: str, path: Path) -> None:
     nib.save(img, path)
 
 
-def predict(request: PredictRequest) -> PredictResult:
-    """Predict every case of ``request`` (module doc); ``check_only``: list and check only."""
+def predict(
+    request: PredictRequest,
+    make_predictor: Callable[..., Any] = Predictor,
+    settings_of: Callable[..., dict[str, Any]] = resolve_settings,
+) -> PredictResult:
+    """Predict every case of ``request`` (module doc); ``check_only``: list and check only.
+
+    ``make_predictor(ref, cmap, settings, device)`` and ``settings_of(cfg, overrides)``: how
+    a model becomes probabilities (another recipe's, e.g. the diffusion recipe's sampler)."""
     if not request.models:
         raise PredictInputError("predict needs at least one model")
     task = _task(request)
     cmap = _channels(request)
     stacks = is_stack_layout(request.models[0].config.data)
-    settings = resolve_settings(request.models[0].config, request.settings)
+    settings = settings_of(request.models[0].config, request.settings)
     settings["tta"] = bool(settings["tta"] or request.tta)
     items = _cases(request, cmap)
     out = request.output_dir
@@ -152,7 +160,7 @@ def predict(request: PredictRequest) -> PredictResult:
         if not ref.checkpoint.is_file():
             raise PredictInputError(f"{ref.name or 'model'}: checkpoint {ref.checkpoint} not found")
     device = resolve_device(str(settings["device"]))
-    predictors = [Predictor(ref, cmap, settings, device) for ref in request.models]
+    predictors = [make_predictor(ref, cmap, settings, device) for ref in request.models]
     out.mkdir(parents=True, exist_ok=True)
     stage = out / f".partial-{os.getpid()}"
     stage.mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ from runner.job import memory, process, signals, standby
 from runner.job.process import CellLost, Heartbeat, failure_reason
 from runner.job.signals import Meaning
 from runner.ledger import Attempt, Cancel, CellRecord, Status, ledger_hours, write_json_atomic
+from runner.matrix.names import STARTED_FIELD, fill_started
 from runner.search.prune import Reporter, SearchSpec
 
 __all__ = ["CellJob", "CellLost", "current_job_id", "distributed_env"]
@@ -314,9 +315,13 @@ class CellJob:
         if run_id:
             record.set_run_id(run_id)
             tracking.reopen_run(self.tracking_uri, run_id, tags)
-            return run_id
-        run_id = tracking.start_cell_run(self.tracking_uri, self.experiment_id, self.run_name, tags)
-        return record.set_run_id(run_id)
+        else:  # a template's {started} is this first start's time: a resume reopens the run
+            name = fill_started(self.run_name, time.time())
+            started = tracking.start_cell_run(self.tracking_uri, self.experiment_id, name, tags)
+            run_id = record.set_run_id(started)
+        if STARTED_FIELD in self.run_name:  # the run's name, recorded once in the ledger
+            record.set_run_name(tracking.run_name(self.tracking_uri, run_id))
+        return run_id
 
 
 def distributed_env() -> tuple[int, int]:

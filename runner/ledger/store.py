@@ -4,6 +4,7 @@ Layout, under ``<sweep_dir>/<matrix name>/cells/<cell id>/``::
 
     cell.json                     the cell (values, overrides, run name)
     run_id                        the MLflow run every attempt logs into
+    run_name                      its name, when the template has {started} (set once)
     checkpoints/                  the recipe's checkpoints (resume continues from here)
     attempts/0001/claim.json      who claimed attempt 1 (created by mkdir: one winner)
     attempts/0001/job.json        executor and job id, written by the submitter
@@ -43,6 +44,7 @@ from runner.ledger.records import (
     Remedy,
     Status,
 )
+from runner.ledger.run_name import RunNameRecord
 
 #: ``pruned``: stopped at a rung by the pruner (runner.matrix.asha); a verdict, like done,
 #: that only ``resume --only pruned`` reverses.
@@ -177,7 +179,7 @@ class CellState:
         return metric, mode, value
 
 
-class CellRecord:
+class CellRecord(RunNameRecord):
     """One cell's directory in the ledger."""
 
     def __init__(self, root: Path, cell_id: str) -> None:

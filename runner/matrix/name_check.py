@@ -11,7 +11,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from runner.errors import did_you_mean
 from runner.matrix.cells import Cell
 from runner.matrix.config_keys import flat_keys, lookup
-from runner.matrix.names import MAX_NAME_CHARS, collisions, parse_template, render, template_keys
+from runner.matrix.names import (
+    MAX_NAME_CHARS,
+    collisions,
+    fill_started,
+    parse_template,
+    render,
+    template_keys,
+)
 from runner.matrix.schema import LoadedMatrix
 from runner.matrix.yaml_lines import Path_
 
@@ -112,11 +119,13 @@ def template_names(
             )
     if failed or absent or len(names) < len(cells):
         return {}
-    too_long = [n for n in names.values() if len(n) > MAX_NAME_CHARS]
+    # {started} becomes a 19-character time when the cell starts.
+    lengths = {n: len(fill_started(n, 0.0)) for n in names.values()}
+    too_long = [n for n in names.values() if lengths[n] > MAX_NAME_CHARS]
     if too_long:
         add(
             path,
-            f"names up to {MAX_NAME_CHARS} characters, got {len(too_long[0])}: {too_long[0]!r}",
+            f"names up to {MAX_NAME_CHARS} characters, got {lengths[too_long[0]]}: {too_long[0]!r}",
         )
         return {}
     for message in collisions(cells, names):

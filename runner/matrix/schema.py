@@ -155,6 +155,8 @@ class Matrix(_Strict):
     run_name: str | None = Field(
         None, description="a template such as '{model}_{optimizer}{optimizer.lr}_s{seed}'"
     )
+    #: Metrics the MLflow view shows first, in this order (runner.report.mlflow_view).
+    metrics: list[Annotated[str, Field(pattern=METRIC_PATTERN)]] = Field(default_factory=list)
 
     @field_validator("run_name")
     @classmethod

@@ -13,9 +13,10 @@ is the JSON text (deflate-compressed or plain; plain here) of the page's search 
 
 The view this writes: the main metrics, the ``axis.*`` tags and the runner state as columns,
 sorted by best val Dice, grouped by the non-seed axes with the average over the seeds (the
-group means of ``runner report``). The UI picks "Model training" from the link's
-``workflowType=machine_learning``; older 3.x UIs read the experiment tag
-``mlflow.experimentKind``, set too.
+group means of ``runner report``). A matrix's ``metrics:`` come first, and the first of them
+sorts the view (the MedSegDiff study leads with the group's own ``val_dice_2d_single``). The
+UI picks "Model training" from the link's ``workflowType=machine_learning``; older 3.x UIs
+read the experiment tag ``mlflow.experimentKind``, set too.
 
 ``python -m runner.report.mlflow_view`` (``make ui``) writes the view of every matrix of a
 sweep directory into a store and prints the links.
@@ -57,8 +58,10 @@ def column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def view_state(axes: Sequence[str]) -> dict[str, Any]:
-    """The page state of the view for a matrix with these axes (in axis order)."""
+def view_state(axes: Sequence[str], metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """The page state of the view for a matrix with these axes (in axis order); its own
+    ``metrics`` first."""
+    shown = list(dict.fromkeys([*metrics, *METRICS]))
     tags = [f"{tracking.AXIS_PREFIX}{a}" for a in axes]
     groups = [t for a, t in zip(axes, tags, strict=True) if not is_seed_axis(a)]
     group_by = (
@@ -71,14 +74,14 @@ def view_state(axes: Sequence[str]) -> dict[str, Any]:
     )
     name = column("attributes", "Run Name")
     columns = [
-        *(column("metrics", m) for m in METRICS),
+        *(column("metrics", m) for m in shown),
         *(column("tags", t) for t in tags),
         column("tags", tracking.TAG_STATE),
     ]
     return {
         # search facets
         "searchFilter": "",
-        "orderByKey": column("metrics", METRICS[0]),
+        "orderByKey": column("metrics", shown[0]),
         "orderByAsc": False,
         # UI state
         "selectedColumns": columns,
@@ -112,8 +115,27 @@ def _stored_state(value: str | None) -> tuple[dict[str, Any] | None, int | None]
         return None, None
 
 
-def write_view(uri: str, experiment_id: str, matrix: str, axes: Sequence[str]) -> str | None:
+def _leading_metrics(state: dict[str, Any] | None) -> list[str]:
+    """The matrix's own metrics a stored view leads with (its columns before METRICS')."""
+    out = []
+    for col in (state or {}).get("selectedColumns", []):
+        name = str(col).removeprefix("metrics.`").removesuffix("`")
+        if not str(col).startswith("metrics.`") or name in METRICS:
+            break
+        out.append(name)
+    return out
+
+
+def write_view(
+    uri: str,
+    experiment_id: str,
+    matrix: str,
+    axes: Sequence[str],
+    metrics: Sequence[str] | None = None,
+) -> str | None:
     """Write (or refresh) the matrix's view and the experiment kind; a warning, or None.
+    ``metrics``: the matrix's own (None: those the stored view leads with, for ``make ui``,
+    which reads the sweep directory, not the matrix).
 
     Idempotent: an unchanged view is not written again. Never raises: a store that refuses
     costs the view, not the sweep."""
@@ -121,9 +143,9 @@ def write_view(uri: str, experiment_id: str, matrix: str, axes: Sequence[str]) -
         tracking.check_reachable(uri, timeout_s=3.0)
         c = tracking.client(uri)
         tags = c.get_experiment(experiment_id).tags
-        state = view_state(axes)
         key = SHARE_TAG_PREFIX + VIEW_KEY
         old, created = _stored_state(tags.get(key))
+        state = view_state(axes, _leading_metrics(old) if metrics is None else metrics)
         if old != state:
             now = int(time.time() * 1000)
             value = envelope(f"runner: {matrix}", state, created or now, now)
@@ -196,7 +218,7 @@ def publish(plan: Plan, experiment_id: str | None = None) -> tuple[list[str], li
             return ui_lines(uri, None), []
         experiment_id = found.experiment_id
     axes = axes_of(c.values for c in plan.cells)
-    warning = write_view(uri, experiment_id, spec.name, axes)
+    warning = write_view(uri, experiment_id, spec.name, axes, spec.metrics)
     return ui_lines(uri, experiment_id, view=warning is None), [warning] if warning else []
 
 

@@ -54,6 +54,7 @@ from recipes.components.data.readable import (
 from recipes.components.data.samplers import ResumableSampler, ShardSampler
 from recipes.components.data.seeding import EpochSeeded, seed_for_epoch
 from recipes.components.data.segthor_demo_data import ensure_segthor_demo
+from recipes.components.data.slice_pool import slice_batches
 from recipes.components.data.slices import slice_patch_size, squeeze_slice
 from recipes.components.data.splits import choose_split, split_cases
 from recipes.components.data.stacks import STACK_LAYOUTS
@@ -339,17 +340,27 @@ def build_data(
         load = load_transforms(data_cfg, select, keys, task_cfg, files)
         grid, train_tf = grid_dataset(train_items, data_cfg, train_cfg, tail, load, keys)
         train_ds = EpochSeeded(grid, train_tf, seed, kwargs["num_workers"])
+        batch = int(train_cfg.batch_size)
+    elif train_cfg.get("batch_slices") is not None:  # N slices across all volumes
+        extra = [em_targets(data_cfg, task_cfg or {})] if task == "em_instance" else []
+        load = load_transforms(data_cfg, select, keys, task_cfg, files)
+        augment = augment_transforms(aug_cfg, 2, keys) if train_cfg.augment else []
+        train_ds, batch = slice_batches(
+            train_cfg, train_items, load, augment + extra, slice_axis, keys, seed, rate
+        )
+        train_tf = train_ds.transform
     else:
         train_tf = train_transforms(
             data_cfg, train_cfg, aug_cfg, slice_axis, select, keys, task_cfg, files
         )
         inner = volume_dataset(train_items, train_tf, rate)
         train_ds = EpochSeeded(inner, train_tf, seed, kwargs["num_workers"])
+        batch = int(train_cfg.batch_size)
     # Its own generator: the worker seeds it draws at each epoch's start would otherwise
     # advance torch's global RNG, which a step checkpoint restores *after* that draw.
     train_loader = DataLoader(
         train_ds,
-        batch_size=train_cfg.batch_size,
+        batch_size=batch,
         sampler=ResumableSampler(train_ds),
         generator=torch.Generator().manual_seed(int(seed)),
         **kwargs,

@@ -6,6 +6,10 @@ MONAI's ``DiffusionModelUNet`` on the noisy mask concatenated with the image (``
 mode: channels ``[x_t, image]``), as in MONAI's segmentation-diffusion tutorial (Wolleb et
 al., "Diffusion models for implicit image segmentation ensembles").
 
+``org_medsegdiff``: the official MedSegDiff network (``models/nets/org_medsegdiff.py``), the
+image as ``context`` too; it returns ``(ε, calibration logits)``, which :func:`split_output`
+takes apart (the calibration loss scores the second).
+
 ``denoise`` makes the call exactly as ``DiffusionInferer`` does in training, so that the
 sampler and the training step see the same network input.
 """
@@ -20,10 +24,11 @@ from monai.networks.nets import DiffusionModelUNet
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from recipes.components.models.nets import MedSegDiff
+from recipes.components.models.nets import MedSegDiff, ORGMedSegDiff
 
 DENOISERS: dict[str, tuple[Any, str]] = {
     "medsegdiff": (MedSegDiff, "crossattn"),
+    "org_medsegdiff": (ORGMedSegDiff, "crossattn"),
     "concat_unet": (DiffusionModelUNet, "concat"),
 }
 
@@ -41,7 +46,8 @@ def build_denoiser(model_cfg: DictConfig | Mapping[str, Any]) -> tuple[nn.Module
     if name not in DENOISERS:
         raise ValueError(
             f"model {name!r} is not a diffusion denoiser; choose one of {sorted(DENOISERS)} "
-            "(model=medsegdiff_16c, medsegdiff_32c_simple, medsegdiff_32c_full, concat_unet, ...)"
+            "(model=medsegdiff_16c, medsegdiff_32c_simple, medsegdiff_32c_full, org_medsegdiff, "
+            "concat_unet, ...)"
         )
     cls, mode = DENOISERS[name]
     if mode == "concat":
@@ -50,10 +56,18 @@ def build_denoiser(model_cfg: DictConfig | Mapping[str, Any]) -> tuple[nn.Module
     return cls(**kwargs), mode
 
 
+def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the prediction, the calibration logits or None) of a denoiser's output."""
+    if isinstance(output, (tuple, list)):
+        return output[0], output[1]
+    return output, None
+
+
 def denoise(
     net: nn.Module, mode: str, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor
 ) -> torch.Tensor:
-    """One network evaluation, in ``DiffusionInferer``'s convention for ``mode``."""
+    """One network evaluation, in ``DiffusionInferer``'s convention for ``mode``: the
+    prediction (a calibration head's output is dropped)."""
     if mode == "concat":
-        return net(torch.cat([x_t, image], dim=1), timesteps=t, context=None)
-    return net(x_t, timesteps=t, context=image)
+        return split_output(net(torch.cat([x_t, image], dim=1), timesteps=t, context=None))[0]
+    return split_output(net(x_t, timesteps=t, context=image))[0]

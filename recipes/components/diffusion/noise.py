@@ -8,21 +8,18 @@ with ``DDPMScheduler.add_noise``; validation samples with ``DDIMScheduler`` in
 ``DDPMScheduler`` chain (``sampler: ddpm``, which steps ``t -> t-1`` and so needs
 ``sampling_steps == timesteps``).
 
-DDIM spacing: MONAI's ``DDIMScheduler.set_timesteps`` spaces the steps by
-``linspace(T-1, 0, n)`` while its ``step`` goes back by ``T // n``, so with few steps each
-sample is evaluated at a timestep other than the one it was produced for (with 10 of 1000
-steps: produced at 899, evaluated as 888). ``timestep_spacing: trailing`` (the default)
-uses ``T-1, T-1-T//n, ..., T//n-1``, which is the stride ``step`` assumes and ends exactly at
-the clean sample; ``linspace`` keeps MONAI's own.
+DDIM spacing (``timestep_spacing``: trailing | leading | linspace) and the DDIM step between
+the visited timesteps: :mod:`recipes.components.diffusion.spacing`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import DDPMScheduler, Scheduler
 from omegaconf import DictConfig
 
+from recipes.components.diffusion.spacing import KeptStepsDDIM, sampling_timesteps
 from recipes.components.training.distributed import Dist
 
 SAMPLERS = ("ddim", "ddpm")
@@ -61,16 +58,9 @@ def build_schedulers(dcfg: DictConfig) -> tuple[DDPMScheduler, Scheduler]:
         sampler: Scheduler = DDPMScheduler(**common)
         sampler.set_timesteps(steps)
         return train, sampler
-    sampler = DDIMScheduler(**common)
-    sampler.set_timesteps(steps)
-    spacing = dcfg.get("timestep_spacing", "trailing")
-    if spacing == "trailing":
-        stride = common["num_train_timesteps"] // steps
-        sampler.timesteps = torch.arange(common["num_train_timesteps"] - 1, -1, -stride)[:steps]
-    elif spacing != "linspace":
-        raise ValueError(
-            f"diffusion.timestep_spacing must be trailing or linspace, not {spacing!r}"
-        )
+    sampler = KeptStepsDDIM(**common, eps_from_clipped_x0=bool(dcfg.get("eps_from_clipped_x0")))
+    spacing = str(dcfg.get("timestep_spacing", "trailing"))
+    sampler.use_timesteps(sampling_timesteps(common["num_train_timesteps"], steps, spacing))
     return train, sampler
 
 

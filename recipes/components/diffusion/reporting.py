@@ -30,6 +30,7 @@ class StepWindow:
         "mse": "train_mse",
         "dice": "train_x0_dice_loss",
         "bce": "train_x0_bce",
+        "cal": "train_calibration",
     }
 
     def __init__(

@@ -5,11 +5,18 @@ validation volume is predicted, the slices are restacked and Dice is measured on
 so ``val_dice`` compares with the segmentation recipe's cells. Within a slice, MONAI's
 ``sliding_window_inference`` covers it with windows of the training patch size (MedSegDiff
 takes only its ``image_size``); each window is sampled ``num_samples`` times and the
-ensemble mean of the samples, mapped to [0, 1], is the prediction (foreground > 0.5).
+ensemble of the samples, mapped to [0, 1], is the prediction (foreground > 0.5): their mean,
+or with ``diffusion.fusion: staple`` the official MedSegDiff's fusion (:func:`fuse`).
 Windows whose image is all zero (outside the brain of a skull-stripped perfusion map) are
 background without sampling when ``training.val_skip_empty``.
 
-Per validation, beyond ``val_dice``: ``val_mse``, the training objective on the validation
+Dice four ways, so a number compares with the group's as well as with the segmentation
+recipe's: ``val_dice_2d_single`` / ``_ensemble`` (slice-wise, the group's "2D Dice":
+``components/diffusion/slice_dice.py``) and ``val_dice_3d_single`` / ``_ensemble`` (Dice of
+the restacked volume; ``val_dice`` is ``val_dice_3d_ensemble``, the runner's selection
+metric), each of the first sample of every window and of the ensemble.
+
+Per validation, beyond these: ``val_mse``, the training objective on the validation
 slices (random t and noise from a fixed seed), to set against Dice; and the "snow" check on
 the first sample of each window: ``val_last_step_dice_before`` / ``_after``, the volume Dice of
 that sample before and after the last denoising step, and ``val_last_step_changed``, the
@@ -37,9 +44,12 @@ from torch import nn
 from recipes.components.diffusion.models import denoise
 from recipes.components.diffusion.noise import mask_to_x0, training_target
 from recipes.components.diffusion.sampling import sample
+from recipes.components.diffusion.slice_dice import SliceDice, empty_label_rule
 from recipes.components.training.distributed import Dist
 from recipes.components.training.metrics import SegMetrics, voxel_spacing
 from recipes.components.training.step import Diverged, autocast, on_device
+
+FUSIONS = ("mean", "staple")
 
 
 @dataclass
@@ -67,7 +77,11 @@ class WindowPredictor:
         self.net, self.mode, self.amp, self.generator = net, mode, amp, generator
         self.train_scheduler, self.sampler = schedulers
         self.num_samples, self.eta = int(dcfg.num_samples), float(dcfg.eta)
+        self.fusion = str(dcfg.get("fusion", "mean"))
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"diffusion.fusion must be one of {FUSIONS}, not {self.fusion!r}")
         self.skip_empty = skip_empty
+        self.labelled = True  # windows end with the label channel
         self.mse_sum, self.mse_count, self.changed, self.voxels = 0.0, 0, 0, 0
         # DDP: a rank that saw NaN samples goes on, so that every rank reaches the check
         # after the loop (one rank raising alone would leave the others in a collective).
@@ -75,13 +89,15 @@ class WindowPredictor:
         self.nonfinite: str | None = None
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        image, label = windows[:, :-1], windows[:, -1:]
+        # With the label as the last channel (validation), or the image alone (prediction).
+        image, label = (windows[:, :-1], windows[:, -1:]) if self.labelled else (windows, None)
         out = torch.zeros(windows.shape[0], 3, *windows.shape[2:], device=windows.device)
         keep = image.flatten(1).abs().amax(dim=1) > 0 if self.skip_empty else None
         if keep is not None:
             if not keep.any():
                 return out
-            image, label = image[keep], label[keep]
+            image = image[keep]
+            label = None if label is None else label[keep]
         n, s = image.shape[0], self.num_samples
         samples = sample(
             self.net,
@@ -100,14 +116,16 @@ class WindowPredictor:
         final = samples.final.view(n, s, *samples.final.shape[1:])
         first_before = (samples.before_last.view_as(final)[:, 0] > 0).float()
         first_after = (final[:, 0] > 0).float()
-        maps = torch.cat([((final + 1) / 2).clamp(0, 1).mean(dim=1), first_before, first_after], 1)
+        fused = fuse(((final + 1) / 2).clamp(0, 1), self.fusion)
+        maps = torch.cat([fused, first_before, first_after], 1)
         if keep is None:
             out = maps
         else:
             out[keep] = maps
         self.changed += int((first_before != first_after).sum())
         self.voxels += first_after.numel()
-        self._objective(image, label)
+        if label is not None:
+            self._objective(image, label)
         return out
 
     @torch.no_grad()
@@ -125,6 +143,15 @@ class WindowPredictor:
         target = training_target(sched, x0, noise, t)
         self.mse_sum += float(F.mse_loss(output.float(), target, reduction="sum"))
         self.mse_count += target.numel()
+
+
+def fuse(members: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """The ensemble's foreground map from its members (N, samples, 1, ...) in [0, 1]:
+    their mean, or (``staple``) the official MedSegDiff's ``staple`` (``guided_diffusion/
+    utils.py``), one majority-vote reweighting of the unthresholded members, which is
+    exactly the square of their mean (not SimpleITK's STAPLE). Foreground: > 0.5."""
+    mean = members.mean(dim=1)
+    return mean * mean if how == "staple" else mean
 
 
 def _two_class(prob: torch.Tensor) -> torch.Tensor:
@@ -159,6 +186,8 @@ def validate(
     predictor.defer_divergence = dist.active
     ensemble = SegMetrics(2, tcfg.get("metrics"))
     before, after = SegMetrics(2), SegMetrics(2)
+    rule = empty_label_rule(tcfg.get("metrics"))
+    slice_dice = {"single": SliceDice(rule), "ensemble": SliceDice(rule)}
     examples = []
     windows_per_call = max(1, int(tcfg.val_batch_size) // int(dcfg.num_samples))
     for index, batch in enumerate(loader):
@@ -177,17 +206,26 @@ def validate(
         ensemble(_two_class(maps[:, 0:1]), label, spacing)
         before(_two_class(maps[:, 1:2]), label, None)
         after(_two_class(maps[:, 2:3]), label, None)
+        slice_dice["ensemble"](maps[:, 0:1], label, slice_axis)
+        slice_dice["single"](maps[:, 2:3], label, slice_axis)
         if len(examples) < max_examples:
             examples.append(_example(image, label, maps[:, 0:1], slice_axis))
     if dist.any(predictor.nonfinite is not None):
         raise Diverged(predictor.nonfinite or "validation samples became NaN/inf on another rank")
     dice, extra = ensemble.aggregate()  # MONAI's metrics gather across the ranks
     p = predictor
+    single_3d = float(after.aggregate()[0].nanmean())
     metrics = {
+        **{
+            f"val_dice_2d_{k}": d.mean(dist.sum(d.total), dist.total(d.count))
+            for k, d in slice_dice.items()
+        },
+        "val_dice_3d_single": single_3d,
+        "val_dice_3d_ensemble": float(dice.nanmean()),
         **extra,
         "val_mse": dist.sum(p.mse_sum) / max(1, dist.total(p.mse_count)),
         "val_last_step_dice_before": float(before.aggregate()[0].nanmean()),
-        "val_last_step_dice_after": float(after.aggregate()[0].nanmean()),
+        "val_last_step_dice_after": single_3d,
         "val_last_step_changed": dist.total(p.changed) / max(1, dist.total(p.voxels)),
     }
     return Validation(dice, metrics, examples)

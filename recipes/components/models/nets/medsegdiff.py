@@ -6,9 +6,24 @@ MedSegDiff's *dynamic conditional encoding* fuses them: the mask features go thr
 FF-Parser (a learnable filter in Fourier space, which can damp the high-frequency noise of
 ``x_t``), then ``LN(mask) * LN(image)`` is an affine map that re-weights the image features,
 and a residual block mixes the result into the image stream. The decoder's skip at each level
-carries the mask features plus these fused image features (lucidrains' open-source version
-concatenates them; summing keeps the decoder's widths those of a plain U-Net). At the
-bottleneck the two streams are added and pass a transformer (MONAI's ``SpatialTransformer``).
+carries the mask features plus these fused image features (lucidrains' med-seg-diff-pytorch
+skips the mask stream only, unless ``skip_connect_condition_fmaps``, which concatenates;
+summing keeps the decoder's widths those of a plain U-Net). At the bottleneck the two
+streams are added and pass a transformer (MONAI's ``SpatialTransformer``).
+
+Which source each part follows (checked against lucidrains/med-seg-diff-pytorch @ 618e6a4,
+the group's deepmancer-derived ``src/models/MedSegDiff`` @ 58ef119 and the official
+MedicineToken/MedSegDiff @ b4aee37): two encoders, FF-Parser on the mask stream, identity
+FF-Parser init, mask diffused in [-1, 1], transformer bottleneck, the fusion
+``LN(FF(m)) * LN(i) * i`` (the paper's Eq. 3): lucidrains'. The FF-Parser's complex
+half-spectrum weight and the zero-initialised output conv: the official code's; LayerNorm
+over (C, H, W) is the official code's (unused) ``enhance``, where lucidrains normalises the
+channels of each pixel. Own choices: one MONAI residual block per level and stream
+(lucidrains: two, plus linear attention), widths 16/32/64/128 for "16c" (the seed's
+"16→32→64→128"; lucidrains' default ``dim_mults`` give 16/16/32/64, mid 128), and a
+time-conditioned block after the fusion (lucidrains' has no time input there). The group's
+copy differs from lucidrains in its fusion ``LN(x) * LN(i) * LN(i)`` and in a time embedding
+linear in t; neither is copied here.
 
 Everything but the FF-Parser and the fusion is MONAI: ``DiffusionUNetResnetBlock`` (time-
 conditioned residual blocks), ``DiffusionUnetDownsample``, ``SpatialTransformer`` and the
@@ -39,16 +54,26 @@ from torch import nn
 class FFParser(nn.Module):
     """A learnable complex filter on the 2D spectrum of a (C, H, W) feature map.
 
-    Starts as the identity (all ones), as in the paper's open-source code. The FFT runs in
-    float32 with autocast off: torch has no bfloat16 FFT, and a float16 one only for powers
-    of two on CUDA.
+    Parametrised like the official MedSegDiff code (``FFParser`` in ``guided_diffusion/
+    unet.py`` of MedicineToken/MedSegDiff @ b4aee37): a complex weight (C, H, W/2+1) that
+    multiplies the rfft2 (``ortho``) half spectrum, so official weights load 1:1.
+    By default it starts as the identity (weight 1 + 0i), as lucidrains' med-seg-diff-pytorch
+    (``Conditioning.ff_parser_attn_map = ones``, a real map over the full fft2 spectrum) and
+    the group's copy of it start; ``init_std`` instead draws each component from
+    N(0, init_std²), as the official code does (``randn * 0.02``: at init it passes about 3 %
+    of its input, with random phase). A real full-spectrum map M (lucidrains') equals this
+    filter with weight ``(M + M[-k]) / 2`` on the half spectrum. The FFT runs in float32 with
+    autocast off: torch has no bfloat16 FFT, and a float16 one only for powers of two on CUDA.
     """
 
-    def __init__(self, channels: int, size: Sequence[int]) -> None:
+    def __init__(self, channels: int, size: Sequence[int], init_std: float | None = None) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         weight = torch.zeros(channels, self.size[0], self.size[1] // 2 + 1, 2)
-        weight[..., 0] = 1.0  # real part 1, imaginary 0
+        if init_std is None:
+            weight[..., 0] = 1.0  # real part 1, imaginary 0
+        else:
+            weight.normal_(0.0, float(init_std))
         self.weight = nn.Parameter(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
