@@ -34,7 +34,6 @@ diffusion model's own test-time ensemble.
 
 from __future__ import annotations
 
-import pickle
 import zlib
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,11 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.components.data.loaders import SelectChannelsd, load_transforms
 from recipes.components.data.slices import slice_axis_of
 from recipes.components.diffusion.models import build_denoiser
 from recipes.components.diffusion.noise import build_schedulers
 from recipes.components.diffusion.validation import FUSIONS, WindowPredictor
-from recipes.components.models.build import load_plain_state_dict
-from recipes.components.testtime.inference import amp_for
+from recipes.components.testtime.inference import amp_for, case_pipeline, load_checkpoint
 from recipes.components.testtime.inputs import ChannelMap
 from recipes.contract import ModelRef, PredictInputError, PredictRequest, PredictResult
 from recipes.segmentation import predict as segmentation
@@ -129,15 +126,7 @@ class DiffusionPredictor:
         cfg = ref.config
         self.name, self.cfg, self.cmap, self.device = ref.name, cfg, cmap, device
         self.net, self.mode = build_denoiser(cfg.model)
-        try:
-            state = torch.load(ref.checkpoint, map_location="cpu", weights_only=True)
-            load_plain_state_dict(self.net, state.get("model", state))
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise PredictInputError(
-                f"{ref.name or 'model'}: checkpoint {ref.checkpoint} does not load into "
-                f"model={cfg.model.get('name')}: {first}"
-            ) from None
+        load_checkpoint(self.net, ref)
         self.net.to(device).eval()
         self.schedulers = build_schedulers(cfg.diffusion)
         self.slice_axis = slice_axis_of(cfg)
@@ -152,15 +141,7 @@ class DiffusionPredictor:
     def pipeline(self, four_d: bool, files: tuple[str, ...] = ()) -> Compose:
         """Validation's deterministic transforms (a 4D file picks its channels after loading;
         ``files``: the case's, so that HDF5 / TIFF stacks get their readers)."""
-        kinds = tuple(sorted({f.lower().rsplit(".", 1)[-1] for f in files}))
-        if (four_d, kinds) not in self._pipelines:
-            select = (
-                SelectChannelsd("image", list(self.cmap.fed), self.cmap.dataset) if four_d else None
-            )
-            self._pipelines[four_d, kinds] = Compose(
-                load_transforms(self.cfg.data, select, keys=["image"], files=files)
-            )
-        return self._pipelines[four_d, kinds]
+        return case_pipeline(self._pipelines, self.cfg.data, self.cmap, four_d, files)
 
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,40 @@ def amp_for(device: torch.device, amp: str) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def load_checkpoint(net: torch.nn.Module, ref: ModelRef) -> None:
+    """Load ``ref.checkpoint`` (a training checkpoint's ``model`` entry, or a bare state dict)
+    into ``net``; one that is unreadable or does not fit the network is a
+    ``PredictInputError`` naming the model, the file and the first line of the cause."""
+    try:
+        state = torch.load(ref.checkpoint, map_location="cpu", weights_only=True)
+        load_plain_state_dict(net, state.get("model", state))
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise PredictInputError(
+            f"{ref.name or 'model'}: checkpoint {ref.checkpoint} does not load into "
+            f"model={ref.config.model.get('name')}: {first}"
+        ) from None
+
+
+def case_pipeline(
+    cache: dict[tuple[bool, tuple[str, ...]], Compose],
+    data_cfg: DictConfig,
+    cmap: ChannelMap,
+    four_d: bool,
+    files: tuple[str, ...],
+) -> Compose:
+    """Validation's deterministic transforms for a case, built once per (4D or not, file
+    kinds) in ``cache``: a 4D file (MSD) picks its channels after loading; ``files`` (the
+    case's) give HDF5 / TIFF stacks their readers."""
+    kinds = tuple(sorted({f.lower().rsplit(".", 1)[-1] for f in files}))
+    if (four_d, kinds) not in cache:
+        select = SelectChannelsd("image", list(cmap.fed), cmap.dataset) if four_d else None
+        cache[four_d, kinds] = Compose(
+            load_transforms(data_cfg, select, keys=["image"], files=files)
+        )
+    return cache[four_d, kinds]
+
+
 class Predictor:
     """One model, ready to give softmax probabilities on each input's grid."""
 
@@ -124,15 +158,7 @@ class Predictor:
             raise PredictInputError(f"checkpoint {ref.checkpoint} not found")
         self.name, self.cfg, self.cmap, self.device = ref.name, cfg, cmap, device
         self.model = build_model(cfg.model)
-        try:
-            state = torch.load(ref.checkpoint, map_location="cpu", weights_only=True)
-            load_plain_state_dict(self.model, state.get("model", state))
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise PredictInputError(
-                f"{ref.name or 'model'}: checkpoint {ref.checkpoint} does not load into "
-                f"model={cfg.model.get('name')}: {first}"
-            ) from None
+        load_checkpoint(self.model, ref)
         self.model.to(device).eval()
         self.slice_axis = slice_axis_of(cfg)
         self.amp = amp_for(device, str(settings["amp"]))
@@ -165,15 +191,7 @@ class Predictor:
         """Validation's deterministic transforms; a 4D file (MSD) picks its channels after
         loading, per-channel files were picked by name before. ``files``: the case's, so that
         HDF5 / TIFF stacks get their readers."""
-        kinds = tuple(sorted({f.lower().rsplit(".", 1)[-1] for f in files}))
-        if (four_d, kinds) not in self._pipelines:
-            select = (
-                SelectChannelsd("image", list(self.cmap.fed), self.cmap.dataset) if four_d else None
-            )
-            self._pipelines[four_d, kinds] = Compose(
-                load_transforms(self.cfg.data, select, keys=["image"], files=files)
-            )
-        return self._pipelines[four_d, kinds]
+        return case_pipeline(self._pipelines, self.cfg.data, self.cmap, four_d, files)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
