@@ -115,6 +115,12 @@ def load(
         size = request.voxel_size
         spacing = tuple(float(v) / NM_PER_MM for v in size) if size else (1.0, 1.0, 1.0)
         return np.rint(data).astype(np.int64), None, spacing
+    return load_nifti_label_map(path)
+
+
+def load_nifti_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(integer array, affine, spacing in mm) of a 3D NIfTI label map (a trailing axis of
+    size 1 is dropped)."""
     import nibabel as nib
 
     try:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from recipes.components.testtime.instance_summary import evaluate_instances
-from recipes.components.testtime.pairs import load_pair, pairs_of
+from recipes.components.testtime.pairs import load_nifti_label_map, load_pair, pairs_of
 from recipes.components.training.case_metrics import (
     METRIC_RULES,
     class_means,
@@ -72,25 +72,9 @@ def _labels_from_json(path: Path) -> tuple[dict[int, str], str, int | None]:
     return by_value, str(meta.get("file_ending", ".nii.gz")), ignore
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise PredictInputError(f"{path}: cannot be read as NIfTI ({err})") from None
-    data = np.asarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise PredictInputError(f"{path}: a label map must be 3D, got shape {data.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.rint(data).astype(np.int64), np.asarray(img.affine), zooms
-
-
 def load_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """A label file's values (int64) and voxel spacing (mm, array-axis order)."""
-    data, _, spacing = _load(path)
+    data, _, spacing = load_nifti_label_map(path)
     return data, spacing
 
 
