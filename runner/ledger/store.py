@@ -44,7 +44,7 @@ from runner.ledger.records import (
     Remedy,
     Status,
 )
-from runner.ledger.run_name import RunNameRecord
+from runner.ledger.run_name import RunNameRecord, read_recorded, record_once
 
 #: ``pruned``: stopped at a rung by the pruner (runner.matrix.asha); a verdict, like done,
 #: that only ``resume --only pruned`` reverses.
@@ -239,22 +239,11 @@ class CellRecord(RunNameRecord):
 
     @property
     def run_id(self) -> str | None:
-        try:
-            return (self.dir / "run_id").read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return read_recorded(self.dir / "run_id")
 
     def set_run_id(self, run_id: str) -> str:
         """Record the MLflow run id once; return the id that won if one was already there."""
-        try:
-            fd = os.open(self.dir / "run_id", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return self.run_id or run_id
-        with os.fdopen(fd, "w") as f:
-            f.write(run_id)
-            f.flush()
-            os.fsync(f.fileno())
-        return run_id
+        return record_once(self.dir / "run_id", run_id)
 
     def state(self) -> CellState:
         attempts = self.attempts()
