@@ -207,14 +207,7 @@ class RunLogger:
             for k, v in metrics.items()
             if math.isfinite(float(v))
         ]
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            batch = items[i : i + MAX_METRICS_PER_BATCH]
-            # A retried batch that had reached the store is not doubled: the store keeps one
-            # row per (key, step, timestamp, value), and so does sync.
-            self._write_or_spool(
-                lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
-                lambda spool, b=batch: spool_metrics(spool, b),
-            )
+        self._log_metric_batches(items)
 
     def log_series(self, rows: Iterable[tuple[str, float, int]]) -> None:
         """``(key, value, step)`` rows, each at its own step (per-step series), batched as
@@ -225,8 +218,13 @@ class RunLogger:
             for k, v, step in rows
             if math.isfinite(float(v))
         ]
+        self._log_metric_batches(items)
+
+    def _log_metric_batches(self, items: list[Metric]) -> None:
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             batch = items[i : i + MAX_METRICS_PER_BATCH]
+            # A retried batch that had reached the store is not doubled: the store keeps one
+            # row per (key, step, timestamp, value), and so does sync.
             self._write_or_spool(
                 lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
                 lambda spool, b=batch: spool_metrics(spool, b),
