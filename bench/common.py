@@ -122,33 +122,28 @@ def run_children(
     (what its figures need: peak memory of its own), or with ``together`` all in one
     process, one after another: a smoke run's way to pay the imports once (each then sees
     what the ones before left; a smoke run reads no figure)."""
+
+    def run_python(argv: list[str], what: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", *argv],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{what} failed: {out.stderr[-1500:]}")
+        return out.stdout
+
     if not together:
-        outs = []
-        for script, args in children:
-            out = subprocess.run(
-                [sys.executable, "-c", script, *args],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-            )
-            if out.returncode != 0:
-                raise RuntimeError(f"child {list(args)} failed: {out.stderr[-1500:]}")
-            outs.append(out.stdout.strip().splitlines()[-1])
-        return outs
+        return [
+            run_python([script, *args], f"child {list(args)}").strip().splitlines()[-1]
+            for script, args in children
+        ]
     batch = json.dumps([[script, *args] for script, args in children])
-    out = subprocess.run(
-        [sys.executable, "-c", _TOGETHER, batch],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"children failed: {out.stderr[-1500:]}")
-    parts = out.stdout.split("BENCH_CHILD_END")[: len(children)]
+    stdout = run_python([_TOGETHER, batch], "children")
+    parts = stdout.split("BENCH_CHILD_END")[: len(children)]
     return [part.strip().splitlines()[-1] for part in parts]
 
 
