@@ -158,15 +158,28 @@ def ensure_demo_dataset(root: Path, cases: int = 16, size: int = 48, seed: int =
     )
 
 
+def demo_main(
+    argv: list[str] | None,
+    doc: str | None,
+    out: str,
+    options: dict[str, int],
+    ensure: Callable[..., Path],
+    what: str,
+) -> None:
+    """A demo-data module's command line: ``--out`` (default ``out``) and the integer
+    ``options`` (name: default), passed to ``ensure`` by name; prints where ``what`` is."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, default=Path(out))
+    for name, default in options.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = vars(parser.parse_args(argv))
+    root = ensure(args.pop("out"), **args)
+    print(f"{what} at {root}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data/demo"))
-    parser.add_argument("--cases", type=int, default=16)
-    parser.add_argument("--size", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = ensure_demo_dataset(args.out, cases=args.cases, size=args.size, seed=args.seed)
-    print(f"demo dataset at {root}")
+    options = {"cases": 16, "size": 48, "seed": 0}
+    demo_main(argv, __doc__, "data/demo", options, ensure_demo_dataset, "demo dataset")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Deterministic per (seed, volume) with ``numpy.random.default_rng``. Run
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from recipes.components.data.demo_data import generate_once
+from recipes.components.data.demo_data import demo_main, generate_once
 
 VOXEL_NM = (30.0, 8.0, 8.0)  # z, y, x
 SHAPE = (16, 80, 80)  # z, y, x voxels
@@ -149,17 +148,10 @@ def ensure_em_demo_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data/demo_em"))
-    parser.add_argument("--train", type=int, default=4)
-    parser.add_argument("--val", type=int, default=2)
-    parser.add_argument("--test", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = ensure_em_demo_dataset(
-        args.out, train=args.train, val=args.val, seed=args.seed, test=args.test
+    options = {"train": 4, "val": 2, "test": 1, "seed": 0}
+    demo_main(
+        argv, __doc__, "data/demo_em", options, ensure_em_demo_dataset, "synthetic EM dataset"
     )
-    print(f"synthetic EM dataset at {root}")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ volume). Run ``python -m recipes.components.data.scroll_demo_data --out data/dem
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from recipes.components.data.demo_data import generate_once
+from recipes.components.data.demo_data import demo_main, generate_once
 
 SHAPE = (48, 96, 96)  # z, y, x voxels
 CHUNKS = (16, 32, 32)
@@ -124,14 +123,10 @@ def ensure_scroll_demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data/demo_scroll"))
-    parser.add_argument("--train", type=int, default=2)
-    parser.add_argument("--val", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = ensure_scroll_demo(args.out, train=args.train, val=args.val, seed=args.seed)
-    print(f"synthetic scroll dataset at {root}")
+    options = {"train": 2, "val": 1, "seed": 0}
+    demo_main(
+        argv, __doc__, "data/demo_scroll", options, ensure_scroll_demo, "synthetic scroll dataset"
+    )
 
 
 if __name__ == "__main__":
