@@ -4,13 +4,14 @@ and a real ``mlflow server`` on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def make_tiny_dataset(root: Path) -> Path:
     from recipes.components.data.demo_data import ensure_demo_dataset
 
     return ensure_demo_dataset(root, cases=6, size=24, seed=0)
+
+
+def hold_out(root: Path, cases: Mapping[str, str] | Sequence[str], copy: bool = False) -> None:
+    """Put demo cases (both channels and the label) in nnU-Net's test folders, imagesTs and
+    labelsTs (made here): moved out of imagesTr / labelsTr, or with ``copy`` copied; a
+    mapping gives each case its name there."""
+    names = dict(cases) if isinstance(cases, Mapping) else {case: case for case in cases}
+    put = shutil.copy if copy else shutil.move
+    for sub in ("imagesTs", "labelsTs"):
+        (root / sub).mkdir()
+    for case, name in names.items():
+        for c in (0, 1):
+            put(
+                root / "imagesTr" / f"{case}_{c:04d}.nii.gz",
+                root / "imagesTs" / f"{name}_{c:04d}.nii.gz",
+            )
+        put(root / "labelsTr" / f"{case}.nii.gz", root / "labelsTs" / f"{name}.nii.gz")
 
 
 def matrix_text(

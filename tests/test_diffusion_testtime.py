@@ -6,7 +6,6 @@ segmentation recipe's is (N samples, fused, seeded, on each input's grid)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +16,7 @@ from mlflow import MlflowClient
 from recipes.components.data.demo_data import ensure_demo_dataset
 from runner.cli import main
 from runner.plan import make_plan
+from tests.e2e import hold_out
 from tests.test_predict import cwd
 
 pytestmark = pytest.mark.slow
@@ -54,13 +54,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, Pa
     """Two seeds trained on 4 demo volumes (2 of them validate), 2 more held out."""
     root = tmp_path_factory.mktemp("diffusion_tt")
     data = ensure_demo_dataset(root / "demo", cases=6, size=SIZE, seed=0)
-    for sub in ("imagesTs", "labelsTs"):
-        (data / sub).mkdir()
-    for case in TEST_CASES:
-        for c in (0, 1):
-            name = f"{case}_{c:04d}.nii.gz"
-            shutil.move(data / "imagesTr" / name, data / "imagesTs" / name)
-        shutil.move(data / "labelsTr" / f"{case}.nii.gz", data / "labelsTs" / f"{case}.nii.gz")
+    hold_out(data, TEST_CASES)
     uri = f"sqlite:///{root / 'mlruns.db'}"
     path = _matrix(root / "tt.yaml", data, uri, ["++data.test=imagesTs"])
     with cwd(root):

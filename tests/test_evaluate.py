@@ -23,6 +23,7 @@ from recipes.components.testtime.held_out import exclude_test, held_out_items
 from recipes.contract import PredictInputError
 from runner.cli import main
 from tests import datasets
+from tests.e2e import hold_out
 from tests.test_real_data import DATA, LABELS, _ensure_package
 
 LABEL_NAMES = {"background": 0, "dark": 1, "bright": 2, "vessel": 3}  # vessel: never present
@@ -163,14 +164,7 @@ def test_data_test_holds_out_ids_fractions_and_folders(tmp_path: Path) -> None:
         held_out_items(cfg(None))
     with pytest.raises(PredictInputError, match="imagesTs is not a directory"):
         held_out_items(cfg("imagesTs"))
-    for sub in ("imagesTs", "labelsTs"):
-        (root / sub).mkdir()
-    for c in (0, 1):
-        shutil.copy(
-            root / "imagesTr" / f"demo_005_{c:04d}.nii.gz",
-            root / "imagesTs" / f"new_{c:04d}.nii.gz",
-        )
-    shutil.copy(root / "labelsTr" / "demo_005.nii.gz", root / "labelsTs" / "new.nii.gz")
+    hold_out(root, {"demo_005": "new"}, copy=True)
     held = held_out_items(cfg("imagesTs"))
     assert [i["case"] for i in held] == ["new"] and len(held[0]["image"]) == 2
     assert exclude_test(items, cfg("imagesTs")) == items  # other folders: nothing to drop

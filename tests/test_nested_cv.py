@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from runner.cli import main
 from runner.matrix import cv as nested
 from runner.plan import make_plan
 from tests.conftest import ROOT
-from tests.e2e import make_tiny_dataset
+from tests.e2e import hold_out, make_tiny_dataset
 
 README = (ROOT / "README.md").read_text()
 
@@ -230,14 +229,7 @@ def test_a_held_out_set_that_overlaps_the_training_cases_is_refused_at_plan(
     """Without cv too: nnU-Net's labelsTs holding a training case's id, or a listed id the
     dataset lacks, stops `runner plan` (not every cell at start-up)."""
     root = make_tiny_dataset(project / "tiny")
-    for sub in ("imagesTs", "labelsTs"):
-        (root / sub).mkdir()
-    for c in (0, 1):
-        shutil.copy(
-            root / "imagesTr" / f"demo_001_{c:04d}.nii.gz",
-            root / "imagesTs" / f"demo_001_{c:04d}.nii.gz",
-        )
-    shutil.copy(root / "labelsTr" / "demo_001.nii.gz", root / "labelsTs" / "demo_001.nii.gz")
+    hold_out(root, ["demo_001"], copy=True)
     path = project / "m.yaml"
     for test, message in (
         ("imagesTs", "data.test=imagesTs: cases ['demo_001'] are also training cases"),

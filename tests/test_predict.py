@@ -34,7 +34,7 @@ from runner.errors import RunnerError
 from runner.plan import make_plan
 from runner.testtime.matrix_eval import evaluate_cells
 from runner.testtime.select import Member, checkpoint, find_cell
-from tests.e2e import matrix_text
+from tests.e2e import hold_out, matrix_text
 from tests.test_real_data import DATA, IMAGE, LABELS, _ensure_package
 
 pytestmark = pytest.mark.slow
@@ -59,13 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     then scored with ``runner evaluate MATRIX``."""
     root = tmp_path_factory.mktemp("predict")
     data = ensure_demo_dataset(root / "demo", cases=10, size=24, seed=0)
-    for sub in ("imagesTs", "labelsTs"):
-        (data / sub).mkdir()
-    for case in TEST_CASES:
-        for c in (0, 1):
-            name = f"{case}_{c:04d}.nii.gz"
-            shutil.move(data / "imagesTr" / name, data / "imagesTs" / name)
-        shutil.move(data / "labelsTr" / f"{case}.nii.gz", data / "labelsTs" / f"{case}.nii.gz")
+    hold_out(data, TEST_CASES)
     uri = f"sqlite:///{root / 'mlruns.db'}"
     path = root / "m.yaml"
     axes = "  model: [unet, segresnet]\n  seed: [0, 1]"
