@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +127,8 @@ class SlurmBackend(Backend):
                 # Two arrays at once would each allow `throttle` running cells.
                 extra["dependency"] = f"afterany:{previous}"
             executor.update_parameters(**extra)
-            submitted = executor.submit_array(list(part))
+            with _options_over_environment(self.options):
+                submitted = executor.submit_array(list(part))
             previous = submitted[0].job_id.split("_")[0]
             self.arrays.append((previous, len(part)))
             shown = f"%{throttle}" if throttle else "no throttle"
@@ -226,3 +229,30 @@ def _tail(log: Path, lines: int = 20) -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+#: sbatch's input variables that override an #SBATCH line, for the options a matrix sets.
+_OVERRIDING_VARIABLES = {
+    "partition": "SBATCH_PARTITION",
+    "account": "SBATCH_ACCOUNT",
+    "qos": "SBATCH_QOS",
+    "constraint": "SBATCH_CONSTRAINT",
+    "gres": "SBATCH_GRES",
+    "time_min": "SBATCH_TIMELIMIT",
+}
+
+
+@contextmanager
+def _options_over_environment(options: SlurmExecutorOptions) -> Iterator[None]:
+    """While sbatch runs: a value the matrix states wins over the user's shell. sbatch lets
+    ``SBATCH_PARTITION`` and the like override the script's ``#SBATCH`` lines, so a cluster
+    login that exports a default partition would silently send every cell elsewhere."""
+    hidden = {
+        var: os.environ.pop(var)
+        for key, var in _OVERRIDING_VARIABLES.items()
+        if key in options.model_fields_set and var in os.environ
+    }
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
