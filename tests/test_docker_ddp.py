@@ -196,7 +196,9 @@ def test_a_cancelled_two_process_container_resumes_into_its_run(
 
     from runner.cli import main
 
-    epochs = 20  # long enough for the cancel to find it running after its first epoch
+    # Long enough for the cancel to find it running after its first epoch: on idle cores 20
+    # tiny epochs had all ended between the first one and the cancel.
+    epochs = 60
     extra = [f"training.max_epochs={epochs}", "training.val_interval=10"]
     path = _ddp_matrix("docker_ddp_cancel", project, tiny_data, extra)
     with _sweep_until_an_epoch(path, project) as sweep:
