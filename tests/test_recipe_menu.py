@@ -304,3 +304,22 @@ def test_training_mechanics_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
 def test_matrix_files_plan(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     assert runner_main(["plan", f"matrix/{name}.yaml"]) == 0
+
+
+def test_every_meshnet_restarts_cell_composes_to_what_the_matrix_says(tmp_path: Path) -> None:
+    """matrix/meshnet_restarts.yaml is not a seed's study (the MeshNet paper's protocol is
+    meshnet_asha.yaml): each of its 15 cells composes, with the recipe's own compose, to the
+    matrix's own choices: MeshNet at one of 3 widths, one of 5 restart seeds, Adam, warm-up
+    cosine, Dice + CE, on the demo data."""
+    from runner.plan import make_plan
+
+    plan = make_plan(REPO / "matrix" / "meshnet_restarts.yaml", tmp_path)
+    spec = plan.matrix.spec
+    seen = set()
+    for cell in plan.cells:
+        cfg = plan.recipe.compose([*spec.base, *cell.overrides])
+        assert cfg.model.name == "meshnet" and cfg.data.name == "demo"
+        assert cfg.optimizer.name == "adam" and cfg.loss.name == "dice_ce"
+        assert cfg.scheduler.name == "cosine_warmup_epochs"
+        seen.add((cfg.model.width, cfg.seed))
+    assert seen == {(w, s) for w in (5, 16, 26) for s in range(5)}
