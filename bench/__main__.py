@@ -46,6 +46,7 @@ NAMES = (
     "ddp",
     "lazy_read",
     "profile_overhead",
+    "remedies",
 )
 
 
@@ -85,6 +86,7 @@ def _runners(threads: int | None) -> dict[str, Callable[[Options], Outcome]]:
         "ddp": lambda o: __import__("bench.ddp", fromlist=["run"]).run(o),
         "lazy_read": lambda o: __import__("bench.lazy_read", fromlist=["run"]).run(o),
         "profile_overhead": lambda o: __import__("bench.profile_overhead", fromlist=["run"]).run(o),
+        "remedies": lambda o: __import__("bench.remedies", fromlist=["run"]).run(o),
     }
 
 

@@ -33,6 +33,7 @@ LOCAL = (
     "asha",
     "loader",
     "ddp",
+    "remedies",
 )
 SLURM = ("slurm", "slurm_status")
 DOCKER = ("docker_start", "docker_makespan")

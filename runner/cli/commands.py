@@ -144,7 +144,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.budget_factor is not None and not args.budget_factor >= 1:
         raise RunnerError(f"--budget-factor {args.budget_factor}: a factor >= 1 (e.g. 1.5)")
     report, groups = publish.build(
-        plan, args.baseline, baseline_csv, accounting(plan), args.delta, args.budget_factor
+        plan,
+        args.baseline,
+        baseline_csv,
+        accounting(plan),
+        args.delta,
+        args.budget_factor,
+        remedied=args.remedied,
     )
     out_dir = Path(args.output) if args.output else plan.ledger.root / "report"
     if not report.groups:  # nothing to compare: nothing is written or logged

@@ -210,6 +210,14 @@ def _report_args(p: argparse.ArgumentParser) -> None:
         help="flag compared arms whose tuning budgets (trials, epochs, GPU-hours) differ by "
         "more than this factor (default 1.5)",
     )
+    p.add_argument(
+        "--remedied",
+        choices=("mark", "exclude", "separate"),
+        default="mark",
+        help="cells that trained with out-of-memory remedies (on_oom): mark: counted in their "
+        "groups, listed under the table (default); exclude: left out; separate: compared as "
+        "groups of their own (`unet_adamw (remedied: halve_batch)`)",
+    )
     p.add_argument("--baseline", help="a group label: per-class deltas against it")
     p.add_argument(
         "--baseline-csv",

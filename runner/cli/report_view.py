@@ -57,7 +57,8 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
     for col in cols:
         table.add_column(col)
     for r in report.groups:
-        cells = [r["group"], str(r["n"])]
+        marked = report.remedied_mode == "mark" and r.get("remedied")
+        cells = [r["group"], f"{r['n']} ({r['remedied']} remedied)" if marked else str(r["n"])]
         if selected:
             cells.append(fmt(_nan(r.get("select_mean")), _nan(r.get("select_std"))))
         cells.append(fmt(_nan(r["dice_mean"]), _nan(r["dice_std"])))
@@ -78,6 +79,7 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
     console.print(table)
     if report.gpu_hours.get("warning"):
         console.print(f"warning: {report.gpu_hours['warning']}", markup=False)
+    _print_remedied(console, report)
     if baseline and any("vs_baseline_p" in r for r in report.groups):
         _print_paired(console, report, baseline)
     if report.per_class:
@@ -85,6 +87,25 @@ def print_report(console: Console, report: Report, title: str, baseline: str | N
     if report.effects:  # one group, or no axis with two values: nothing to show
         _print_effects(console, report)
     print_trust(console, report)
+
+
+def _print_remedied(console: Console, report: Report) -> None:
+    """Which done cells trained with out-of-memory remedies, and what the table did with them."""
+    if not report.remedied:
+        return
+    listed = ", ".join(f"{cid} ({'+'.join(steps)})" for cid, steps in report.remedied.items())
+    done = {
+        "mark": "counted in their groups (--remedied exclude leaves them out, --remedied "
+        "separate compares them as groups of their own)",
+        "exclude": "left out of every table (--remedied exclude)",
+        "separate": "compared as groups of their own, named with their remedies; not in the "
+        "axis effects (--remedied separate)",
+    }[report.remedied_mode]
+    console.print(
+        f"{len(report.remedied)} done cell(s) trained with out-of-memory remedies: {listed}; "
+        f"{done}",
+        markup=False,
+    )
 
 
 def _print_effects(console: Console, report: Report) -> None:

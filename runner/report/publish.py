@@ -56,6 +56,17 @@ class Report:
     missing: list[dict[str, Any]] = field(default_factory=list)
     #: How the compared cells defined their metrics (the param metric_rules) -> their ids.
     metric_rules: dict[str, list[str]] = field(default_factory=dict)
+    #: Done cells that trained with out-of-memory remedies: id -> the steps, and what the
+    #: report did with them (REMEDIED: mark, exclude or separate).
+    remedied: dict[str, list[str]] = field(default_factory=dict)
+    remedied_mode: str = "mark"
+
+
+#: What ``runner report --remedied`` does with done cells that trained with out-of-memory
+#: remedies (a halved batch, checkpointing: the same training by design, yet not the
+#: configuration the matrix states): count them in their groups and say so, leave them out,
+#: or compare them as groups of their own.
+REMEDIED = ("mark", "exclude", "separate")
 
 
 def _clean(value: Any) -> Any:
@@ -69,14 +80,21 @@ def build(
     accounting: tuple[gh.Usage, str | None] | None = None,
     delta: float | None = None,
     budget_factor: float = trust.BUDGET_FACTOR,
+    remedied: str = "mark",
 ) -> tuple[Report, list[Any]]:
     """The report of the matrix's done cells; ``accounting``: what the executors' accounting
     says the jobs used (:func:`runner.sweep.reconcile.accounting`) for the GPU-hours, else
-    the ledger's figures."""
+    the ledger's figures; ``remedied``: one of :data:`REMEDIED`."""
     if baseline is not None and baseline_csv is not None:
         raise RunnerError("give --baseline GROUP or --baseline-csv FILE, not both")
+    if remedied not in REMEDIED:
+        raise RunnerError(f"--remedied {remedied}: one of {', '.join(REMEDIED)}")
     results, classes = collect(plan)
-    groups = make_groups(plan, results)
+    with_remedy = {r.cell.id: list(r.remedy) for r in results if r.remedy}
+    cells_done = len(results)
+    if remedied == "exclude":
+        results = [r for r in results if not r.remedy]
+    groups = make_groups(plan, results, separate_remedied=remedied == "separate")
     raw = group_rows(groups, classes, baseline)
     from_csv = None
     if isinstance(baseline_csv, Path):
@@ -87,8 +105,11 @@ def build(
     base = next((g for g in groups if g.label == baseline), None)
     per_class = per_class_rows(groups, classes, raw, base, from_csv)
     rows = [{k: _clean(v) for k, v in r.items()} for r in raw]
-    effects = marginal_effects(groups, plan.matrix.labels)
-    report = Report(rows, effects, classes, len(results), len(plan.cells))
+    # A configuration counts once in the axis effects: its remedied group stays out of them.
+    as_stated = [g for g in groups if not (remedied == "separate" and g.cells[0].remedy)]
+    effects = marginal_effects(as_stated, plan.matrix.labels)
+    report = Report(rows, effects, classes, cells_done, len(plan.cells))
+    report.remedied, report.remedied_mode = with_remedy, remedied
     report.per_class = [{k: _clean(v) for k, v in r.items()} for r in per_class]
     report.baseline = baseline or (str(baseline_csv.path) if baseline_csv else None)
     report.search = search_report.build(plan)
@@ -167,6 +188,7 @@ def write(report: Report, groups: list[Any], out_dir: Path, fmt: str) -> list[Pa
         "metric_rules": report.metric_rules,
         "trust": report.trust,
         "groups_without_results": report.missing,
+        "remedied": {"mode": report.remedied_mode, "cells": report.remedied},
     }
     (out_dir / "report.json").write_text(json.dumps(data, indent=1))
     files.append(out_dir / "report.json")
@@ -250,6 +272,7 @@ def log_summary(plan: Plan, report: Report) -> str:
             # one run per distinct report (runner.report.outputs); its trust notes beside it
             DIGEST_TAG: digest(next(p for p in report.files if p.name == "report.json")),
             "runner.trust": " | ".join(report.trust.get("notes", []))[:4900] or "no caveat",
+            "runner.report.remedied": report.remedied_mode,
         },
     )
     run_id = run.info.run_id

@@ -45,6 +45,8 @@ class CellResult:
     test: dict[str, float] = field(default_factory=dict)  # test_* metrics of the run
     test_cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case -> dice_*
     metric_rules: str | None = None  # the run's param: how its metrics are defined
+    #: The out-of-memory remedies its last attempt trained with (runner.matrix.on_oom).
+    remedy: list[str] = field(default_factory=list)
     #: What chose best_epoch: the selection metric, max | min, its value there.
     select_metric: str = "val_dice"
     select_mode: str = "max"
@@ -145,6 +147,7 @@ def collect(plan: Plan) -> tuple[list[CellResult], list[str]]:
         )
         result.select_metric, result.select_mode, result.selected = metric, mode, selected
         result.metric_rules = run.data.params.get("metric_rules")
+        result.remedy = list(s.remedy)
         results.append(result)
     return results, classes
 
@@ -180,12 +183,19 @@ def group_label(values: dict[str, Any], groups: set[str], labels: Labels | None 
     return "_".join(run_name_tokens(rest, groups, labels)) or "all"
 
 
-def make_groups(plan: Plan, results: list[CellResult]) -> list[Group]:
-    """Groups best first by the selection metric (:func:`ranking`); unscored ones last."""
+def make_groups(
+    plan: Plan, results: list[CellResult], separate_remedied: bool = False
+) -> list[Group]:
+    """Groups best first by the selection metric (:func:`ranking`); unscored ones last.
+    ``separate_remedied``: a cell that trained with out-of-memory remedies joins a group of
+    its own configuration and remedies (``unet_adamw (remedied: halve_batch)``), not the cells that
+    trained as the matrix says."""
     groups: dict[str, Group] = {}
     names = set(plan.recipe.groups)
     for r in results:
         label = group_label(r.cell.values, names, plan.matrix.labels)
+        if separate_remedied and r.remedy:
+            label += f" (remedied: {'+'.join(r.remedy)})"
         rest = {k: v for k, v in r.cell.values.items() if not is_seed_axis(k)}
         groups.setdefault(label, Group(label, rest)).cells.append(r)
     return rank_groups(list(groups.values()))
@@ -250,6 +260,7 @@ def group_rows(
         row: dict[str, Any] = {
             "group": g.label,
             "n": g.n,
+            "remedied": sum(1 for c in g.cells if c.remedy),
             "dice_mean": mean,
             "dice_std": std,
             **{f"axis.{k}": v for k, v in g.values.items()},
