@@ -141,9 +141,10 @@ def interrupted(plan: Any, stop: SweepInterrupted) -> int:
     say(f"continue the others:   runner sweep {matrix}", markup=False, soft_wrap=True)
     if not stop.running or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         return 130
-    say(f"press Ctrl-C again within {SECOND_CTRL_C_S:.0f} s to cancel the running ones now")
     try:
+        # The handler first, then the prompt: a Ctrl-C typed as soon as it shows must find it.
         with _interruptible():
+            say(f"press Ctrl-C again within {SECOND_CTRL_C_S:.0f} s to cancel the running ones now")
             time.sleep(SECOND_CTRL_C_S)
     except KeyboardInterrupt:
         from runner.sweep.cancel import cancel
