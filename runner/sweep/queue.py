@@ -178,6 +178,7 @@ def _run(
                     refill = None
             else:
                 still.append((job, sj))
+        freed = len(still) < len(active)
         active[:] = still
         if observe:
             observe(plan.ledger.states([c.id for c in plan.cells]))
@@ -191,6 +192,8 @@ def _run(
             if not queue:
                 break
             continue
+        if freed and (queue or refill is not None):
+            continue  # a slot just freed and work waits for it: hand it on now, not after a wait
         if not waiting or active:
             backend.wait([sj for _, sj in active], POLL_S)
 
