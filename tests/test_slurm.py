@@ -571,30 +571,41 @@ def _resumed_at(uri: str, run_id: str) -> list[str]:
 
 
 @pytest.mark.clock
-def test_time_limit_stops_the_recipe_mid_epoch_and_resumes_exactly(
+def test_time_limit_stops_the_recipe_mid_epoch_and_resumes_from_that_step(
     backend: Callable[..., SlurmBackend], tmp_path: Path
 ) -> None:
     """The real recipe under a 2-minute limit: warned 15-45 s before it (SLURM's 30 s tick),
     it writes a step checkpoint, requeues and continues from that step; the cell needs more
-    than one attempt, ends done in one MLflow run, and its epoch equals an uninterrupted
-    run's. Its one epoch (~150 s here) outlasts what one attempt can train (at most ~95 s of
-    a 2-minute limit after start-up), so finishing at all takes a mid-epoch resume.
+    than one attempt and ends done in one MLflow run with its epoch logged once. Its one epoch
+    (~150 s here) outlasts what one attempt can train (at most ~95 s of a 2-minute limit
+    after start-up), so finishing at all takes a mid-epoch resume.
+
+    That the resumed epoch equals an uninterrupted one is the preemption test's assertion
+    below (the same path: SLURM's signal, a step checkpoint, a requeue, a mid-epoch resume,
+    with 2 epochs of ~25 s): an uninterrupted reference of this 150 s epoch would double the
+    CPU the test takes from the suite's two cores.
 
     Over 120 s, necessarily: SLURM's shortest limit is 1 minute and its limit checks run on a
     fixed 30 s tick, so a warning comes 15-45 s into a 1-minute job, too close to start-up
     to train between; 2 minutes is the shortest limit that leaves an attempt time to train,
     and two attempts plus the requeue are the test."""
+    from mlflow import MlflowClient
+
     epochs = 1
-    cell, ledger, attempt, uri, exp, reference = _real_cell(tmp_path, "midepoch", epochs, 150)
+    cell, ledger, attempt, uri, exp, _ = _real_cell(tmp_path, "midepoch", epochs, 150)
     b = backend(time_min=2, signal_delay_s=15, max_requeues=8)
     (job,) = b.submit([cell])
-    ref = reference()  # meanwhile, here
     outcome = job.result()
     assert outcome["state"] == "done", outcome
     record = attempt.read("slurm") or {}
     kinds = [e["kind"] for e in record["requeues"]]
     assert kinds and set(kinds) == {"timeout"}, record
-    run = _assert_one_run_same_epochs(uri, exp, ref, epochs)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "FINISHED"
+    for key in ("train_loss", "val_dice"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == [1], (key, steps)  # the epoch logged once, by the attempt that ended it
     assert any("_batch" in at for at in _resumed_at(uri, run.info.run_id)), record
     assert ledger.cell("c1").state().state == "done"
 
