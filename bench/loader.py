@@ -87,23 +87,19 @@ def _overrides(s: Setting, cuda: bool, root: str, patch: tuple[int, ...] = INK_P
     return [*common, "model=meshnet", "model.width=4", "model.dilations=[1]"]
 
 
-def measure(
-    s: Setting, cuda: bool, root: str, epochs: int, patch: tuple[int, ...] = INK_PATCH
-) -> dict[str, Any]:
-    """Train ``epochs`` epochs after one warm-up epoch; the trainer's throughput figures."""
+def build_trainee(cfg: Any) -> tuple[Any, Any, int]:
+    """What the recipe trains ``cfg`` with, built as its trainer builds it: the data bundle, a
+    ``Trainee`` (model, loss, optimizer, an LR schedule over the epoch's steps, no scaler)
+    and the steps of an epoch."""
     import torch
 
     from recipes.components.data.loaders import build_data
     from recipes.components.models.build import build_model
-    from recipes.components.training.checkpoint import Progress
     from recipes.components.training.losses import build_loss
     from recipes.components.training.optim import build_optimizer, build_scheduler
     from recipes.components.training.setup import resolve_device, seed_everything
-    from recipes.components.training.step import LoaderClock, throughput
-    from recipes.segmentation.train import Trainee, train_one_epoch
-    from runner.recipe import Recipe
+    from recipes.segmentation.train import Trainee
 
-    cfg = Recipe.load("segmentation").compose(_overrides(s, cuda, root, patch))
     seed_everything(cfg.seed, deterministic=False)
     device = resolve_device(cfg.training.device)
     data = build_data(cfg.data, cfg.training, cfg.seed)
@@ -113,7 +109,23 @@ def measure(
     steps = len(data.train_loader)
     schedule = build_scheduler(cfg.scheduler, optimizer, steps, 100_000)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, cfg.training)
+    return data, Trainee(model, loss_fn, optimizer, schedule, scaler, device, cfg.training), steps
+
+
+def measure(
+    s: Setting, cuda: bool, root: str, epochs: int, patch: tuple[int, ...] = INK_PATCH
+) -> dict[str, Any]:
+    """Train ``epochs`` epochs after one warm-up epoch; the trainer's throughput figures."""
+    import torch
+
+    from recipes.components.training.checkpoint import Progress
+    from recipes.components.training.step import LoaderClock, throughput
+    from recipes.segmentation.train import train_one_epoch
+    from runner.recipe import Recipe
+
+    cfg = Recipe.load("segmentation").compose(_overrides(s, cuda, root, patch))
+    data, trainee, steps = build_trainee(cfg)
+    device = trainee.device
     progress = Progress()
     rows = []
     for epoch in range(1, epochs + 2):  # epoch 1 warms up (workers, caches, kernels)

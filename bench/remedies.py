@@ -171,32 +171,16 @@ HOST_SETTINGS: dict[str, tuple[int, bool, int]] = {
 def measure_host(name: str, root: str, smoke: bool, epochs: int) -> dict[str, Any]:
     """Train ``epochs`` epochs after a warm-up one with the loader setting ``name``; the peak
     memory of its workers and the step time."""
-    import torch
-
-    from bench.loader import Setting, _overrides
-    from recipes.components.data.loaders import build_data
-    from recipes.components.models.build import build_model
+    from bench.loader import Setting, _overrides, build_trainee
     from recipes.components.training.checkpoint import Progress
-    from recipes.components.training.losses import build_loss
-    from recipes.components.training.optim import build_optimizer, build_scheduler
-    from recipes.components.training.setup import resolve_device, seed_everything
-    from recipes.segmentation.train import Trainee, train_one_epoch
+    from recipes.segmentation.train import train_one_epoch
     from runner.recipe import Recipe
 
     workers, persistent, prefetch = HOST_SETTINGS[name]
     setting = Setting(batch=2, workers=workers, prefetch=prefetch, persistent=persistent)
     patch = (16, 16, 8) if smoke else (64, 64, 32)
     cfg = Recipe.load("segmentation").compose(_overrides(setting, False, root, patch))
-    seed_everything(cfg.seed, deterministic=False)
-    device = resolve_device(cfg.training.device)
-    data = build_data(cfg.data, cfg.training, cfg.seed)
-    model = build_model(cfg.model).to(device)
-    loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
-    steps = len(data.train_loader)
-    schedule = build_scheduler(cfg.scheduler, optimizer, steps, 100_000)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, cfg.training)
+    data, trainee, steps = build_trainee(cfg)
     progress, seconds = Progress(), []
     with WorkerWatch() as watch:
         for epoch in range(1, epochs + 2):
