@@ -261,6 +261,7 @@ def test_demo_matrix_end_to_end(demo: Path, tmp_path: Path) -> None:
         assert "validation/val_step0000004.png" in artifacts
 
 
+@pytest.mark.slow
 def test_hydra_entry_point_trains_standalone(demo: Path, tmp_path: Path) -> None:
     overrides = [
         f"data.root={demo}",

@@ -62,6 +62,7 @@ def test_tiny_run_ends_every_part_in_figures_or_a_reason(tmp_path: Path) -> None
         assert f"{part['number']}. {part['title']}" in markdown
 
 
+@pytest.mark.slow
 def test_a_part_projected_over_its_budget_is_skipped_and_the_json_still_written(
     tmp_path: Path,
 ) -> None:

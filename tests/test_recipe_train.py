@@ -206,6 +206,7 @@ def test_resumed_training_matches_uninterrupted_training(workdir: Path, tmp_path
         torch.testing.assert_close(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_hydra_entry_point_trains_standalone(workdir: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(workdir, tmp_path / "ckpt")
     overrides = [

@@ -22,6 +22,8 @@ from runner.ledger import Status
 from runner.plan import make_plan
 from tests.e2e import make_tiny_dataset, matrix_text
 
+pytestmark = pytest.mark.slow  # a real sweep and a resume
+
 OOM = "oom: gpu: CUDA out of memory. Tried to allocate 2.00 GiB (injected: no GPU here)"
 
 

@@ -119,6 +119,7 @@ def test_every_baseline_cell_trains_as_the_paper(project: Path) -> None:
     assert _outer_folds(plan, plan.cells, 3, 3) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_every_meshnet_search_and_restart_cell_is_the_paper(project: Path) -> None:
     plan = make_plan(ROOT / "matrix" / "meshnet_asha.yaml", workdir=project)
     spec = plan.matrix.spec

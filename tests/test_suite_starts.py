@@ -30,6 +30,7 @@ RUN = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", STARTS)
 def test_a_part_of_the_suite_passes_however_it_is_started(start: str) -> None:
     # Not part of this run: its own controller, which must not stop this run's services.
