@@ -766,6 +766,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow  # 20 real `runner plan` processes
 @fuzz(20)
 @given(
     content=st.one_of(
