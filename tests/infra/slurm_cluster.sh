@@ -142,10 +142,10 @@ configure() {
     # SLURM would queue one worker's jobs behind another's and the tests would wait on
     # each other rather than on the behaviour they check.
     cpus=${RUNNER_SLURM_CPUS:-$(($(nproc) * 4))}
-    # Leave ~5% (at least 512 MB) to the OS, or slurmd reports less than configured and
-    # the node is drained.
-    mem_mb=$(awk '/^MemTotal:/ {m = int($2 / 1024); r = int(m * 0.05); if (r < 512) r = 512;
-                                print m - r}' /proc/meminfo)
+    # Memory to schedule by: 4 GiB (DefMemPerCPU) for each of the CPUs above, more than the
+    # machine has (config_overrides again): test jobs use far less than their limit, and
+    # jobs must not queue for memory more than for CPUs.
+    mem_mb=$((cpus * 4096))
     mkdir -p "$ETC" "$RUN/munge" "$LOG" "$DIR/state" "$DIR/spool" "$DIR/dev" "$DIR/munge"
     chmod 700 "$DIR/munge"
     chmod 755 "$RUN/munge" # clients (every job) need to reach the socket
@@ -186,8 +186,11 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# Each job in cgroups (v1 here), its memory limited to what it asked for (cgroup.conf:
+# ConstrainRAMSpace): a job past its --mem is killed by the kernel and ends OUT_OF_MEMORY, as
+# on a production cluster (the out-of-memory tests rely on it).
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
@@ -205,8 +208,10 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
-# Without a default each job takes the whole node's memory and jobs run one at a time.
-DefMemPerCPU=1024
+# Without a default each job takes the whole node's memory and jobs run one at a time. With
+# memory enforced, the default is each job's limit: 4 GiB per CPU, over what any test job
+# but the out-of-memory one (--mem 1G) uses.
+DefMemPerCPU=4096
 MaxArraySize=$MAX_ARRAY_SIZE
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -231,6 +236,12 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTi
 $worker_partitions
 PartitionName=preemptible Nodes=$host MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=15
 PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+EOF
+
+    if write_if_changed "$ETC/cgroup.conf" 644 <<EOF; then CONF_CHANGED=1; fi
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainRAMSpace=yes
 EOF
 
     if write_if_changed "$ETC/gres.conf" 644 <<EOF; then CONF_CHANGED=1; fi

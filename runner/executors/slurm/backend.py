@@ -178,8 +178,7 @@ class SlurmBackend(Backend):
             if kind == "lost":
                 reason += " without writing an outcome"
             if kind == "oom":  # the cgroup of --mem: host memory (runner.job.memory)
-                mem = self.options.mem_gb
-                reason = f"host: {reason}; --mem {f'{mem:g}G' if mem else 'cluster default'}"
+                reason = f"host: {reason}; {self._mem_asked()}"
             if kind != "slurm":  # the kind first: what `resume --only` selects
                 reason = f"{kind}: {reason}"
             where = f"log {log}" if log.exists() else f"no log at {log}"
@@ -201,9 +200,27 @@ class SlurmBackend(Backend):
         )
 
     def end_reason(self, job: submitit.Job[Any]) -> str:
-        # submitit's cached state can be stale; ask SLURM once more for the message.
-        states, _ = query_states([str(job.job_id)])
-        return f"{super().end_reason(job)}; SLURM state {states.get(str(job.job_id))}"
+        """Out of memory when accounting or slurmstepd says so (host memory: the job's
+        cgroup), else lost, with SLURM's state asked once more (submitit's cached one can be
+        stale)."""
+        job_id = str(job.job_id)
+        ends, _ = self.ended([job_id])
+        if job_id in ends and ends[job_id].reason.startswith("oom:"):
+            return ends[job_id].reason
+        lost = super().end_reason(job)
+        if killed := OOM_KILL_LINE.search(lost):  # accounting not there yet: the log's word
+            what = f"OUT_OF_MEMORY ({killed.group(0)}); {self._mem_asked()}"
+            return f"oom: host: slurm: {what}; {lost.removeprefix('lost: ')}"
+        states, _ = query_states([job_id])
+        return f"{lost}; SLURM state {states.get(job_id)}"
+
+    def _mem_asked(self) -> str:
+        mem = self.options.mem_gb
+        return f"--mem {f'{mem:g}G' if mem else 'cluster default'}"
+
+
+#: slurmstepd's line when the kernel killed a process of the job's memory cgroup.
+OOM_KILL_LINE = re.compile(r"Detected \d+ oom[-_ ]kill event\(s\) in StepId=\d+(?:_\d+)?\.\w+")
 
 
 def _scancel(args: list[str], job_ids: list[str]) -> set[str] | None:

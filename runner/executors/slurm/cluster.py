@@ -214,16 +214,27 @@ def job_ends(
     if stdout is None:
         return {}, problem
     wanted, ends = set(job_ids), {}
+    oom_steps: dict[str, tuple[str, str]] = {}  # job id -> a step killed for memory
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 3 or "." in parts[0]:
+        if len(parts) != 3:
             continue
         state, code = parts[1].strip(), parts[2].strip()
+        if "." in parts[0]:
+            if state.startswith("OUT_OF_MEMORY"):
+                for jid in expand_job_id(parts[0].split(".")[0]):
+                    oom_steps[jid] = (f"OUT_OF_MEMORY (step {parts[0].strip()})", code)
+            continue
         if state.split()[0] not in END_KINDS:
             continue  # PENDING, RUNNING, REQUEUED, ...: not ended
         for jid in expand_job_id(parts[0]):
             if jid in wanted:
                 ends[jid] = (state, code)
+    # submitit runs the task as an srun step: the kernel kills the step at the job's --mem,
+    # the step ends OUT_OF_MEMORY and the batch script after it FAILED. The step says why.
+    for jid, (state, _) in list(ends.items()):
+        if state.split()[0] == "FAILED" and jid in oom_steps:
+            ends[jid] = oom_steps[jid]
     return ends, None
 
 
