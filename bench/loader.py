@@ -89,12 +89,12 @@ def _overrides(s: Setting, cuda: bool, root: str, patch: tuple[int, ...] = INK_P
 
 def build_trainee(cfg: Any) -> tuple[Any, Any, int]:
     """What the recipe trains ``cfg`` with, built as its trainer builds it: the data bundle, a
-    ``Trainee`` (model, loss, optimizer, an LR schedule over the epoch's steps, no scaler)
-    and the steps of an epoch."""
+    ``Trainee`` (model, with gradient checkpointing where the config asks, loss, optimizer, an
+    LR schedule over the epoch's batches, no scaler) and the batches of an epoch."""
     import torch
 
     from recipes.components.data.loaders import build_data
-    from recipes.components.models.build import build_model
+    from recipes.components.models.build import apply_grad_checkpointing, build_model
     from recipes.components.training.losses import build_loss
     from recipes.components.training.optim import build_optimizer, build_scheduler
     from recipes.components.training.setup import resolve_device, seed_everything
@@ -104,6 +104,8 @@ def build_trainee(cfg: Any) -> tuple[Any, Any, int]:
     device = resolve_device(cfg.training.device)
     data = build_data(cfg.data, cfg.training, cfg.seed)
     model = build_model(cfg.model).to(device)
+    if cfg.training.get("grad_checkpointing"):
+        apply_grad_checkpointing(model)
     loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
     steps = len(data.train_loader)

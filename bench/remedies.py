@@ -45,30 +45,16 @@ GPU_REMEDIES: dict[str, list[str]] = {
 CHILD = r"""
 import json, resource, sys, time
 import torch
+from bench.loader import build_trainee
 from runner.recipe import Recipe
-from recipes.components.data.loaders import build_data
-from recipes.components.models.build import apply_grad_checkpointing, build_model
 from recipes.components.training.checkpoint import Progress
-from recipes.components.training.losses import build_loss
-from recipes.components.training.optim import build_optimizer, build_scheduler
-from recipes.components.training.setup import resolve_device, seed_everything
-from recipes.segmentation.train import Trainee, train_one_epoch
+from recipes.segmentation.train import train_one_epoch
 
 overrides, epochs = json.loads(sys.argv[1]), int(sys.argv[2])
 cfg = Recipe.load("segmentation").compose(overrides)
-seed_everything(cfg.seed, deterministic=False)
-device = resolve_device(cfg.training.device)
-model = build_model(cfg.model).to(device)
-if cfg.training.grad_checkpointing:
-    apply_grad_checkpointing(model)
-data = build_data(cfg.data, cfg.training, cfg.seed)
-loss_fn = build_loss(cfg.loss, cfg.data.num_classes).to(device)
-optimizer = build_optimizer(cfg.optimizer, model, cfg.model.name)
-accumulate = int(cfg.training.accumulate_steps)
-steps = -(-len(data.train_loader) // accumulate)  # optimizer steps per epoch
-schedule = build_scheduler(cfg.scheduler, optimizer, steps, 100_000)
-scaler = torch.amp.GradScaler(device.type, enabled=False)
-trainee = Trainee(model, loss_fn, optimizer, schedule, scaler, device, cfg.training)
+data, trainee, batches = build_trainee(cfg)
+device = trainee.device
+steps = -(-batches // int(cfg.training.accumulate_steps))  # optimizer steps per epoch
 progress = Progress()
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 seconds = []
@@ -87,7 +73,7 @@ if device.type == "cuda":
 else:
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
 print(json.dumps({"step_s": sorted(seconds)[len(seconds) // 2] / steps, "peak_mib": peak,
-                  "optimizer_steps": steps, "micro_batches": len(data.train_loader),
+                  "optimizer_steps": steps, "micro_batches": batches,
                   "loss": loss}))
 """
 
